@@ -1,0 +1,175 @@
+"""The ``arbiter`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from app.db.engine import make_engine, make_sessionmaker
+from app.db.migrate import upgrade
+from app.errors import ArbiterError
+from app.keys import create_key
+from app.ml.task import load_tasks
+from app.ml.training import fit_release
+from app.releases import list_releases, live_release, store_release
+from app.roles import Role
+from app.settings import Settings
+
+T = TypeVar("T")
+cli = typer.Typer(help="Arbiter: explained, reviewed ensemble predictions over GraphQL.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+console = Console()
+err = Console(stderr=True)
+
+Host = Annotated[str, typer.Option(help="Interface to listen on.")]
+Port = Annotated[int, typer.Option(help="TCP port.")]
+
+
+def _run(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run an async job with a session factory, disposing of the engine afterwards."""
+    async def main() -> T:
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            return await work(make_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+    return asyncio.run(main())
+
+
+def _prepare() -> Settings:
+    settings = Settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.resolved_database_url)
+    return settings
+
+
+@cli.command()
+def migrate() -> None:
+    """Apply the database migrations (Alembic) to ARBITER_DATABASE_URL."""
+    settings = _prepare()
+    console.print(f"database at head: {settings.resolved_database_url}")
+
+
+def _train(settings: Settings, name: str, actor: str) -> None:
+    tasks = load_tasks(settings.tasks_dir)
+    if name not in tasks:
+        raise ArbiterError(f"unknown task {name!r}; known: {', '.join(sorted(tasks))}")
+    with console.status(f"training {name}: {len(tasks[name].members)} members"):
+        trained = fit_release(tasks[name])
+    release = _run(settings, lambda s: store_release(s, settings.artifacts_dir, trained, actor))
+    m = trained.metrics
+    console.print(
+        f"[bold]{name}[/] release {release.version} → {release.stage}: "
+        f"accuracy {m['accuracy']:.3f}, log loss {m['log_loss']:.3f}, "
+        f"conformal coverage {m['conformal_coverage']:.3f} at {m['confidence_level']:.0%}, "
+        f"mean set size {m['conformal_mean_set_size']:.2f}")
+
+
+@cli.command()
+def train(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
+    """Train every member of TASK and record a new release (LIVE if it is the first)."""
+    _train(_prepare(), task, "cli")
+
+
+@cli.command()
+def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
+    """List TASK's releases with stage and metrics."""
+    settings = _prepare()
+
+    async def work(sessions: Any) -> list[Any]:
+        async with sessions() as session:
+            return await list_releases(session, task)
+
+    rows = _run(settings, work)
+    table = Table("version", "stage", "created", "by", "accuracy", "log loss", "roc auc",
+                  "coverage", "set size", title=f"releases of {task}")
+    for r in rows:
+        m = r.metrics
+        table.add_row(str(r.version), r.stage, r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      r.created_by, f"{m['accuracy']:.3f}", f"{m['log_loss']:.3f}",
+                      f"{m.get('roc_auc', float('nan')):.3f}", f"{m['conformal_coverage']:.3f}",
+                      f"{m['conformal_mean_set_size']:.2f}")
+    console.print(table if rows else f"{task} has no releases; run `arbiter train {task}`")
+
+
+@keys_cli.command("create")
+def keys_create(role: Annotated[str, typer.Option(help="predictor, reviewer, auditor or admin")],
+                name: Annotated[str, typer.Option(help="Who or what holds the key.")]) -> None:
+    """Create an API key; the key is printed once, alone on the last line."""
+    settings = _prepare()
+
+    async def work(sessions: Any) -> tuple[Any, str]:
+        async with sessions() as session, session.begin():
+            return await create_key(session, role, name)
+
+    row, plaintext = _run(settings, work)
+    err.print(f"created {row.role} key {row.id} for {row.name!r}; it is shown only once:")
+    print(plaintext)
+
+
+def _serve(host: str, port: int, workers: int = 1) -> None:
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info")
+
+
+@cli.command()
+def serve(host: Host = "127.0.0.1", port: Port = 8000,
+          workers: Annotated[int, typer.Option(help="Server processes.")] = 1) -> None:
+    """Serve the GraphQL API (migrates first; does not train)."""
+    _prepare()
+    _serve(host, port, workers)
+
+
+@cli.command()
+def demo(host: Host = "127.0.0.1", port: Port = 8000) -> None:
+    """Migrate, train the tasks that have no release, create keys, and serve."""
+    settings = _prepare()
+    for name in load_tasks(settings.tasks_dir):
+        async def has_live(sessions: Any, name: str = name) -> bool:
+            async with sessions() as session:
+                return await live_release(session, name) is not None
+        if not _run(settings, has_live):
+            _train(settings, name, "demo")
+
+    async def make_keys(sessions: Any) -> dict[str, str]:
+        async with sessions() as session, session.begin():
+            return {r.value: (await create_key(session, r.value, f"demo-{r.value}"))[1]
+                    for r in Role}
+
+    keys = _run(settings, make_keys)
+    url = f"http://{host}:{port}/graphql"
+    table = Table("role", "API key", title="demo keys (shown once)")
+    for role, key in keys.items():
+        table.add_row(role, key)
+    console.print(table)
+    example = {"query": 'mutation { predict(task: "loan_default", input: {income: 52000, '
+               'loan_amount: 12000, term_months: 36, employment: "salaried", home_ownership: '
+               '"rent", purpose: "car", has_cosigner: false, total_spend: 3400, orders: 41}) '
+               '{ id label confidence predictionSet route reasons { code detail } '
+               'explanation { space explainedClass baseValue outputValue '
+               'contributions { feature value shap } } } }'}
+    console.print(f"\nGraphiQL: {url}  (set the header Authorization: Bearer <key>)\n")
+    console.print("Try it:", style="bold")
+    print(f"curl -s {url} -H 'Authorization: Bearer {keys['predictor']}' "
+          f"-H 'Content-Type: application/json' -d '{json.dumps(example)}'\n")
+    _serve(host, port)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        cli()
+    except ArbiterError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None

@@ -1,0 +1,128 @@
+"""The database tables (SQLModel). Alembic migrations in ``migrations/`` create them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, ForeignKey, Index, Integer, UniqueConstraint, text
+from sqlmodel import Field, SQLModel
+
+from app.db.types import JSONType, UTCDateTime, utcnow
+
+
+def _json(nullable: bool = False) -> Any:
+    return Field(sa_column=Column(JSONType, nullable=nullable))
+
+
+def _time(nullable: bool = False) -> Any:
+    return Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=nullable))
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key, stored as its SHA-256 (keys are random, 256-bit: a slow hash adds nothing)."""
+
+    __tablename__ = "api_keys"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    role: str
+    key_hash: str = Field(unique=True, max_length=64)
+    prefix: str = Field(max_length=16)
+    created_at: datetime = _time()
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class Release(SQLModel, table=True):
+    """A numbered, immutable ensemble of members for one task, with its stage."""
+
+    __tablename__ = "releases"
+    __table_args__ = (
+        UniqueConstraint("task", "version", name="uq_releases_task_version"),
+        Index("ix_releases_task_stage", "task", "stage"),
+        # At most one LIVE release per task, even when two trainings finish at once.
+        Index("uq_releases_one_live", "task", unique=True,
+              sqlite_where=text("stage = 'LIVE'"), postgresql_where=text("stage = 'LIVE'")),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(max_length=100)
+    version: int
+    stage: str = Field(max_length=16)
+    traffic_percent: float = 0.0
+    space: str = Field(max_length=16)
+    contract_hash: str = Field(max_length=64)
+    data_hash: str = Field(max_length=64)
+    calibration: dict[str, Any] = _json()
+    metrics: dict[str, Any] = _json()
+    rows: dict[str, Any] = _json()
+    created_at: datetime = _time()
+    created_by: str
+
+
+class ReleaseMember(SQLModel, table=True):
+    """One trained member of a release and the skops artifact that holds it."""
+
+    __tablename__ = "release_members"
+    id: int | None = Field(default=None, primary_key=True)
+    release_id: int = Field(sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False,
+                                             index=True))
+    name: str
+    version: str
+    algorithm: str
+    family: str
+    weight: float
+    params: dict[str, Any] = _json()
+    artifact_path: str
+    sha256: str = Field(max_length=64)
+    background_mean: list[float] = _json()
+    metrics: dict[str, Any] = _json()
+    library_versions: dict[str, Any] = _json()
+    contract_hash: str = Field(max_length=64)
+    created_at: datetime = _time()
+    created_by: str
+
+
+class StageChange(SQLModel, table=True):
+    """Who moved which release to which stage, when and why."""
+
+    __tablename__ = "stage_changes"
+    id: int | None = Field(default=None, primary_key=True)
+    release_id: int = Field(sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False,
+                                             index=True))
+    task: str
+    from_stage: str | None = None
+    to_stage: str
+    traffic_percent: float = 0.0
+    actor: str
+    reason: str
+    at: datetime = _time()
+
+
+class Prediction(SQLModel, table=True):
+    """Everything decided for one input, stored before the caller hears of it."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (
+        UniqueConstraint("caller_key_id", "task", "idempotency_key",
+                         name="uq_predictions_idempotency"),
+        Index("ix_predictions_task_created", "task", "created_at", "id"),
+    )
+    id: str = Field(primary_key=True, max_length=36)
+    task: str = Field(max_length=100)
+    release_id: int = Field(sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False))
+    release_version: int
+    caller_key_id: int | None = Field(default=None, foreign_key="api_keys.id")
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    input_hash: str = Field(max_length=64)
+    input: dict[str, Any] = _json()
+    label: str
+    confidence: float
+    probabilities: list[dict[str, Any]] = _json()
+    prediction_set: list[str] = _json()
+    members: list[dict[str, Any]] = _json()
+    explanation: dict[str, Any] = _json()
+    route: str = Field(max_length=16)
+    reasons: list[dict[str, Any]] = _json()
+    status: str = Field(max_length=16)
+    final_label: str | None = None
+    latency_ms: float
+    created_at: datetime = _time()

@@ -1,0 +1,114 @@
+"""The one error tree of Arbiter. Domain errors know nothing of HTTP or GraphQL."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class ArbiterError(Exception):
+    """Base of every expected failure; ``code`` is stable and part of the API."""
+
+    code = "ARBITER_ERROR"
+
+    def extensions(self) -> dict[str, Any]:
+        return {}
+
+
+class ConfigurationError(ArbiterError):
+    """The settings or a task file are wrong; the message names the file and the field."""
+
+    code = "CONFIGURATION_ERROR"
+
+
+class UnknownTaskError(ArbiterError):
+    code = "UNKNOWN_TASK"
+
+    def __init__(self, task: str, known: list[str]) -> None:
+        super().__init__(f"unknown task {task!r}; known tasks: {', '.join(sorted(known)) or 'none'}")
+        self.task = task
+
+
+@dataclass(frozen=True)
+class FieldProblem:
+    """One thing wrong with one input field."""
+
+    field: str
+    problem: str  # MISSING, WRONG_TYPE, OUT_OF_RANGE, UNKNOWN_CATEGORY, UNKNOWN_FIELD, ...
+    message: str
+    index: int | None = None  # position in a batch
+
+
+class InputValidationError(ArbiterError):
+    """An input broke the task's feature contract; carries every problem found."""
+
+    code = "INPUT_INVALID"
+
+    def __init__(self, task: str, problems: list[FieldProblem]) -> None:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(f"invalid input for task {task!r}: {first.message}{more}")
+        self.problems = problems
+
+    def extensions(self) -> dict[str, Any]:
+        return {"fields": [asdict(p) for p in self.problems]}
+
+
+class NoLiveReleaseError(ArbiterError):
+    code = "NO_LIVE_RELEASE"
+
+    def __init__(self, task: str) -> None:
+        super().__init__(
+            f"task {task!r} has no LIVE release; train one with `arbiter train {task}`"
+        )
+
+
+class ModelLoadError(ArbiterError):
+    """An artifact is missing, tampered with (hash mismatch) or holds an untrusted type."""
+
+    code = "MODEL_LOAD_FAILED"
+
+
+class AllMembersFailedError(ArbiterError):
+    code = "ALL_MEMBERS_FAILED"
+
+    def __init__(self, task: str, errors: dict[str, str]) -> None:
+        detail = "; ".join(f"{name}: {err}" for name, err in errors.items())
+        super().__init__(f"every member of task {task!r} failed, nothing was stored: {detail}")
+        self.errors = errors
+
+    def extensions(self) -> dict[str, Any]:
+        return {"members": self.errors}
+
+
+class IdempotencyConflictError(ArbiterError):
+    code = "IDEMPOTENCY_CONFLICT"
+
+    def __init__(self, key: str, prediction_id: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was already used with a different input "
+            f"(prediction {prediction_id}); use a new key for a new input"
+        )
+        self.prediction_id = prediction_id
+
+
+class NotFoundError(ArbiterError):
+    code = "NOT_FOUND"
+
+
+class BadRequestError(ArbiterError):
+    """A request argument is wrong (page size, cursor, batch size)."""
+
+    code = "BAD_REQUEST"
+
+
+class PermissionDeniedError(ArbiterError):
+    code = "FORBIDDEN"
+
+
+class AuthenticationError(ArbiterError):
+    code = "UNAUTHENTICATED"
+
+
+class TrainingError(ArbiterError):
+    code = "TRAINING_FAILED"

@@ -1,0 +1,74 @@
+"""API keys: creating them (the plaintext is shown once) and checking them."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.db.tables import ApiKey
+from app.errors import BadRequestError
+from app.roles import Principal, Role
+
+KEY_PREFIX = "arb_"
+
+
+def hash_key(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+async def create_key(session: AsyncSession, role: str, name: str) -> tuple[ApiKey, str]:
+    """Store a new key's hash; return the row and the plaintext (never stored)."""
+    try:
+        parsed = Role(role)
+    except ValueError:
+        raise BadRequestError(
+            f"unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}"
+        ) from None
+    if not name.strip():
+        raise BadRequestError("a key needs a non-empty name")
+    plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(name=name.strip(), role=parsed.value, key_hash=hash_key(plaintext),
+                 prefix=plaintext[:10])
+    session.add(row)
+    await session.flush()
+    return row, plaintext
+
+
+async def authenticate(session: AsyncSession, plaintext: str) -> Principal | None:
+    """The principal of a live key, or None for an unknown or revoked one."""
+    row = (await session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))).first()
+    if row is None or row.revoked_at is not None or row.id is None:
+        return None
+    return Principal(row.id, row.name, Role(row.role))
+
+
+class KeyVerifier:
+    """Checks keys against the database, remembering good ones for ``ttl_seconds`` so a
+    prediction does not pay a lookup; revocation therefore takes up to that long."""
+
+    MAX_CACHED = 10_000
+
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], ttl_seconds: float) -> None:
+        self.sessions = sessions
+        self.ttl_seconds = ttl_seconds
+        self._cache: dict[str, tuple[Principal, float]] = {}
+
+    async def verify(self, plaintext: str) -> Principal | None:
+        digest = hash_key(plaintext)
+        hit = self._cache.get(digest)
+        if hit and time.monotonic() - hit[1] < self.ttl_seconds:
+            return hit[0]
+        async with self.sessions() as session:
+            principal = await authenticate(session, plaintext)
+        if principal is None:
+            self._cache.pop(digest, None)
+            return None
+        if len(self._cache) >= self.MAX_CACHED:
+            self._cache.clear()
+        self._cache[digest] = (principal, time.monotonic())
+        return principal

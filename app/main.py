@@ -1,0 +1,98 @@
+"""Composition root: builds settings-driven parts and wires them into the Starlette app.
+Nothing imports this module but the CLI and tests."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import text
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+
+from app.authn import ApiKeyAuth
+from app.db.engine import make_engine, make_sessionmaker
+from app.keys import KeyVerifier
+from app.ml.task import load_tasks
+from app.predictions import Services
+from app.registry import Registry
+from app.settings import Settings
+from graphql_schema.context import Context
+from graphql_schema.schema import build_schema
+
+log = logging.getLogger("arbiter")
+
+
+class ArbiterGraphQL(GraphQL[Context, None]):
+    """Strawberry's ASGI app with our context (services + the authenticated caller)."""
+
+    def __init__(self, services: Services) -> None:
+        # Subscriptions arrive with their own connection-time authentication.
+        super().__init__(build_schema(), subscription_protocols=())
+        self.services = services
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        principal = request.scope.get("state", {}).get("principal")
+        return Context(self.services, principal, request, response)
+
+
+def build_services(settings: Settings) -> tuple[Services, Any]:
+    """The services and the engine (to dispose of at shutdown)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    sessions = make_sessionmaker(engine)
+    registry = Registry(load_tasks(settings.tasks_dir), sessions, settings.artifacts_dir,
+                        settings.release_refresh_seconds)
+    return Services(settings, sessions, registry), engine
+
+
+def build_app(settings: Settings) -> Starlette:
+    services, engine = build_services(settings)
+    verifier = KeyVerifier(services.sessions, settings.key_cache_seconds)
+
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "alive"})
+
+    async def readyz(_: Request) -> JSONResponse:
+        checks: dict[str, Any] = {}
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        checks["tasks"] = services.registry.readiness()
+        ready = checks["database"] == "ok" and all(
+            v == "ready" for v in checks["tasks"].values())
+        return JSONResponse({"status": "ready" if ready else "not ready", **checks},
+                            status_code=200 if ready else 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        loading = asyncio.create_task(services.registry.load_all())
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await engine.dispose()
+
+    graphql = ApiKeyAuth(ArbiterGraphQL(services), verifier.verify)
+    app = Starlette(routes=[
+        Route("/graphql", graphql, methods=["GET", "POST"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ], lifespan=lifespan)
+    app.state.services = services
+    return app
+
+
+def create_app() -> Starlette:
+    """Factory for uvicorn (``app.main:create_app``): settings from the environment."""
+    return build_app(Settings())

@@ -1,0 +1,74 @@
+"""The allow-list of estimators a member may use, and how each is built and explained.
+
+Every algorithm states the space in which SHAP explains it exactly (TreeExplainer and
+LinearExplainer are exact in the model's raw output): log-odds for logistic regression and
+gradient boosting, probability for random forests. A release aggregates in that space, so
+the ensemble explanation stays exact (see ``ensemble.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sklearn.base import ClassifierMixin
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.linear_model import LogisticRegression
+
+
+class OutputSpace(StrEnum):
+    LOG_ODDS = "LOG_ODDS"
+    PROBABILITY = "PROBABILITY"
+
+
+class ExplainerKind(StrEnum):
+    LINEAR = "linear"
+    TREE = "tree"
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An allowed estimator family."""
+
+    name: str
+    family: str
+    build: Callable[..., ClassifierMixin]
+    space: OutputSpace
+    explainer: ExplainerKind
+    multiclass: bool
+    defaults: dict[str, Any]
+    scale_numeric: bool
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    a.name: a
+    for a in (
+        Algorithm(
+            "logistic_regression", "linear", LogisticRegression, OutputSpace.LOG_ODDS,
+            ExplainerKind.LINEAR, True, {"max_iter": 2000}, True,
+        ),
+        Algorithm(
+            "hist_gradient_boosting", "boosted_trees", HistGradientBoostingClassifier,
+            OutputSpace.LOG_ODDS, ExplainerKind.TREE, True, {"max_iter": 100}, False,
+        ),
+        Algorithm(
+            "gradient_boosting", "boosted_trees", GradientBoostingClassifier,
+            OutputSpace.LOG_ODDS, ExplainerKind.TREE, False, {"n_estimators": 100}, False,
+        ),
+        Algorithm(
+            "random_forest", "bagged_trees", RandomForestClassifier, OutputSpace.PROBABILITY,
+            ExplainerKind.TREE, True, {"n_estimators": 100, "n_jobs": 1}, False,
+        ),
+        Algorithm(
+            "extra_trees", "bagged_trees", ExtraTreesClassifier, OutputSpace.PROBABILITY,
+            ExplainerKind.TREE, True, {"n_estimators": 100, "n_jobs": 1}, False,
+        ),
+    )
+}

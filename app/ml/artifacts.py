@@ -1,0 +1,65 @@
+"""Member artifacts on disk: skops files (never pickle) checked by SHA-256 on load."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import skops.io as sio
+from sklearn.pipeline import Pipeline
+
+from app.errors import ModelLoadError
+
+# Beyond skops' own defaults (scikit-learn estimators and transformers), the only types our
+# allow-listed pipelines hold. Anything else in a file is refused.
+TRUSTED_TYPES = [
+    "numpy.dtype",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.tree._tree.Tree",
+]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_pipeline(pipeline: Pipeline, path: Path) -> str:
+    """Write atomically (temp file + rename) and return the file's SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        sio.dump(pipeline, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return sha256_of(path)
+
+
+def load_pipeline(path: Path, expected_sha256: str) -> Pipeline:
+    """Refuse a missing file, a hash mismatch, or a file holding an untrusted type."""
+    if not path.is_file():
+        raise ModelLoadError(f"model artifact {path} is missing")
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise ModelLoadError(
+            f"model artifact {path} was modified: SHA-256 {actual} != recorded {expected_sha256}"
+        )
+    untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
+    if untrusted:
+        raise ModelLoadError(f"model artifact {path} holds untrusted types: {untrusted}")
+    try:
+        pipeline = sio.loads(data, trusted=TRUSTED_TYPES)
+    except Exception as exc:
+        raise ModelLoadError(f"model artifact {path} cannot be loaded: {exc}") from exc
+    if not isinstance(pipeline, Pipeline):
+        raise ModelLoadError(f"model artifact {path} is not a scikit-learn Pipeline")
+    return pipeline

@@ -1,0 +1,155 @@
+"""The ensemble runtime: members' outputs aggregated by weight, with an exact explanation.
+
+Aggregation happens in the members' common explanation space:
+- LOG_ODDS: weighted sum of margins, probabilities = softmax (log-linear pooling, i.e. a
+  weighted geometric mean of the members' probabilities, renormalised);
+- PROBABILITY: weighted mean of probabilities.
+Both are linear in the members' outputs, so the weighted sum of member SHAP values is an
+exact explanation of the ensemble. The explained output for class c is its log-odds
+log(p_c / (1 - p_c)) for two classes, log p_c minus the mean log p over classes for more
+(centred log-ratio), or p_c in PROBABILITY space.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.ml.algorithms import OutputSpace
+from app.ml.conformal import ConformalCalibration
+from app.ml.explain import MemberExplainer, MemberScores
+from app.ml.task import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedMember:
+    name: str
+    version: str
+    algorithm: str
+    weight: float
+    explainer: MemberExplainer
+
+
+@dataclass
+class Explained:
+    """One explanation of one class, in the stated space: base + sum(shap) == output."""
+
+    explained_class: int
+    base: float
+    contributions: np.ndarray  # (model columns,)
+    output: float
+
+
+@dataclass
+class MemberOutput:
+    name: str
+    version: str
+    weight: float
+    probabilities: np.ndarray | None = None  # (classes,)
+    explanation: Explained | None = None
+    error: str | None = None
+
+
+@dataclass
+class RowResult:
+    probabilities: np.ndarray
+    label: int
+    prediction_set: np.ndarray  # boolean (classes,)
+    explanation: Explained
+    members: list[MemberOutput] = field(default_factory=list)
+
+
+def _explained_transform(space: OutputSpace, n_classes: int) -> np.ndarray:
+    """Matrix L with explained-space outputs = scores @ L.T (see module docstring)."""
+    if space is OutputSpace.PROBABILITY:
+        return np.eye(n_classes)
+    if n_classes == 2:
+        return np.array([[1.0, -1.0], [-1.0, 1.0]])
+    return np.eye(n_classes) - 1.0 / n_classes
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(e / e.sum(axis=1, keepdims=True))
+
+
+class Ensemble:
+    """A loaded release: call ``predict`` with a model matrix."""
+
+    def __init__(self, task: TaskSpec, release_id: int, version: int,
+                 members: list[LoadedMember], calibration: ConformalCalibration) -> None:
+        self.task = task
+        self.release_id = release_id
+        self.version = version
+        self.members = members
+        self.calibration = calibration
+        self.space = task.space
+        self.transform = _explained_transform(self.space, len(task.classes))
+
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """Aggregated probabilities only (training and evaluation; no explanation)."""
+        total = sum(m.weight for m in self.members)
+        scores = sum(m.weight / total * m.explainer.scores(X) for m in self.members)
+        assert isinstance(scores, np.ndarray)
+        return scores if self.space is OutputSpace.PROBABILITY else _softmax(scores)
+
+    def _run_members(self, X: np.ndarray) -> dict[str, tuple[np.ndarray, MemberScores] | str]:
+        outputs: dict[str, tuple[np.ndarray, MemberScores] | str] = {}
+        for m in self.members:
+            try:
+                outputs[m.name] = m.explainer.explain(X)
+            except Exception as exc:  # a failing member must not take the others down
+                log.warning("member %s of %s failed: %r", m.name, self.task.name, exc)
+                outputs[m.name] = f"{type(exc).__name__}: {exc}"
+        return outputs
+
+    def predict(self, X: np.ndarray) -> tuple[list[RowResult], dict[str, str]]:
+        """Results per row and the errors of failed members (empty when all ran)."""
+        outputs = self._run_members(X)
+        ok = {n: o for n, o in outputs.items() if not isinstance(o, str)}
+        errors = {n: o for n, o in outputs.items() if isinstance(o, str)}
+        if not ok:
+            return [], errors
+        weights = {m.name: m.weight for m in self.members if m.name in ok}
+        total = sum(weights.values())
+        L = self.transform
+        scores = sum(weights[n] / total * o[1].scores for n, o in ok.items())
+        contrib = sum(weights[n] / total * o[1].contributions for n, o in ok.items())
+        base = sum(weights[n] / total * o[1].base for n, o in ok.items())
+        assert isinstance(scores, np.ndarray) and isinstance(contrib, np.ndarray)
+        if self.space is OutputSpace.PROBABILITY:
+            proba = scores
+        else:
+            proba = _softmax(scores)
+        labels = proba.argmax(axis=1)
+        sets = self.calibration.prediction_sets(proba)
+        explained_scores = scores @ L.T
+        explained_contrib = contrib @ L.T
+        explained_base = np.asarray(base) @ L.T
+        rows = []
+        for i, c in enumerate(labels):
+            members = []
+            for m in self.members:
+                if m.name in errors:
+                    members.append(MemberOutput(m.name, m.version, m.weight, error=errors[m.name]))
+                    continue
+                # Members explain the ensemble's class, so their charts compare side by side.
+                p, ms = ok[m.name]
+                members.append(MemberOutput(
+                    m.name, m.version, m.weight, probabilities=p[i],
+                    explanation=Explained(
+                        int(c), float((ms.base @ L.T)[c]), (ms.contributions[i] @ L.T)[:, c],
+                        float((ms.scores[i] @ L.T)[c]),
+                    ),
+                ))
+            rows.append(RowResult(
+                probabilities=proba[i], label=int(c), prediction_set=sets[i],
+                explanation=Explained(int(c), float(explained_base[c]),
+                                      explained_contrib[i, :, c], float(explained_scores[i, c])),
+                members=members,
+            ))
+        return rows, errors

@@ -1,0 +1,71 @@
+"""Exact SHAP for one member, folded back onto the model columns.
+
+Each member is explained in its raw output space, where TreeExplainer and LinearExplainer
+are exact: margins (log-odds, or multinomial logits) or probabilities. Results come as
+per-class arrays so that the ensemble can combine members linearly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import shap
+from sklearn.pipeline import Pipeline
+
+from app.ml.algorithms import ExplainerKind, OutputSpace
+
+
+@dataclass(frozen=True)
+class MemberScores:
+    """``base[k] + contributions[i, :, k].sum() == scores[i, k]`` for every row and class."""
+
+    scores: np.ndarray  # (rows, classes): margins or probabilities
+    contributions: np.ndarray  # (rows, model columns, classes)
+    base: np.ndarray  # (classes,)
+
+
+class MemberExplainer:
+    """Runs one fitted pipeline and explains it; build once per loaded member."""
+
+    def __init__(self, pipeline: Pipeline, kind: ExplainerKind, space: OutputSpace,
+                 fold: np.ndarray, background_mean: np.ndarray) -> None:
+        self.preprocess = pipeline[:-1]
+        self.model = pipeline[-1]
+        self.space = space
+        self.fold = fold
+        if kind is ExplainerKind.LINEAR:
+            masker = shap.maskers.Independent(background_mean.reshape(1, -1))
+            self.explainer: shap.Explainer = shap.LinearExplainer(self.model, masker)
+        else:
+            self.explainer = shap.TreeExplainer(self.model)
+
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_proba(self.preprocess.transform(X)))
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """Raw outputs as (rows x classes) margins or probabilities, without SHAP."""
+        Xt = self.preprocess.transform(X)
+        if self.space is OutputSpace.PROBABILITY:
+            return np.asarray(self.model.predict_proba(Xt))
+        raw = np.asarray(self.model.decision_function(Xt), dtype=float)
+        return np.column_stack([np.zeros(len(raw)), raw]) if raw.ndim == 1 else raw
+
+    def explain(self, X: np.ndarray) -> tuple[np.ndarray, MemberScores]:
+        """(predict_proba, exact per-class SHAP of the raw output) for a batch of rows."""
+        Xt = self.preprocess.transform(X)
+        proba = np.asarray(self.model.predict_proba(Xt))
+        values = np.asarray(self.explainer.shap_values(Xt, check_additivity=False)
+                            if isinstance(self.explainer, shap.TreeExplainer)
+                            else self.explainer.shap_values(Xt))
+        base = np.atleast_1d(np.asarray(self.explainer.expected_value, dtype=float))
+        raw = proba if self.space is OutputSpace.PROBABILITY else np.asarray(
+            self.model.decision_function(Xt), dtype=float)
+        if values.ndim == 2:
+            # A binary margin model explains one log-odds; as margins of the two classes it
+            # is (0, z), so that softmax of the margins gives back the probabilities.
+            values = np.stack([np.zeros_like(values), values], axis=2)
+            base = np.array([0.0, float(base[-1])])
+            raw = np.column_stack([np.zeros(len(raw)), raw])
+        folded = np.einsum("ntk,tm->nmk", values, self.fold)
+        return proba, MemberScores(raw, folded, base)

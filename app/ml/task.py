@@ -1,0 +1,214 @@
+"""Task declarations: one TOML file per prediction problem, validated into a ``TaskSpec``."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import sys
+import tomllib
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from app.errors import ConfigurationError
+from app.ml.algorithms import ALGORITHMS, OutputSpace
+
+
+class FeatureType(StrEnum):
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+    BOOLEAN = "boolean"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Feature(_Strict):
+    """One input field of the contract."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    type: FeatureType
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] = ()
+    description: str = ""
+    pii: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Feature:
+        if self.type is FeatureType.CATEGORICAL and not self.categories:
+            raise ValueError(f"categorical feature {self.name!r} needs `categories`")
+        if self.type is not FeatureType.CATEGORICAL and self.categories:
+            raise ValueError(f"only categorical features take `categories` ({self.name!r})")
+        if self.type is not FeatureType.NUMERIC and (self.min is not None or self.max is not None):
+            raise ValueError(f"only numeric features take `min`/`max` ({self.name!r})")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
+        return self
+
+
+class DerivedFeature(_Strict):
+    """A numeric feature computed from inputs by a vectorised function named by import path."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    function: str = Field(description="`module:function`, called with one array per input")
+    inputs: tuple[str, ...]
+    description: str = ""
+
+
+class Member(_Strict):
+    """One model of the ensemble: an allow-listed algorithm, its params and its weight."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
+    algorithm: str
+    weight: float = Field(gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ReviewPolicy(_Strict):
+    """When a prediction goes to people instead of straight back to the caller."""
+
+    confidence_level: float = Field(
+        default=0.9, gt=0, lt=1, description="Conformal sets hold the true class this often."
+    )
+    route_on_disagreement: bool = True
+    audit_rate: float = Field(default=0.0, ge=0, le=1)
+
+
+class DataSource(_Strict):
+    """Where training rows come from: a loader function or a CSV file beside the task file."""
+
+    loader: str | None = None
+    csv: str | None = None
+    target: str = "target"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSource:
+        if (self.loader is None) == (self.csv is None):
+            raise ValueError("[data] needs exactly one of `loader` or `csv`")
+        return self
+
+
+class TrainingSettings(_Strict):
+    seed: int = 0
+    test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    calibration_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+
+
+class TaskSpec(_Strict):
+    """A whole prediction problem as declared in its TOML file."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    classes: tuple[str, ...] = Field(min_length=2)
+    features: tuple[Feature, ...] = Field(min_length=1)
+    derived: tuple[DerivedFeature, ...] = ()
+    members: tuple[Member, ...] = Field(min_length=1)
+    review: ReviewPolicy = ReviewPolicy()
+    data: DataSource
+    training: TrainingSettings = TrainingSettings()
+    source_path: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskSpec:
+        _unique("class", self.classes)
+        _unique("feature", [f.name for f in self.features] + [d.name for d in self.derived])
+        _unique("member", [m.name for m in self.members])
+        inputs = {f.name for f in self.features}
+        for d in self.derived:
+            missing = [i for i in d.inputs if i not in inputs]
+            if missing:
+                raise ValueError(f"derived feature {d.name!r} uses unknown inputs {missing}")
+        for m in self.members:
+            algo = ALGORITHMS.get(m.algorithm)
+            if algo is None:
+                raise ValueError(
+                    f"member {m.name!r}: algorithm {m.algorithm!r} is not allowed; "
+                    f"choose one of {sorted(ALGORITHMS)}"
+                )
+            if len(self.classes) > 2 and not algo.multiclass:
+                raise ValueError(f"member {m.name!r}: {m.algorithm} supports two classes only")
+        spaces = {ALGORITHMS[m.algorithm].space for m in self.members}
+        if len(spaces) > 1:
+            raise ValueError(
+                "members must all explain in one space so the ensemble explanation is exact: "
+                + ", ".join(f"{m.name}={ALGORITHMS[m.algorithm].space}" for m in self.members)
+            )
+        return self
+
+    @property
+    def space(self) -> OutputSpace:
+        return ALGORITHMS[self.members[0].algorithm].space
+
+    @property
+    def model_columns(self) -> list[str]:
+        """The columns the pipelines see: inputs in declared order, then derived features."""
+        return [f.name for f in self.features] + [d.name for d in self.derived]
+
+    def feature(self, name: str) -> Feature:
+        return next(f for f in self.features if f.name == name)
+
+    def contract_hash(self) -> str:
+        """Hash of everything a trained model depends on: features, derivations, classes."""
+        payload = {
+            "classes": self.classes,
+            "features": [f.model_dump(exclude={"description", "pii"}) for f in self.features],
+            "derived": [d.model_dump(exclude={"description"}) for d in self.derived],
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _unique(kind: str, names: Any) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{kind} {name!r} is declared twice")
+        seen.add(name)
+
+
+def load_task(path: Path) -> TaskSpec:
+    """Read and validate one task file; errors name the file and the field."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigurationError(f"cannot read task file {path}: {exc}") from None
+    try:
+        return TaskSpec.model_validate({**raw, "source_path": str(path.resolve())})
+    except ValidationError as exc:
+        raise ConfigurationError(f"task file {path} is invalid:\n{exc}") from None
+
+
+def load_tasks(folder: Path) -> dict[str, TaskSpec]:
+    """Every ``*.toml`` task in a folder, by name. The folder joins ``sys.path`` so that
+    derived-feature functions and loaders written beside the task files can be imported."""
+    if not folder.is_dir():
+        raise ConfigurationError(f"tasks folder {folder} does not exist (ARBITER_TASKS_DIR)")
+    if str(folder.resolve()) not in sys.path:
+        sys.path.append(str(folder.resolve()))
+    tasks: dict[str, TaskSpec] = {}
+    for path in sorted(folder.glob("*.toml")):
+        task = load_task(path)
+        if task.name in tasks:
+            raise ConfigurationError(f"task {task.name!r} is declared twice (second: {path})")
+        tasks[task.name] = task
+    return tasks
+
+
+def resolve_callable(path: str, what: str) -> Callable[..., Any]:
+    """Import ``module:function``; a clear error names the task file's bad path."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigurationError(f"{what}: {path!r} is not of the form 'module:function'")
+    try:
+        func = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"{what}: cannot import {path!r}: {exc}") from None
+    if not callable(func):
+        raise ConfigurationError(f"{what}: {path!r} is not callable")
+    return func  # type: ignore[no-any-return]

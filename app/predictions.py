@@ -1,0 +1,252 @@
+"""The prediction path: validate, pick the release, run and explain, route, store, answer.
+
+Resolvers call these functions; so do tests, without GraphQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import anyio
+import numpy as np
+from sqlalchemy import and_, func, or_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.db.tables import Prediction
+from app.errors import (
+    AllMembersFailedError,
+    BadRequestError,
+    IdempotencyConflictError,
+    NotFoundError,
+)
+from app.ml.contract import to_matrix, validate_inputs
+from app.ml.ensemble import Ensemble, Explained, RowResult
+from app.ml.routing import Route, decide_route
+from app.ml.task import TaskSpec
+from app.registry import Registry
+from app.roles import Principal
+from app.settings import Settings
+
+IDEMPOTENCY_KEY_MAX = 200
+
+
+class Status:
+    ACCEPTED = "ACCEPTED"
+    PENDING_REVIEW = "PENDING_REVIEW"
+    REVIEWED = "REVIEWED"
+
+
+@dataclass
+class Services:
+    """What the prediction path needs, built once by the composition root."""
+
+    settings: Settings
+    sessions: async_sessionmaker[AsyncSession]
+    registry: Registry
+
+
+def input_hash(raw: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
+
+
+def _explanation_json(task: TaskSpec, ex: Explained, row: dict[str, Any], values: np.ndarray,
+                      status: str, space: str) -> dict[str, Any]:
+    derived = {d.name for d in task.derived}
+    contributions = [
+        {"feature": name, "value": row.get(name) if name not in derived else float(values[j]),
+         "shap": float(ex.contributions[j]), "derived": name in derived}
+        for j, name in enumerate(task.model_columns)
+    ]
+    return {"status": status, "space": space, "explainedClass": task.classes[ex.explained_class],
+            "baseValue": ex.base, "outputValue": ex.output, "contributions": contributions}
+
+
+def _probabilities(task: TaskSpec, p: np.ndarray) -> list[dict[str, Any]]:
+    return [{"label": c, "probability": float(p[i])} for i, c in enumerate(task.classes)]
+
+
+def _to_record(task: TaskSpec, ensemble: Ensemble, result: RowResult, raw: dict[str, Any],
+               values: np.ndarray, caller: Principal | None, key: str | None,
+               latency_ms: float) -> Prediction:
+    prediction_id = str(uuid.uuid4())
+    route, reasons = decide_route(task.review, task.classes, result, prediction_id)
+    failed = any(m.error for m in result.members)
+    space = ensemble.space.value
+    members = [{
+        "name": m.name, "version": m.version, "weight": m.weight, "error": m.error,
+        "label": None if m.probabilities is None else task.classes[int(m.probabilities.argmax())],
+        "probabilities": None if m.probabilities is None else _probabilities(task, m.probabilities),
+        "explanation": None if m.explanation is None else _explanation_json(
+            task, m.explanation, raw, values, "OK", space),
+    } for m in result.members]
+    label = task.classes[result.label]
+    return Prediction(
+        id=prediction_id, task=task.name, release_id=ensemble.release_id,
+        release_version=ensemble.version, caller_key_id=caller.key_id if caller else None,
+        idempotency_key=key, input_hash=input_hash(raw), input=raw, label=label,
+        confidence=float(result.probabilities[result.label]),
+        probabilities=_probabilities(task, result.probabilities),
+        prediction_set=[c for i, c in enumerate(task.classes) if result.prediction_set[i]],
+        members=members,
+        explanation=_explanation_json(task, result.explanation, raw, values,
+                                      "PARTIAL" if failed else "OK", space),
+        route=route.value, reasons=[r.to_json() for r in reasons],
+        status=Status.ACCEPTED if route is Route.AUTO else Status.PENDING_REVIEW,
+        final_label=label if route is Route.AUTO else None, latency_ms=latency_ms)
+
+
+async def _infer(services: Services, task: TaskSpec, rows: list[dict[str, Any]],
+                 caller: Principal | None, key: str | None, started: float) -> list[Prediction]:
+    ensemble = await services.registry.live(task.name)
+    X = to_matrix(task, rows)
+    results, errors = await anyio.to_thread.run_sync(ensemble.predict, X)
+    if not results:
+        raise AllMembersFailedError(task.name, errors)
+    latency_ms = (time.perf_counter() - started) * 1000
+    return [_to_record(task, ensemble, r, raw, X[i], caller, key, latency_ms)
+            for i, (r, raw) in enumerate(zip(results, rows, strict=True))]
+
+
+async def _find_by_key(session: AsyncSession, caller: Principal | None, task: str,
+                       key: str) -> Prediction | None:
+    caller_id = caller.key_id if caller else None
+    return (await session.exec(select(Prediction).where(
+        Prediction.caller_key_id == caller_id, Prediction.task == task,
+        Prediction.idempotency_key == key))).first()
+
+
+def _replay(existing: Prediction, raw: dict[str, Any], key: str) -> Prediction:
+    if existing.input_hash != input_hash(raw):
+        raise IdempotencyConflictError(key, existing.id)
+    return existing
+
+
+async def predict(services: Services, caller: Principal | None, task_name: str, raw: Any,
+                  idempotency_key: str | None = None) -> Prediction:
+    """One explained, routed, stored prediction; a repeated key returns the stored one."""
+    started = time.perf_counter()
+    task = services.registry.task(task_name)
+    [row] = validate_inputs(task, [raw])
+    key = _check_key(idempotency_key)
+    if key is not None:
+        async with services.sessions() as session:
+            existing = await _find_by_key(session, caller, task.name, key)
+        if existing is not None:
+            return _replay(existing, row, key)
+    [record] = await _infer(services, task, [row], caller, key, started)
+    try:
+        await _store(services, [record])
+    except IntegrityError:
+        # A concurrent request with the same key stored first: answer with its prediction.
+        if key is None:
+            raise
+        async with services.sessions() as session:
+            existing = await _find_by_key(session, caller, task.name, key)
+        if existing is None:
+            raise
+        return _replay(existing, row, key)
+    return record
+
+
+async def predict_batch(services: Services, caller: Principal | None, task_name: str,
+                        raws: Sequence[Any]) -> list[Prediction]:
+    """All inputs validated first (every problem listed), then stored in one transaction."""
+    started = time.perf_counter()
+    task = services.registry.task(task_name)
+    if not raws:
+        raise BadRequestError("predictBatch needs at least one input")
+    limit = services.settings.max_batch_size
+    if len(raws) > limit:
+        raise BadRequestError(f"predictBatch takes at most {limit} inputs, got {len(raws)}")
+    rows = validate_inputs(task, raws, batch=True)
+    records = await _infer(services, task, rows, caller, None, started)
+    await _store(services, records)
+    return records
+
+
+def _check_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not key.strip() or len(key) > IDEMPOTENCY_KEY_MAX:
+        raise BadRequestError(
+            f"idempotencyKey must be 1 to {IDEMPOTENCY_KEY_MAX} characters, got {len(key)}")
+    return key
+
+
+async def _store(services: Services, records: list[Prediction]) -> None:
+    async with services.sessions() as session, session.begin():
+        session.add_all(records)
+
+
+async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:
+    """A stored prediction the caller may see; others' predictions look absent."""
+    async with services.sessions() as session:
+        found = await session.get(Prediction, prediction_id)
+    if found is None or not (caller.reads_everything or found.caller_key_id == caller.key_id):
+        raise NotFoundError(f"no prediction {prediction_id!r}")
+    return found
+
+
+@dataclass
+class Page:
+    items: list[Prediction]
+    cursors: list[str]
+    has_next: bool
+    total: int
+
+
+def encode_cursor(p: Prediction) -> str:
+    return base64.urlsafe_b64encode(f"{p.created_at.isoformat()}|{p.id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        stamp, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        return datetime.fromisoformat(stamp), ident
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadRequestError(f"invalid cursor {cursor!r}; pass an endCursor from a page") from None
+
+
+async def list_predictions(services: Services, caller: Principal, task: str | None, *,
+                           route: str | None = None, status: str | None = None,
+                           release: int | None = None, first: int = 50,
+                           after: str | None = None) -> Page:
+    """Newest first, keyset-paginated, filtered to what the caller may see."""
+    limit = services.settings.page_size_max
+    if not 1 <= first <= limit:
+        raise BadRequestError(f"first must be between 1 and {limit}, got {first}")
+    if task is not None:
+        services.registry.task(task)
+    filters = []
+    if task is not None:
+        filters.append(Prediction.task == task)
+    if not caller.reads_everything:
+        filters.append(Prediction.caller_key_id == caller.key_id)
+    for column, value in ((Prediction.route, route), (Prediction.status, status),
+                          (Prediction.release_version, release)):
+        if value is not None:
+            filters.append(column == value)
+    page_filters = list(filters)
+    if after:
+        stamp, ident = decode_cursor(after)
+        page_filters.append(or_(col(Prediction.created_at) < stamp,
+                                and_(col(Prediction.created_at) == stamp, col(Prediction.id) < ident)))
+    async with services.sessions() as session:
+        total = (await session.exec(select(func.count()).select_from(Prediction).where(*filters))).one()
+        items = list((await session.exec(
+            select(Prediction).where(*page_filters)
+            .order_by(col(Prediction.created_at).desc(), col(Prediction.id).desc())
+            .limit(first + 1))).all())
+    return Page(items[:first], [encode_cursor(p) for p in items[:first]], len(items) > first, total)

@@ -1,0 +1,55 @@
+"""Roles, the caller of a request, and which role may do what.
+
+The permission table lives here, one rule per public operation, so that the GraphQL layer
+checks one place and a test can prove no operation is left without a rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    PREDICTOR = "predictor"
+    REVIEWER = "reviewer"
+    AUDITOR = "auditor"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: an API key's id, name and role."""
+
+    key_id: int
+    name: str
+    role: Role
+
+    @property
+    def actor(self) -> str:
+        return f"key:{self.key_id}:{self.name}"
+
+    @property
+    def reads_everything(self) -> bool:
+        """Auditors and admins see every caller's predictions; others only their own."""
+        return self.role in (Role.AUDITOR, Role.ADMIN)
+
+
+EVERYONE = frozenset(Role)
+
+# operation name -> roles allowed to call it
+PERMISSIONS: dict[str, frozenset[Role]] = {
+    "tasks": EVERYONE,
+    "task": EVERYONE,
+    "me": EVERYONE,
+    "prediction": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
+    "predictions": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
+    "releases": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "predict": frozenset({Role.PREDICTOR, Role.ADMIN}),
+    "predictBatch": frozenset({Role.PREDICTOR, Role.ADMIN}),
+}
+
+
+def allowed(operation: str, role: Role) -> bool:
+    """Unknown operations are refused: a new field without a rule is closed, not open."""
+    return role in PERMISSIONS.get(operation, frozenset())

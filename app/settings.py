@@ -1,0 +1,45 @@
+"""Settings, read once from the environment (prefix ``ARBITER_``) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXAMPLE_TASKS_DIR = Path(__file__).resolve().parent / "examples"
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one Arbiter process."""
+
+    model_config = SettingsConfigDict(env_prefix="ARBITER_", extra="ignore")
+
+    data_dir: Path = Field(default=Path(".arbiter"), description="Artifacts and SQLite file.")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy async URL; unset = SQLite in the data dir."
+    )
+    redis_url: str | None = Field(default=None, description="Unset = embedded broker/pub-sub.")
+    tasks_dir: Path = Field(default=EXAMPLE_TASKS_DIR, description="Folder of task TOML files.")
+    release_refresh_seconds: float = Field(
+        default=2.0, ge=0, description="How often a process re-reads which release is LIVE."
+    )
+    key_cache_seconds: float = Field(
+        default=10.0, ge=0, description="How long a verified API key is remembered."
+    )
+    max_batch_size: int = Field(default=10_000, ge=1, description="Largest predictBatch.")
+    page_size_max: int = Field(default=500, ge=1, description="Largest page of a connection.")
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'arbiter.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")

@@ -1,0 +1,30 @@
+"""The per-request context resolvers receive."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from strawberry.types import Info as _Info
+
+from app.errors import AuthenticationError
+from app.predictions import Services
+from app.roles import Principal
+
+
+@dataclass
+class Context:
+    """Services built once per process, and the caller of this request."""
+
+    services: Services
+    principal: Principal | None
+    request: Any = None
+    response: Any = None
+
+    def caller(self) -> Principal:
+        if self.principal is None:
+            raise AuthenticationError("missing or invalid API key; send Authorization: Bearer <key>")
+        return self.principal
+
+
+Info = _Info[Context, None]

@@ -1,0 +1,96 @@
+"""The GraphQL schema: thin resolvers handing off to ``app``."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.scalars import JSON
+
+from app import predictions
+from app.releases import list_releases
+from graphql_schema.context import Info
+from graphql_schema.errors import DomainErrors
+from graphql_schema.permissions import Allowed
+from graphql_schema.types import (
+    Me,
+    PageInfo,
+    Prediction,
+    PredictionConnection,
+    PredictionEdge,
+    PredictionStatus,
+    Release,
+    Route,
+    Task,
+)
+
+GUARDED = [Allowed]
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(permission_classes=GUARDED, description="Every declared task.")
+    def tasks(self, info: Info) -> list[Task]:
+        return [Task.from_spec(t) for t in info.context.services.registry.tasks.values()]
+
+    @strawberry.field(permission_classes=GUARDED, description="One task by name.")
+    def task(self, info: Info, name: str) -> Task:
+        return Task.from_spec(info.context.services.registry.task(name))
+
+    @strawberry.field(permission_classes=GUARDED, description="The calling key's name and role.")
+    def me(self, info: Info) -> Me:
+        p = info.context.caller()
+        return Me(name=p.name, role=p.role.value)
+
+    @strawberry.field(permission_classes=GUARDED, description="A stored prediction by id.")
+    async def prediction(self, info: Info, id: strawberry.ID) -> Prediction:
+        ctx = info.context
+        return Prediction.from_row(await predictions.get_prediction(ctx.services, ctx.caller(), id))
+
+    @strawberry.field(permission_classes=GUARDED,
+                      description="Stored predictions, newest first; predictors see their own.")
+    async def predictions(self, info: Info, task: str | None = None, route: Route | None = None,
+                          status: PredictionStatus | None = None, release: int | None = None,
+                          first: int = 50, after: str | None = None) -> PredictionConnection:
+        ctx = info.context
+        page = await predictions.list_predictions(
+            ctx.services, ctx.caller(), task, route=route.value if route else None,
+            status=status.value if status else None, release=release, first=first, after=after)
+        edges = [PredictionEdge(cursor=c, node=Prediction.from_row(p))
+                 for p, c in zip(page.items, page.cursors, strict=True)]
+        return PredictionConnection(
+            edges=edges, total_count=page.total,
+            page_info=PageInfo(has_next_page=page.has_next, has_previous_page=after is not None,
+                               start_cursor=page.cursors[0] if page.cursors else None,
+                               end_cursor=page.cursors[-1] if page.cursors else None))
+
+    @strawberry.field(permission_classes=GUARDED, description="A task's releases, newest first.")
+    async def releases(self, info: Info, task: str) -> list[Release]:
+        services = info.context.services
+        services.registry.task(task)
+        async with services.sessions() as session:
+            return [Release.from_row(r) for r in await list_releases(session, task)]
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(permission_classes=GUARDED,
+                         description="Explain, route and store one prediction.")
+    async def predict(self, info: Info, task: str, input: JSON,
+                      idempotency_key: str | None = None) -> Prediction:
+        ctx = info.context
+        row = await predictions.predict(ctx.services, ctx.caller(), task, input, idempotency_key)
+        return Prediction.from_row(row)
+
+    @strawberry.mutation(permission_classes=GUARDED,
+                         description="Many predictions, validated together, stored together.")
+    async def predict_batch(self, info: Info, task: str, inputs: list[JSON]) -> list[Prediction]:
+        ctx = info.context
+        rows = await predictions.predict_batch(ctx.services, ctx.caller(), task, inputs)
+        return [Prediction.from_row(r) for r in rows]
+
+
+def build_schema() -> strawberry.Schema:
+    return strawberry.Schema(
+        query=Query, mutation=Mutation,
+        extensions=[DomainErrors(), ParserCache(maxsize=256), ValidationCache(maxsize=256)],
+    )

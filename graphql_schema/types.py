@@ -1,0 +1,246 @@
+"""GraphQL types. Each is built from what the database stored, so what a client reads
+after ``predict`` is exactly what a later ``prediction(id)`` returns."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from app.db.tables import Prediction as PredictionRow
+from app.db.tables import Release as ReleaseRow
+from app.ml.task import TaskSpec
+
+
+@strawberry.enum(description="How a feature's values are written.")
+class FeatureType(Enum):
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+    BOOLEAN = "boolean"
+
+
+@strawberry.enum(description="The space in which an explanation adds up exactly.")
+class ExplanationSpace(Enum):
+    LOG_ODDS = "LOG_ODDS"
+    PROBABILITY = "PROBABILITY"
+
+
+@strawberry.enum(description="AUTO: answered by the models alone. REVIEW: sent to people.")
+class Route(Enum):
+    AUTO = "AUTO"
+    REVIEW = "REVIEW"
+
+
+@strawberry.enum(description="Where a prediction stands.")
+class PredictionStatus(Enum):
+    ACCEPTED = "ACCEPTED"
+    PENDING_REVIEW = "PENDING_REVIEW"
+    REVIEWED = "REVIEWED"
+
+
+@strawberry.enum(description="The life stage of a release.")
+class ReleaseStage(Enum):
+    CANDIDATE = "CANDIDATE"
+    SHADOW = "SHADOW"
+    CANARY = "CANARY"
+    LIVE = "LIVE"
+    RETIRED = "RETIRED"
+
+
+@strawberry.type(description="One input field of a task's contract: enough to build a form.")
+class Feature:
+    name: str
+    type: FeatureType
+    required: bool
+    min: float | None
+    max: float | None
+    categories: list[str]
+    description: str
+
+
+@strawberry.type(description="A feature computed from inputs by a named Python function.")
+class DerivedFeature:
+    name: str
+    function: str
+    inputs: list[str]
+    description: str
+
+
+@strawberry.type(description="A declared ensemble member.")
+class MemberSpec:
+    name: str
+    algorithm: str
+    weight: float
+
+
+@strawberry.type(description="A prediction problem declared in a task file.")
+class Task:
+    name: str
+    description: str
+    classes: list[str]
+    features: list[Feature]
+    derived: list[DerivedFeature]
+    members: list[MemberSpec]
+    space: ExplanationSpace = strawberry.field(description="Where the ensemble aggregates.")
+    confidence_level: float = strawberry.field(
+        description="Conformal prediction sets hold the true class at least this often.")
+
+    @classmethod
+    def from_spec(cls, t: TaskSpec) -> Task:
+        return cls(
+            name=t.name, description=t.description, classes=list(t.classes),
+            features=[Feature(name=f.name, type=FeatureType(f.type.value), required=f.required,
+                              min=f.min, max=f.max, categories=list(f.categories),
+                              description=f.description) for f in t.features],
+            derived=[DerivedFeature(name=d.name, function=d.function, inputs=list(d.inputs),
+                                    description=d.description) for d in t.derived],
+            members=[MemberSpec(name=m.name, algorithm=m.algorithm, weight=m.weight)
+                     for m in t.members],
+            space=ExplanationSpace(t.space.value), confidence_level=t.review.confidence_level)
+
+
+@strawberry.type(description="The probability of one class.")
+class ClassProbability:
+    label: str
+    probability: float
+
+
+@strawberry.type(description="What one feature added to the explained output.")
+class Contribution:
+    feature: str
+    value: JSON | None = strawberry.field(description="The feature's value in this input.")
+    shap: float
+    derived: bool
+
+
+@strawberry.type(description="SHAP explanation: baseValue + sum(shap) = outputValue in `space`.")
+class Explanation:
+    status: str = strawberry.field(description="OK, or PARTIAL when a member failed.")
+    space: ExplanationSpace
+    explained_class: str
+    base_value: float
+    output_value: float
+    contributions: list[Contribution]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Explanation:
+        return cls(status=d["status"], space=ExplanationSpace(d["space"]),
+                   explained_class=d["explainedClass"], base_value=d["baseValue"],
+                   output_value=d["outputValue"],
+                   contributions=[Contribution(feature=c["feature"], value=c["value"],
+                                               shap=c["shap"], derived=c["derived"])
+                                  for c in d["contributions"]])
+
+
+def _probs(items: list[dict[str, Any]] | None) -> list[ClassProbability] | None:
+    if items is None:
+        return None
+    return [ClassProbability(label=p["label"], probability=p["probability"]) for p in items]
+
+
+@strawberry.type(description="What one member of the ensemble said.")
+class MemberPrediction:
+    name: str
+    version: str
+    label: str | None
+    weight: float
+    error: str | None
+    probabilities: list[ClassProbability] | None
+    explanation: Explanation | None
+
+
+@strawberry.type(description="Why a prediction was routed to review.")
+class Reason:
+    code: str
+    detail: str
+    value: JSON | None
+    threshold: JSON | None
+
+
+@strawberry.type(description="An explained, routed, stored prediction.")
+class Prediction:
+    id: strawberry.ID
+    task: str
+    release: int = strawberry.field(description="Version of the release that answered.")
+    label: str
+    confidence: float = strawberry.field(description="Ensemble probability of `label`.")
+    probabilities: list[ClassProbability]
+    prediction_set: list[str] = strawberry.field(
+        description="Conformal prediction set at the task's confidence level.")
+    members: list[MemberPrediction]
+    explanation: Explanation
+    route: Route
+    reasons: list[Reason]
+    status: PredictionStatus
+    final_label: str | None
+    input: JSON
+    idempotency_key: str | None
+    latency_ms: float
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, p: PredictionRow) -> Prediction:
+        return cls(
+            id=strawberry.ID(p.id), task=p.task, release=p.release_version, label=p.label,
+            confidence=p.confidence, probabilities=_probs(p.probabilities) or [],
+            prediction_set=list(p.prediction_set),
+            members=[MemberPrediction(
+                name=m["name"], version=m["version"], label=m["label"], weight=m["weight"],
+                error=m["error"], probabilities=_probs(m["probabilities"]),
+                explanation=Explanation.from_json(m["explanation"]) if m["explanation"] else None,
+            ) for m in p.members],
+            explanation=Explanation.from_json(p.explanation), route=Route(p.route),
+            reasons=[Reason(code=r["code"], detail=r["detail"], value=r.get("value"),
+                            threshold=r.get("threshold")) for r in p.reasons],
+            status=PredictionStatus(p.status), final_label=p.final_label, input=p.input,
+            idempotency_key=p.idempotency_key, latency_ms=p.latency_ms, created_at=p.created_at)
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type
+class PredictionEdge:
+    cursor: str
+    node: Prediction
+
+
+@strawberry.type(description="A page of predictions, newest first.")
+class PredictionConnection:
+    edges: list[PredictionEdge]
+    page_info: PageInfo
+    total_count: int
+
+
+@strawberry.type(description="A numbered, immutable ensemble of trained members.")
+class Release:
+    task: str
+    version: int
+    stage: ReleaseStage
+    traffic_percent: float
+    created_at: datetime
+    created_by: str
+    metrics: JSON = strawberry.field(description="Evaluation on the held-out test split.")
+    calibration: JSON = strawberry.field(description="Conformal level and threshold.")
+
+    @classmethod
+    def from_row(cls, r: ReleaseRow) -> Release:
+        calibration = {k: v for k, v in r.calibration.items() if k != "alphas"}
+        calibration["calibration_rows"] = len(r.calibration.get("alphas", []))
+        return cls(task=r.task, version=r.version, stage=ReleaseStage(r.stage),
+                   traffic_percent=r.traffic_percent, created_at=r.created_at,
+                   created_by=r.created_by, metrics=r.metrics, calibration=calibration)
+
+
+@strawberry.type(description="The caller's own key.")
+class Me:
+    name: str
+    role: str
