@@ -24,6 +24,7 @@ from graphql_schema.types import (
 )
 
 GUARDED = [Allowed]
+QUERY_CACHE_SIZE = 256
 
 
 @strawberry.type
@@ -92,5 +93,8 @@ class Mutation:
 def build_schema() -> strawberry.Schema:
     return strawberry.Schema(
         query=Query, mutation=Mutation,
-        extensions=[DomainErrors(), ParserCache(maxsize=256), ValidationCache(maxsize=256)],
+        # Factories: a fresh extension per request; the parse/validation LRU caches are module
+        # level in Strawberry, so they are shared across requests all the same.
+        extensions=[DomainErrors, lambda: ParserCache(maxsize=QUERY_CACHE_SIZE),
+                    lambda: ValidationCache(maxsize=QUERY_CACHE_SIZE)],
     )

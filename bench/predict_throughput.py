@@ -1,0 +1,451 @@
+"""Predictions/s and latency of Arbiter's ``predict`` mutation against a naive baseline.
+
+Trains the task in a fresh data dir (or reuses ``--data-dir``), creates a predictor key,
+starts ``arbiter serve`` and ``bench/baseline_app.py`` as separate processes, drives both
+with the same asyncio httpx client at each concurrency, and prints one table.
+
+Run from the repository root:  uv run python bench/predict_throughput.py --requests 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+from baseline_app import find_live_member  # bench/ is sys.path[0] when run as a script
+from rich.console import Console
+from rich.table import Table
+
+from app.ml.data import load_frame
+from app.ml.task import Feature, FeatureType, TaskSpec, load_tasks
+from app.settings import EXAMPLE_TASKS_DIR
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+HOST = "127.0.0.1"
+INPUT_ROWS = 500
+INPUT_SEED = 123
+PREDICT_QUERY = (
+    "mutation($input: JSON!) {{ predict(task: {task}, input: $input) "
+    "{{ id label confidence route explanation {{ baseValue outputValue }} }} }}"
+)
+
+Row = dict[str, Any]
+log = Console(stderr=True)
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+
+def parse_levels(text: str) -> list[int]:
+    levels = [int(part) for part in text.split(",") if part.strip()]
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("concurrency must be positive integers, e.g. 1,8,32")
+    return levels
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="loan_default", help="task to train and predict")
+    parser.add_argument("--member", default="boosted", help="member the baseline serves")
+    parser.add_argument("--concurrency", type=parse_levels, default=[1, 8, 32],
+                        help="comma-separated concurrency levels (default 1,8,32)")
+    parser.add_argument("--requests", type=int, default=400, help="measured requests per level")
+    parser.add_argument("--warmup", type=int, default=20, help="unmeasured requests per level")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="data dir to use (kept; trained only if it has no LIVE release); "
+                             "default: a fresh temporary dir")
+    parser.add_argument("--startup-timeout", type=float, default=180.0,
+                        help="seconds to wait for each server's /readyz")
+    return parser.parse_args(argv)
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+def source_frame(task: TaskSpec, rows: int, seed: int) -> pd.DataFrame:
+    """Realistic raw inputs: fresh generated loans, else a sample of the training data."""
+    if task.name == "loan_default":
+        from app.examples.loan import generate
+
+        return generate(rows=rows, seed=seed)
+    frame = load_frame(task)
+    return frame.sample(n=min(rows, len(frame)), random_state=seed)
+
+
+def plain_value(feature: Feature, value: Any) -> Any:
+    """A pandas/numpy cell as the JSON type the contract wants."""
+    if feature.type is FeatureType.BOOLEAN:
+        return bool(value)
+    if feature.type is FeatureType.CATEGORICAL:
+        return str(value)
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+def input_rows(task: TaskSpec, rows: int = INPUT_ROWS, seed: int = INPUT_SEED) -> list[Row]:
+    """Input objects for ``predict``; missing (NaN) optional values are left out."""
+    frame = source_frame(task, rows, seed)
+    records = frame.to_dict(orient="records")
+    return [
+        {f.name: plain_value(f, r[f.name]) for f in task.features if not pd.isna(r[f.name])}
+        for r in records
+    ]
+
+
+# --- data dir, CLI and server processes ------------------------------------------------------
+
+
+def arbiter_env(data_dir: Path) -> dict[str, str]:
+    """The environment without any ARBITER_* setting but the data dir (SQLite, no Redis)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARBITER_")}
+    env["ARBITER_DATA_DIR"] = str(data_dir.resolve())
+    return env
+
+
+def arbiter_exe() -> str:
+    exe = Path(sys.executable).parent / "arbiter"
+    if not exe.exists():
+        raise SystemExit(f"{exe} not found: run with `uv run` from {ROOT}")
+    return str(exe)
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> str:
+    """Run ``arbiter <args>``; its stdout, or exit with its output on failure."""
+    done = subprocess.run([arbiter_exe(), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"arbiter {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def ensure_release(data_dir: Path, task: str, member: str, env: dict[str, str]) -> int:
+    """Version of the LIVE release (training one first if there is none)."""
+    live = find_live_member(data_dir, task, member)
+    if live is None:
+        log.log(f"training {task} in {data_dir} ...")
+        run_cli(["train", task], env)
+        live = find_live_member(data_dir, task, member)
+    if live is None:
+        raise SystemExit(f"the LIVE release of {task} has no member {member!r}")
+    return live.version
+
+
+def create_key(env: dict[str, str]) -> str:
+    return run_cli(["keys", "create", "--role", "predictor", "--name", "bench"], env).split()[-1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+
+def start_server(name: str, cmd: list[str], port: int, env: dict[str, str],
+                 log_path: Path) -> Server:
+    """Start a server in its own session (so Ctrl-C reaches only us; we stop it)."""
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    return Server(name, process, f"http://{HOST}:{port}", log_path)
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM the server's process group, SIGKILL after 10 s."""
+    if server.process.poll() is not None:
+        return
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.process.pid, sig)
+        try:
+            server.process.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def wait_ready(server: Server, timeout: float) -> dict[str, Any]:
+    """Poll ``/readyz`` until 200; fail early if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise SystemExit(f"{server.name} exited:\n{log_tail(server.log_path)}")
+        with contextlib.suppress(httpx.HTTPError):
+            response = httpx.get(f"{server.base_url}/readyz", timeout=2.0)
+            if response.status_code == 200:
+                return dict(response.json())
+        time.sleep(0.25)
+    raise SystemExit(f"{server.name} not ready after {timeout:.0f}s:\n{log_tail(server.log_path)}")
+
+
+# --- load generation -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One endpoint to drive: how to build a request body and how to judge a response."""
+
+    name: str
+    url: str
+    headers: dict[str, str]
+    body: Callable[[Row], dict[str, Any]]
+    ok: Callable[[httpx.Response], bool]
+
+
+def graphql_ok(response: httpx.Response) -> bool:
+    if response.status_code != 200:
+        return False
+    try:
+        payload = response.json()
+    except ValueError:
+        return False
+    return not payload.get("errors") and (payload.get("data") or {}).get("predict") is not None
+
+
+def baseline_ok(response: httpx.Response) -> bool:
+    return response.status_code == 200 and "label" in response.json()
+
+
+def arbiter_target(base_url: str, key: str, task: str) -> Target:
+    query = PREDICT_QUERY.format(task=json.dumps(task))
+    return Target("Arbiter", f"{base_url}/graphql", {"Authorization": f"Bearer {key}"},
+                  lambda row: {"query": query, "variables": {"input": row}}, graphql_ok)
+
+
+def baseline_target(base_url: str) -> Target:
+    return Target("Baseline", f"{base_url}/predict", {}, lambda row: row, baseline_ok)
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    latencies: list[float]  # seconds, successful requests only
+    failures: int
+    elapsed: float
+    first_error: str | None
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+
+@dataclass
+class Tally:
+    latencies: list[float]
+    failures: int = 0
+    first_error: str | None = None
+
+
+async def one_request(client: httpx.AsyncClient, target: Target, row: Row,
+                      tally: Tally) -> None:
+    start = time.perf_counter()
+    error: str | None = None
+    try:
+        response = await client.post(target.url, json=target.body(row), headers=target.headers)
+        if not target.ok(response):
+            error = f"HTTP {response.status_code}: {response.text[:300]}"
+    except (httpx.HTTPError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    if error is None:
+        tally.latencies.append(time.perf_counter() - start)
+    else:
+        tally.failures += 1
+        tally.first_error = tally.first_error or error
+
+
+async def drive(client: httpx.AsyncClient, target: Target, rows: Sequence[Row],
+                concurrency: int, total: int, offset: int) -> Tally:
+    """``total`` requests from ``concurrency`` workers; rows cycled from ``offset``."""
+    tally = Tally([])
+    counter = itertools.count()
+
+    async def worker() -> None:
+        while (i := next(counter)) < total:
+            await one_request(client, target, rows[(offset + i) % len(rows)], tally)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return tally
+
+
+async def measure(target: Target, rows: Sequence[Row], concurrency: int, requests: int,
+                  warmup: int) -> LevelResult:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+        await drive(client, target, rows, concurrency, warmup, 0)
+        start = time.perf_counter()
+        tally = await drive(client, target, rows, concurrency, requests, warmup)
+        elapsed = time.perf_counter() - start
+    return LevelResult(concurrency, tally.latencies, tally.failures, elapsed, tally.first_error)
+
+
+async def measure_all(targets: Sequence[Target], rows: Sequence[Row], levels: Sequence[int],
+                      requests: int, warmup: int) -> dict[str, list[LevelResult]]:
+    results: dict[str, list[LevelResult]] = {t.name: [] for t in targets}
+    for level in levels:
+        for target in targets:
+            log.log(f"{target.name}: concurrency {level}, {requests} requests ...")
+            result = await measure(target, rows, level, requests, warmup)
+            if result.first_error:
+                log.log(f"[yellow]{target.name}: {result.failures} failures; first: "
+                        f"{result.first_error}")
+            results[target.name].append(result)
+    return results
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line() -> str:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (f"machine: {os.cpu_count()} CPUs ({usable} usable, {cpu_model()}), "
+            f"Python {platform.python_version()}, {platform.system()} {platform.release()}")
+
+
+def ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b > 0 and np.isfinite(a) and np.isfinite(b) else "-"
+
+
+def level_cells(result: LevelResult) -> list[str]:
+    fails = f"[red]{result.failures}" if result.failures else "0"
+    return [f"{result.throughput:.1f}", f"{result.percentile_ms(50):.1f}",
+            f"{result.percentile_ms(99):.1f}", fails]
+
+
+def render(results: dict[str, list[LevelResult]], task: str, member: str, release: int,
+           requests: int, warmup: int) -> Table:
+    table = Table(
+        title=(f"predict throughput: task {task}, release {release} — Arbiter POST /graphql "
+               f"vs naive baseline ({member}.predict_proba)"),
+        caption=(f"{machine_line()}\n{requests} measured requests per level after {warmup} "
+                 "warm-up; latencies of successful requests; ratios are Arbiter / baseline"),
+    )
+    table.add_column("concurrency", justify="right")
+    for name in ("Arbiter", "Baseline"):
+        table.add_column(f"{name} pred/s", justify="right")
+        table.add_column(f"{name} p50 ms", justify="right")
+        table.add_column(f"{name} p99 ms", justify="right")
+        table.add_column(f"{name} fails", justify="right")
+    table.add_column("pred/s ratio", justify="right")
+    table.add_column("p99 ratio", justify="right")
+    for arb, base in zip(results["Arbiter"], results["Baseline"], strict=True):
+        table.add_row(str(arb.concurrency), *level_cells(arb), *level_cells(base),
+                      ratio(arb.throughput, base.throughput),
+                      ratio(arb.percentile_ms(99), base.percentile_ms(99)))
+    return table
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def _terminate(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def check_task(name: str, member: str) -> TaskSpec:
+    tasks = load_tasks(EXAMPLE_TASKS_DIR)
+    if name not in tasks:
+        raise SystemExit(f"unknown task {name!r}; choose one of {sorted(tasks)}")
+    task = tasks[name]
+    if member not in {m.name for m in task.members}:
+        raise SystemExit(f"{name} has no member {member!r}")
+    return task
+
+
+def start_servers(stack: contextlib.ExitStack, data_dir: Path, args: argparse.Namespace,
+                  env: dict[str, str]) -> tuple[Server, Server]:
+    """Start both servers (stopped when ``stack`` closes) and wait until they are ready."""
+    arbiter_port, baseline_port = free_port(), free_port()
+    arbiter = start_server("arbiter serve", [arbiter_exe(), "serve", "--host", HOST, "--port",
+                                             str(arbiter_port)],
+                           arbiter_port, env, data_dir / "bench-arbiter.log")
+    stack.callback(stop_server, arbiter)
+    baseline_cmd = [sys.executable, str(BENCH_DIR / "baseline_app.py"), "--data-dir",
+                    str(data_dir), "--task", args.task, "--member", args.member,
+                    "--host", HOST, "--port", str(baseline_port)]
+    baseline = start_server("baseline", baseline_cmd, baseline_port, env,
+                            data_dir / "bench-baseline.log")
+    stack.callback(stop_server, baseline)
+    for server in (arbiter, baseline):
+        log.log(f"waiting for {server.name} at {server.base_url} ...")
+        wait_ready(server, args.startup_timeout)
+    return arbiter, baseline
+
+
+def run(args: argparse.Namespace) -> None:
+    task = check_task(args.task, args.member)
+    rows = input_rows(task)
+    with contextlib.ExitStack() as stack:
+        if args.data_dir is None:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="arbiter-bench-"))
+            data_dir = Path(tmp)
+        else:
+            data_dir = args.data_dir.resolve()
+            data_dir.mkdir(parents=True, exist_ok=True)
+        env = arbiter_env(data_dir)
+        release = ensure_release(data_dir, task.name, args.member, env)
+        key = create_key(env)
+        arbiter, baseline = start_servers(stack, data_dir, args, env)
+        targets = [arbiter_target(arbiter.base_url, key, task.name),
+                   baseline_target(baseline.base_url)]
+        results = asyncio.run(measure_all(targets, rows, args.concurrency, args.requests,
+                                          args.warmup))
+    Console().print(render(results, task.name, args.member, release, args.requests,
+                           args.warmup))
+
+
+def main() -> int:
+    args = parse_args()
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        run(args)
+    except KeyboardInterrupt:
+        log.log("interrupted; servers stopped")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

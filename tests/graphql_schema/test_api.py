@@ -1,0 +1,231 @@
+"""The GraphQL API over real HTTP, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from app.ml.task import TaskSpec
+from app.settings import Settings
+from tests.conftest import Api, example_inputs, make_key
+
+CONTRACT = """
+mutation($task: String!, $input: JSON!, $key: String) {
+  predict(task: $task, input: $input, idempotencyKey: $key) {
+    id task release label confidence
+    probabilities { label probability } predictionSet
+    members { name version label weight error probabilities { label probability } }
+    explanation { status space explainedClass baseValue outputValue
+                  contributions { feature value shap } }
+    route reasons { code detail } status finalLabel createdAt } }
+"""
+FIELDS = CONTRACT.split("{", 2)[2].rsplit("}", 1)[0]  # the selection set of `predict`
+GET = "query($id: ID!) { prediction(id: $id) {" + FIELDS.rsplit("}", 1)[0] + "} }"
+
+
+def check_prediction(task: TaskSpec, p: dict[str, Any]) -> None:
+    """What every prediction must satisfy, whatever the task."""
+    probs = {c["label"]: c["probability"] for c in p["probabilities"]}
+    assert list(probs) == list(task.classes)
+    assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-9)
+    assert p["label"] == max(probs, key=probs.__getitem__)
+    assert p["confidence"] == probs[p["label"]]
+    ex = p["explanation"]
+    assert ex["explainedClass"] == p["label"]
+    total = ex["baseValue"] + sum(c["shap"] for c in ex["contributions"])
+    assert abs(total - ex["outputValue"]) < 1e-6
+    q = probs[p["label"]]
+    if ex["space"] == "LOG_ODDS" and len(task.classes) == 2:
+        assert abs(ex["outputValue"] - math.log(q / (1 - q))) < 1e-6
+    elif ex["space"] == "LOG_ODDS":
+        mean_log = sum(math.log(v) for v in probs.values()) / len(probs)
+        assert abs(ex["outputValue"] - (math.log(q) - mean_log)) < 1e-6
+    assert [c["feature"] for c in ex["contributions"]] == task.model_columns
+    assert {m["name"] for m in p["members"]} == {m.name for m in task.members}
+    assert set(p["predictionSet"]) <= set(task.classes)
+    assert (p["route"] == "AUTO") == (not p["reasons"])
+    if p["route"] == "AUTO":
+        assert p["status"] == "ACCEPTED" and p["finalLabel"] == p["label"]
+        assert p["predictionSet"] == [p["label"]]
+    else:
+        assert p["status"] == "PENDING_REVIEW" and p["finalLabel"] is None
+
+
+@pytest.mark.parametrize("task_name", ["breast_cancer", "loan_default"])
+def test_predict_returns_what_is_stored(predictor: Api, example_tasks: dict[str, TaskSpec],
+                                        task_name: str) -> None:
+    task = example_tasks[task_name]
+    for row in example_inputs(task, 6):
+        body = predictor(CONTRACT, task=task_name, input=row)
+        assert "errors" not in body, body
+        p = body["data"]["predict"]
+        check_prediction(task, p)
+        assert p["task"] == task_name and p["release"] == 1
+        stored = predictor(GET, id=p["id"])["data"]["prediction"]
+        assert stored == p
+
+
+def test_routes_with_reasons_over_many_inputs(predictor: Api,
+                                              example_tasks: dict[str, TaskSpec]) -> None:
+    task = example_tasks["loan_default"]
+    query = "mutation($i: [JSON!]!) { predictBatch(task: \"loan_default\", inputs: $i) {" \
+        + FIELDS.rsplit("}", 1)[0] + "} }"
+    body = predictor(query, i=example_inputs(task, 300, seed=9))
+    rows = body["data"]["predictBatch"]
+    assert len(rows) == 300
+    for p in rows:
+        check_prediction(task, p)
+    codes = {r["code"] for p in rows for r in p["reasons"]}
+    routes = {p["route"] for p in rows}
+    assert routes == {"AUTO", "REVIEW"}, "300 loan inputs should include both routes"
+    assert "LOW_CONFIDENCE" in codes
+
+
+def test_bad_input_lists_every_field_and_stores_nothing(predictor: Api, admin: Api) -> None:
+    bad = {"income": -1, "loan_amount": "lots", "employment": "pirate", "has_cosigner": 1,
+           "orders": float("inf") if False else 3, "surprise": True}
+    body = predictor(CONTRACT, task="loan_default", input=bad)
+    [error] = body["errors"]
+    assert error["extensions"]["code"] == "INPUT_INVALID"
+    problems = {(f["field"], f["problem"]) for f in error["extensions"]["fields"]}
+    assert problems == {
+        ("income", "OUT_OF_RANGE"), ("loan_amount", "WRONG_TYPE"),
+        ("employment", "UNKNOWN_CATEGORY"), ("has_cosigner", "WRONG_TYPE"),
+        ("surprise", "UNKNOWN_FIELD"), ("term_months", "MISSING"),
+        ("home_ownership", "MISSING"), ("purpose", "MISSING"), ("total_spend", "MISSING"),
+    }
+    for not_an_object in ([1, 2], "text", 7):
+        body = predictor(CONTRACT, task="loan_default", input=not_an_object)
+        assert body["errors"][0]["extensions"]["fields"][0]["problem"] == "NOT_AN_OBJECT"
+    count = admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"]
+    assert count == 0
+
+
+def test_bad_batch_is_refused_whole(predictor: Api, admin: Api,
+                                    example_tasks: dict[str, TaskSpec]) -> None:
+    rows: list[Any] = example_inputs(example_tasks["breast_cancer"], 4)
+    rows[2] = {**rows[2], "mean_radius": "big"}
+    rows[3] = {**rows[3], "mean_area": -3.0}
+    body = predictor("mutation($i: [JSON!]!) { predictBatch(task: \"breast_cancer\", "
+                     "inputs: $i) { id } }", i=rows)
+    fields = body["errors"][0]["extensions"]["fields"]
+    assert {(f["index"], f["field"]) for f in fields} == {(2, "mean_radius"), (3, "mean_area")}
+    assert admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"] == 0
+
+
+def test_unknown_task_is_a_clear_error(predictor: Api) -> None:
+    body = predictor(CONTRACT, task="nope", input={})
+    assert body["errors"][0]["extensions"]["code"] == "UNKNOWN_TASK"
+    assert "breast_cancer" in body["errors"][0]["message"]
+
+
+def test_idempotency_key_returns_the_stored_prediction(
+        predictor: Api, admin: Api, example_tasks: dict[str, TaskSpec]) -> None:
+    row = example_inputs(example_tasks["loan_default"], 1)[0]
+    first = predictor(CONTRACT, task="loan_default", input=row, key="order-17")["data"]["predict"]
+    again = predictor(CONTRACT, task="loan_default", input=row, key="order-17")["data"]["predict"]
+    assert again == first
+    changed = predictor(CONTRACT, task="loan_default", input={**row, "orders": 1.0},
+                        key="order-17")
+    assert changed["errors"][0]["extensions"]["code"] == "IDEMPOTENCY_CONFLICT"
+    assert admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"] == 1
+
+
+def test_concurrent_requests_with_one_key_store_one_prediction(
+        server: Any, settings: Settings, admin: Api, example_tasks: dict[str, TaskSpec]) -> None:
+    key = make_key(settings, "predictor", "racer")
+    row = example_inputs(example_tasks["breast_cancer"], 1)[0]
+
+    def call(_: int) -> str:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            body = Api(client, key)(CONTRACT, task="breast_cancer", input=row, key="same")
+            return str(body["data"]["predict"]["id"])
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = set(pool.map(call, range(16)))
+    assert len(ids) == 1
+    assert admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"] == 1
+
+
+def test_requests_need_a_valid_key(http: httpx.Client) -> None:
+    query = {"query": "{ tasks { name } }"}
+    missing = http.post("/graphql", json=query)
+    assert missing.status_code == 401
+    assert missing.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    wrong = http.post("/graphql", json=query, headers={"Authorization": "Bearer arb_nope"})
+    assert wrong.status_code == 401
+    assert "invalid" in wrong.json()["errors"][0]["message"]
+
+
+def test_predictors_see_only_their_own_predictions(
+        predictor: Api, admin: Api, http: httpx.Client, settings: Settings,
+        example_tasks: dict[str, TaskSpec]) -> None:
+    other = Api(http, make_key(settings, "predictor", "another-app"))
+    rows = example_inputs(example_tasks["breast_cancer"], 3)
+    mine = [predictor(CONTRACT, task="breast_cancer", input=r)["data"]["predict"]["id"]
+            for r in rows[:2]]
+    theirs = other(CONTRACT, task="breast_cancer", input=rows[2])["data"]["predict"]["id"]
+    listing = "{ predictions(task: \"breast_cancer\") { totalCount edges { node { id } } } }"
+    seen = predictor(listing)["data"]["predictions"]
+    assert seen["totalCount"] == 2
+    assert {e["node"]["id"] for e in seen["edges"]} == set(mine)
+    hidden = predictor(GET, id=theirs)
+    assert hidden["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    assert admin(listing)["data"]["predictions"]["totalCount"] == 3
+
+
+def test_releases_are_for_admins_not_predictors(predictor: Api, admin: Api) -> None:
+    query = "{ releases(task: \"loan_default\") { version stage createdAt metrics } }"
+    refused = predictor(query)
+    assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    [release] = admin(query)["data"]["releases"]
+    assert release["stage"] == "LIVE" and release["version"] == 1
+    assert 0.7 < release["metrics"]["accuracy"] <= 1
+
+
+def test_predictions_paginate_newest_first(predictor: Api,
+                                           example_tasks: dict[str, TaskSpec]) -> None:
+    rows = example_inputs(example_tasks["breast_cancer"], 7)
+    made = [predictor(CONTRACT, task="breast_cancer", input=r)["data"]["predict"]["id"]
+            for r in rows]
+    query = """query($after: String) { predictions(task: "breast_cancer", first: 3, after: $after)
+      { totalCount pageInfo { hasNextPage endCursor } edges { cursor node { id } } } }"""
+    seen: list[str] = []
+    after = None
+    while True:
+        page = predictor(query, after=after)["data"]["predictions"]
+        assert page["totalCount"] == 7
+        seen += [e["node"]["id"] for e in page["edges"]]
+        if not page["pageInfo"]["hasNextPage"]:
+            break
+        after = page["pageInfo"]["endCursor"]
+    assert seen == made[::-1]
+    bad = predictor(query, after="not-a-cursor")
+    assert bad["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+def test_tasks_describe_the_contract(predictor: Api) -> None:
+    body = predictor("{ tasks { name classes features { name type required min max "
+                     "categories description } } }")
+    tasks = {t["name"]: t for t in body["data"]["tasks"]}
+    assert tasks["loan_default"]["classes"] == ["repaid", "late", "default"]
+    employment = next(f for f in tasks["loan_default"]["features"] if f["name"] == "employment")
+    assert employment["type"] == "CATEGORICAL" and "salaried" in employment["categories"]
+    history = next(f for f in tasks["loan_default"]["features"]
+                   if f["name"] == "credit_history_years")
+    assert history["required"] is False and history["min"] == 0
+
+
+def test_readyz_reports_loaded_models(http: httpx.Client) -> None:
+    deadline = time.monotonic() + 60
+    while (ready := http.get("/readyz")).status_code != 200:
+        assert ready.status_code == 503 and ready.json()["status"] == "not ready"
+        assert time.monotonic() < deadline, ready.json()
+        time.sleep(0.1)
+    assert ready.json()["tasks"] == {"breast_cancer": "ready", "loan_default": "ready"}
+    assert http.get("/healthz").json() == {"status": "alive"}
