@@ -37,8 +37,12 @@ class ApiKeyAuth:
         token = bearer_token(scope["headers"])
         principal = await self.verify(token) if token else None
         if principal is None:
-            await self._refuse(send, "missing API key; send Authorization: Bearer <key>"
-                               if token is None else "invalid or revoked API key")
+            await self._refuse(
+                send,
+                "missing API key; send Authorization: Bearer <key>"
+                if token is None
+                else "invalid or revoked API key",
+            )
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
@@ -49,9 +53,18 @@ class ApiKeyAuth:
 
     @staticmethod
     async def _refuse(send: Send, message: str) -> None:
-        body = json.dumps({"errors": [{"message": message,
-                                       "extensions": {"code": "UNAUTHENTICATED"}}]}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-            (b"content-length", str(len(body)).encode())]})
+        body = json.dumps(
+            {"errors": [{"message": message, "extensions": {"code": "UNAUTHENTICATED"}}]}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"www-authenticate", b"Bearer"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -18,17 +19,20 @@ from app.db.migrate import upgrade
 from app.errors import ArbiterError
 from app.keys import create_key
 from app.ml.task import load_tasks
-from app.ml.training import fit_release
 from app.releases import list_releases, live_release, store_release
 from app.roles import Role
 from app.settings import Settings
 
 T = TypeVar("T")
-cli = typer.Typer(help="Arbiter: explained, reviewed ensemble predictions over GraphQL.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+cli = typer.Typer(
+    help="Arbiter: explained, reviewed ensemble predictions over GraphQL.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
-console = Console()
+# Wide enough for the release table when piped (rich assumes 80 columns off a terminal).
+console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True)
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
@@ -37,12 +41,14 @@ Port = Annotated[int, typer.Option(help="TCP port.")]
 
 def _run(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """Run an async job with a session factory, disposing of the engine afterwards."""
+
     async def main() -> T:
         engine = make_engine(settings.resolved_database_url)
         try:
             return await work(make_sessionmaker(engine))
         finally:
             await engine.dispose()
+
     return asyncio.run(main())
 
 
@@ -64,6 +70,8 @@ def _train(settings: Settings, name: str, actor: str) -> None:
     tasks = load_tasks(settings.tasks_dir)
     if name not in tasks:
         raise ArbiterError(f"unknown task {name!r}; known: {', '.join(sorted(tasks))}")
+    from app.ml.training import fit_release  # imported here: SHAP is slow to import
+
     with console.status(f"training {name}: {len(tasks[name].members)} members"):
         trained = fit_release(tasks[name])
     release = _run(settings, lambda s: store_release(s, settings.artifacts_dir, trained, actor))
@@ -72,7 +80,8 @@ def _train(settings: Settings, name: str, actor: str) -> None:
         f"[bold]{name}[/] release {release.version} → {release.stage}: "
         f"accuracy {m['accuracy']:.3f}, log loss {m['log_loss']:.3f}, "
         f"conformal coverage {m['conformal_coverage']:.3f} at {m['confidence_level']:.0%}, "
-        f"mean set size {m['conformal_mean_set_size']:.2f}")
+        f"mean set size {m['conformal_mean_set_size']:.2f}"
+    )
 
 
 @cli.command()
@@ -91,20 +100,39 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
             return await list_releases(session, task)
 
     rows = _run(settings, work)
-    table = Table("version", "stage", "created", "by", "accuracy", "log loss", "roc auc",
-                  "coverage", "set size", title=f"releases of {task}")
+    table = Table(
+        "version",
+        "stage",
+        "created",
+        "by",
+        "accuracy",
+        "log loss",
+        "roc auc",
+        "coverage",
+        "set size",
+        title=f"releases of {task}",
+    )
     for r in rows:
         m = r.metrics
-        table.add_row(str(r.version), r.stage, r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                      r.created_by, f"{m['accuracy']:.3f}", f"{m['log_loss']:.3f}",
-                      f"{m.get('roc_auc', float('nan')):.3f}", f"{m['conformal_coverage']:.3f}",
-                      f"{m['conformal_mean_set_size']:.2f}")
+        table.add_row(
+            str(r.version),
+            r.stage,
+            r.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.created_by,
+            f"{m['accuracy']:.3f}",
+            f"{m['log_loss']:.3f}",
+            f"{m.get('roc_auc', float('nan')):.3f}",
+            f"{m['conformal_coverage']:.3f}",
+            f"{m['conformal_mean_set_size']:.2f}",
+        )
     console.print(table if rows else f"{task} has no releases; run `arbiter train {task}`")
 
 
 @keys_cli.command("create")
-def keys_create(role: Annotated[str, typer.Option(help="predictor, reviewer, auditor or admin")],
-                name: Annotated[str, typer.Option(help="Who or what holds the key.")]) -> None:
+def keys_create(
+    role: Annotated[str, typer.Option(help="predictor, reviewer, auditor or admin")],
+    name: Annotated[str, typer.Option(help="Who or what holds the key.")],
+) -> None:
     """Create an API key; the key is printed once, alone on the last line."""
     settings = _prepare()
 
@@ -118,13 +146,17 @@ def keys_create(role: Annotated[str, typer.Option(help="predictor, reviewer, aud
 
 
 def _serve(host: str, port: int, workers: int = 1) -> None:
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info")
+    uvicorn.run(
+        "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
+    )
 
 
 @cli.command()
-def serve(host: Host = "127.0.0.1", port: Port = 8000,
-          workers: Annotated[int, typer.Option(help="Server processes.")] = 1) -> None:
+def serve(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
+) -> None:
     """Serve the GraphQL API (migrates first; does not train)."""
     _prepare()
     _serve(host, port, workers)
@@ -135,16 +167,19 @@ def demo(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     """Migrate, train the tasks that have no release, create keys, and serve."""
     settings = _prepare()
     for name in load_tasks(settings.tasks_dir):
+
         async def has_live(sessions: Any, name: str = name) -> bool:
             async with sessions() as session:
                 return await live_release(session, name) is not None
+
         if not _run(settings, has_live):
             _train(settings, name, "demo")
 
     async def make_keys(sessions: Any) -> dict[str, str]:
         async with sessions() as session, session.begin():
-            return {r.value: (await create_key(session, r.value, f"demo-{r.value}"))[1]
-                    for r in Role}
+            return {
+                r.value: (await create_key(session, r.value, f"demo-{r.value}"))[1] for r in Role
+            }
 
     keys = _run(settings, make_keys)
     url = f"http://{host}:{port}/graphql"
@@ -152,16 +187,20 @@ def demo(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     for role, key in keys.items():
         table.add_row(role, key)
     console.print(table)
-    example = {"query": 'mutation { predict(task: "loan_default", input: {income: 52000, '
-               'loan_amount: 12000, term_months: 36, employment: "salaried", home_ownership: '
-               '"rent", purpose: "car", has_cosigner: false, total_spend: 3400, orders: 41}) '
-               '{ id label confidence predictionSet route reasons { code detail } '
-               'explanation { space explainedClass baseValue outputValue '
-               'contributions { feature value shap } } } }'}
+    example = {
+        "query": 'mutation { predict(task: "loan_default", input: {income: 52000, '
+        'loan_amount: 12000, term_months: 36, employment: "salaried", home_ownership: '
+        '"rent", purpose: "car", has_cosigner: false, total_spend: 3400, orders: 41}) '
+        "{ id label confidence predictionSet route reasons { code detail } "
+        "explanation { space explainedClass baseValue outputValue "
+        "contributions { feature value shap } } } }"
+    }
     console.print(f"\nGraphiQL: {url}  (set the header Authorization: Bearer <key>)\n")
     console.print("Try it:", style="bold")
-    print(f"curl -s {url} -H 'Authorization: Bearer {keys['predictor']}' "
-          f"-H 'Content-Type: application/json' -d '{json.dumps(example)}'\n")
+    print(
+        f"curl -s {url} -H 'Authorization: Bearer {keys['predictor']}' "
+        f"-H 'Content-Type: application/json' -d '{json.dumps(example)}'\n"
+    )
     _serve(host, port)
 
 

@@ -25,7 +25,9 @@ class UnknownTaskError(ArbiterError):
     code = "UNKNOWN_TASK"
 
     def __init__(self, task: str, known: list[str]) -> None:
-        super().__init__(f"unknown task {task!r}; known tasks: {', '.join(sorted(known)) or 'none'}")
+        super().__init__(
+            f"unknown task {task!r}; known tasks: {', '.join(sorted(known)) or 'none'}"
+        )
         self.task = task
 
 

@@ -32,8 +32,9 @@ async def create_key(session: AsyncSession, role: str, name: str) -> tuple[ApiKe
     if not name.strip():
         raise BadRequestError("a key needs a non-empty name")
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(name=name.strip(), role=parsed.value, key_hash=hash_key(plaintext),
-                 prefix=plaintext[:10])
+    row = ApiKey(
+        name=name.strip(), role=parsed.value, key_hash=hash_key(plaintext), prefix=plaintext[:10]
+    )
     session.add(row)
     await session.flush()
     return row, plaintext

@@ -48,8 +48,12 @@ def build_services(settings: Settings) -> tuple[Services, Any]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine)
-    registry = Registry(load_tasks(settings.tasks_dir), sessions, settings.artifacts_dir,
-                        settings.release_refresh_seconds)
+    registry = Registry(
+        load_tasks(settings.tasks_dir),
+        sessions,
+        settings.artifacts_dir,
+        settings.release_refresh_seconds,
+    )
     return Services(settings, sessions, registry), engine
 
 
@@ -69,10 +73,11 @@ def build_app(settings: Settings) -> Starlette:
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
         checks["tasks"] = services.registry.readiness()
-        ready = checks["database"] == "ok" and all(
-            v == "ready" for v in checks["tasks"].values())
-        return JSONResponse({"status": "ready" if ready else "not ready", **checks},
-                            status_code=200 if ready else 503)
+        ready = checks["database"] == "ok" and all(v == "ready" for v in checks["tasks"].values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", **checks},
+            status_code=200 if ready else 503,
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -84,11 +89,14 @@ def build_app(settings: Settings) -> Starlette:
             await engine.dispose()
 
     graphql = ApiKeyAuth(ArbiterGraphQL(services), verifier.verify)
-    app = Starlette(routes=[
-        Route("/graphql", graphql, methods=["GET", "POST"]),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-    ], lifespan=lifespan)
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )
     app.state.services = services
     return app
 

@@ -61,70 +61,124 @@ def input_hash(raw: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
 
 
-def _explanation_json(task: TaskSpec, ex: Explained, row: dict[str, Any], values: np.ndarray,
-                      status: str, space: str) -> dict[str, Any]:
+def _explanation_json(
+    task: TaskSpec, ex: Explained, row: dict[str, Any], values: np.ndarray, status: str, space: str
+) -> dict[str, Any]:
     derived = {d.name for d in task.derived}
     contributions = [
-        {"feature": name, "value": row.get(name) if name not in derived else float(values[j]),
-         "shap": float(ex.contributions[j]), "derived": name in derived}
+        {
+            "feature": name,
+            "value": row.get(name) if name not in derived else float(values[j]),
+            "shap": float(ex.contributions[j]),
+            "derived": name in derived,
+        }
         for j, name in enumerate(task.model_columns)
     ]
-    return {"status": status, "space": space, "explainedClass": task.classes[ex.explained_class],
-            "baseValue": ex.base, "outputValue": ex.output, "contributions": contributions}
+    return {
+        "status": status,
+        "space": space,
+        "explainedClass": task.classes[ex.explained_class],
+        "baseValue": ex.base,
+        "outputValue": ex.output,
+        "contributions": contributions,
+    }
 
 
 def _probabilities(task: TaskSpec, p: np.ndarray) -> list[dict[str, Any]]:
     return [{"label": c, "probability": float(p[i])} for i, c in enumerate(task.classes)]
 
 
-def _to_record(task: TaskSpec, ensemble: Ensemble, result: RowResult, raw: dict[str, Any],
-               values: np.ndarray, caller: Principal | None, key: str | None,
-               latency_ms: float) -> Prediction:
+def _to_record(
+    task: TaskSpec,
+    ensemble: Ensemble,
+    result: RowResult,
+    raw: dict[str, Any],
+    values: np.ndarray,
+    caller: Principal | None,
+    key: str | None,
+    latency_ms: float,
+) -> Prediction:
     prediction_id = str(uuid.uuid4())
     route, reasons = decide_route(task.review, task.classes, result, prediction_id)
     failed = any(m.error for m in result.members)
     space = ensemble.space.value
-    members = [{
-        "name": m.name, "version": m.version, "weight": m.weight, "error": m.error,
-        "label": None if m.probabilities is None else task.classes[int(m.probabilities.argmax())],
-        "probabilities": None if m.probabilities is None else _probabilities(task, m.probabilities),
-        "explanation": None if m.explanation is None else _explanation_json(
-            task, m.explanation, raw, values, "OK", space),
-    } for m in result.members]
+    members = [
+        {
+            "name": m.name,
+            "version": m.version,
+            "weight": m.weight,
+            "error": m.error,
+            "label": None
+            if m.probabilities is None
+            else task.classes[int(m.probabilities.argmax())],
+            "probabilities": None
+            if m.probabilities is None
+            else _probabilities(task, m.probabilities),
+            "explanation": None
+            if m.explanation is None
+            else _explanation_json(task, m.explanation, raw, values, "OK", space),
+        }
+        for m in result.members
+    ]
     label = task.classes[result.label]
     return Prediction(
-        id=prediction_id, task=task.name, release_id=ensemble.release_id,
-        release_version=ensemble.version, caller_key_id=caller.key_id if caller else None,
-        idempotency_key=key, input_hash=input_hash(raw), input=raw, label=label,
+        id=prediction_id,
+        task=task.name,
+        release_id=ensemble.release_id,
+        release_version=ensemble.version,
+        caller_key_id=caller.key_id if caller else None,
+        idempotency_key=key,
+        input_hash=input_hash(raw),
+        input=raw,
+        label=label,
         confidence=float(result.probabilities[result.label]),
         probabilities=_probabilities(task, result.probabilities),
         prediction_set=[c for i, c in enumerate(task.classes) if result.prediction_set[i]],
         members=members,
-        explanation=_explanation_json(task, result.explanation, raw, values,
-                                      "PARTIAL" if failed else "OK", space),
-        route=route.value, reasons=[r.to_json() for r in reasons],
+        explanation=_explanation_json(
+            task, result.explanation, raw, values, "PARTIAL" if failed else "OK", space
+        ),
+        route=route.value,
+        reasons=[r.to_json() for r in reasons],
         status=Status.ACCEPTED if route is Route.AUTO else Status.PENDING_REVIEW,
-        final_label=label if route is Route.AUTO else None, latency_ms=latency_ms)
+        final_label=label if route is Route.AUTO else None,
+        latency_ms=latency_ms,
+    )
 
 
-async def _infer(services: Services, task: TaskSpec, rows: list[dict[str, Any]],
-                 caller: Principal | None, key: str | None, started: float) -> list[Prediction]:
+async def _infer(
+    services: Services,
+    task: TaskSpec,
+    rows: list[dict[str, Any]],
+    caller: Principal | None,
+    key: str | None,
+    started: float,
+) -> list[Prediction]:
     ensemble = await services.registry.live(task.name)
     X = to_matrix(task, rows)
     results, errors = await anyio.to_thread.run_sync(ensemble.predict, X)
     if not results:
         raise AllMembersFailedError(task.name, errors)
     latency_ms = (time.perf_counter() - started) * 1000
-    return [_to_record(task, ensemble, r, raw, X[i], caller, key, latency_ms)
-            for i, (r, raw) in enumerate(zip(results, rows, strict=True))]
+    return [
+        _to_record(task, ensemble, r, raw, X[i], caller, key, latency_ms)
+        for i, (r, raw) in enumerate(zip(results, rows, strict=True))
+    ]
 
 
-async def _find_by_key(session: AsyncSession, caller: Principal | None, task: str,
-                       key: str) -> Prediction | None:
+async def _find_by_key(
+    session: AsyncSession, caller: Principal | None, task: str, key: str
+) -> Prediction | None:
     caller_id = caller.key_id if caller else None
-    return (await session.exec(select(Prediction).where(
-        Prediction.caller_key_id == caller_id, Prediction.task == task,
-        Prediction.idempotency_key == key))).first()
+    return (
+        await session.exec(
+            select(Prediction).where(
+                Prediction.caller_key_id == caller_id,
+                Prediction.task == task,
+                Prediction.idempotency_key == key,
+            )
+        )
+    ).first()
 
 
 def _replay(existing: Prediction, raw: dict[str, Any], key: str) -> Prediction:
@@ -133,8 +187,13 @@ def _replay(existing: Prediction, raw: dict[str, Any], key: str) -> Prediction:
     return existing
 
 
-async def predict(services: Services, caller: Principal | None, task_name: str, raw: Any,
-                  idempotency_key: str | None = None) -> Prediction:
+async def predict(
+    services: Services,
+    caller: Principal | None,
+    task_name: str,
+    raw: Any,
+    idempotency_key: str | None = None,
+) -> Prediction:
     """One explained, routed, stored prediction; a repeated key returns the stored one."""
     started = time.perf_counter()
     task = services.registry.task(task_name)
@@ -160,8 +219,9 @@ async def predict(services: Services, caller: Principal | None, task_name: str, 
     return record
 
 
-async def predict_batch(services: Services, caller: Principal | None, task_name: str,
-                        raws: Sequence[Any]) -> list[Prediction]:
+async def predict_batch(
+    services: Services, caller: Principal | None, task_name: str, raws: Sequence[Any]
+) -> list[Prediction]:
     """All inputs validated first (every problem listed), then stored in one transaction."""
     started = time.perf_counter()
     task = services.registry.task(task_name)
@@ -181,7 +241,8 @@ def _check_key(key: str | None) -> str | None:
         return None
     if not key.strip() or len(key) > IDEMPOTENCY_KEY_MAX:
         raise BadRequestError(
-            f"idempotencyKey must be 1 to {IDEMPOTENCY_KEY_MAX} characters, got {len(key)}")
+            f"idempotencyKey must be 1 to {IDEMPOTENCY_KEY_MAX} characters, got {len(key)}"
+        )
     return key
 
 
@@ -219,34 +280,56 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadRequestError(f"invalid cursor {cursor!r}; pass an endCursor from a page") from None
 
 
-async def list_predictions(services: Services, caller: Principal, task: str | None, *,
-                           route: str | None = None, status: str | None = None,
-                           release: int | None = None, first: int = 50,
-                           after: str | None = None) -> Page:
+async def list_predictions(
+    services: Services,
+    caller: Principal,
+    task: str | None,
+    *,
+    route: str | None = None,
+    status: str | None = None,
+    release: int | None = None,
+    first: int = 50,
+    after: str | None = None,
+) -> Page:
     """Newest first, keyset-paginated, filtered to what the caller may see."""
     limit = services.settings.page_size_max
     if not 1 <= first <= limit:
         raise BadRequestError(f"first must be between 1 and {limit}, got {first}")
     if task is not None:
         services.registry.task(task)
-    filters = []
+    filters: list[Any] = []
     if task is not None:
         filters.append(Prediction.task == task)
     if not caller.reads_everything:
         filters.append(Prediction.caller_key_id == caller.key_id)
-    for column, value in ((Prediction.route, route), (Prediction.status, status),
-                          (Prediction.release_version, release)):
+    for column, value in (
+        (Prediction.route, route),
+        (Prediction.status, status),
+        (Prediction.release_version, release),
+    ):
         if value is not None:
             filters.append(column == value)
     page_filters = list(filters)
     if after:
         stamp, ident = decode_cursor(after)
-        page_filters.append(or_(col(Prediction.created_at) < stamp,
-                                and_(col(Prediction.created_at) == stamp, col(Prediction.id) < ident)))
+        page_filters.append(
+            or_(
+                col(Prediction.created_at) < stamp,
+                and_(col(Prediction.created_at) == stamp, col(Prediction.id) < ident),
+            )
+        )
     async with services.sessions() as session:
-        total = (await session.exec(select(func.count()).select_from(Prediction).where(*filters))).one()
-        items = list((await session.exec(
-            select(Prediction).where(*page_filters)
-            .order_by(col(Prediction.created_at).desc(), col(Prediction.id).desc())
-            .limit(first + 1))).all())
+        total = (
+            await session.exec(select(func.count()).select_from(Prediction).where(*filters))
+        ).one()
+        items = list(
+            (
+                await session.exec(
+                    select(Prediction)
+                    .where(*page_filters)
+                    .order_by(col(Prediction.created_at).desc(), col(Prediction.id).desc())
+                    .limit(first + 1)
+                )
+            ).all()
+        )
     return Page(items[:first], [encode_cursor(p) for p in items[:first]], len(items) > first, total)

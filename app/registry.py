@@ -29,25 +29,33 @@ from app.ml.task import TaskSpec
 from app.releases import live_release, release_members
 
 
-def build_ensemble(task: TaskSpec, release: Release, members: list[ReleaseMember],
-                   artifacts_dir: Path) -> Ensemble:
+def build_ensemble(
+    task: TaskSpec, release: Release, members: list[ReleaseMember], artifacts_dir: Path
+) -> Ensemble:
     """Load and verify every member artifact of a release (blocking: run in a thread)."""
     if release.contract_hash != task.contract_hash():
         raise ConfigurationError(
             f"release {release.version} of {task.name} was trained on a different feature "
-            f"contract than {task.source_path} now declares; retrain with `arbiter train {task.name}`"
+            f"contract than {task.source_path} now declares; "
+            f"retrain with `arbiter train {task.name}`"
         )
     fold = fold_matrix(task)
     loaded = []
     for m in members:
         algo = ALGORITHMS[m.algorithm]
         pipeline = load_pipeline(artifacts_dir / m.artifact_path, m.sha256)
-        explainer = MemberExplainer(pipeline, algo.explainer, algo.space, fold,
-                                    np.asarray(m.background_mean, dtype=float))
+        explainer = MemberExplainer(
+            pipeline, algo.explainer, algo.space, fold, np.asarray(m.background_mean, dtype=float)
+        )
         loaded.append(LoadedMember(m.name, m.version, m.algorithm, m.weight, explainer))
     assert release.id is not None
-    return Ensemble(task, release.id, release.version, loaded,
-                    ConformalCalibration.from_json(release.calibration))
+    return Ensemble(
+        task,
+        release.id,
+        release.version,
+        loaded,
+        ConformalCalibration.from_json(release.calibration),
+    )
 
 
 @dataclass
@@ -60,8 +68,13 @@ class _Slot:
 class Registry:
     """LIVE ensembles by task name."""
 
-    def __init__(self, tasks: dict[str, TaskSpec], sessions: async_sessionmaker[AsyncSession],
-                 artifacts_dir: Path, refresh_seconds: float) -> None:
+    def __init__(
+        self,
+        tasks: dict[str, TaskSpec],
+        sessions: async_sessionmaker[AsyncSession],
+        artifacts_dir: Path,
+        refresh_seconds: float,
+    ) -> None:
         self.tasks = tasks
         self.sessions = sessions
         self.artifacts_dir = artifacts_dir
@@ -100,7 +113,8 @@ class Registry:
                 return
             members = await release_members(session, release.id or 0)
         slot.ensemble = await anyio.to_thread.run_sync(
-            build_ensemble, task, release, members, self.artifacts_dir)
+            build_ensemble, task, release, members, self.artifacts_dir
+        )
         slot.error = None
         slot.checked_at = time.monotonic()
 
@@ -114,5 +128,7 @@ class Registry:
 
     def readiness(self) -> dict[str, str]:
         """Task name -> "ready" or what is wrong."""
-        return {name: "ready" if slot.ensemble else (slot.error or "not loaded")
-                for name, slot in self._slots.items()}
+        return {
+            name: "ready" if slot.ensemble else (slot.error or "not loaded")
+            for name, slot in self._slots.items()
+        }

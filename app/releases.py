@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
@@ -15,8 +16,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.db.tables import Release, ReleaseMember, StageChange
 from app.errors import ArbiterError
 from app.ml.algorithms import ALGORITHMS
-from app.ml.artifacts import save_pipeline
-from app.ml.training import TrainedRelease, library_versions
+from app.ml.artifacts import library_versions, save_pipeline
+
+if TYPE_CHECKING:
+    from app.ml.training import TrainedRelease
 
 VERSION_RETRIES = 5
 
@@ -36,46 +39,85 @@ def _write_artifacts(artifacts_dir: Path, trained: TrainedRelease) -> dict[str, 
     out = {}
     for m in trained.members:
         relative = folder / f"{m.spec.name}.skops"
-        out[m.spec.name] = (relative.as_posix(), save_pipeline(m.pipeline, artifacts_dir / relative))
+        out[m.spec.name] = (
+            relative.as_posix(),
+            save_pipeline(m.pipeline, artifacts_dir / relative),
+        )
     return out
 
 
-async def _insert(session: AsyncSession, trained: TrainedRelease,
-                  files: dict[str, tuple[str, str]], actor: str) -> Release:
+async def _insert(
+    session: AsyncSession, trained: TrainedRelease, files: dict[str, tuple[str, str]], actor: str
+) -> Release:
     task = trained.task
-    latest = (await session.exec(
-        select(func.max(Release.version)).where(Release.task == task.name))).one()
-    has_live = (await session.exec(select(Release.id).where(
-        Release.task == task.name, Release.stage == Stage.LIVE))).first() is not None
+    latest = (
+        await session.exec(select(func.max(Release.version)).where(Release.task == task.name))
+    ).one()
+    has_live = (
+        await session.exec(
+            select(Release.id).where(Release.task == task.name, Release.stage == Stage.LIVE)
+        )
+    ).first() is not None
     version = (latest or 0) + 1
     stage = Stage.CANDIDATE if has_live else Stage.LIVE
     release = Release(
-        task=task.name, version=version, stage=stage, traffic_percent=100.0 if stage == Stage.LIVE
-        else 0.0, space=task.space.value, contract_hash=task.contract_hash(),
-        data_hash=trained.data_hash, calibration=trained.calibration.to_json(),
-        metrics=trained.metrics, rows=trained.rows, created_by=actor)
+        task=task.name,
+        version=version,
+        stage=stage,
+        traffic_percent=100.0 if stage == Stage.LIVE else 0.0,
+        space=task.space.value,
+        contract_hash=task.contract_hash(),
+        data_hash=trained.data_hash,
+        calibration=trained.calibration.to_json(),
+        metrics=trained.metrics,
+        rows=trained.rows,
+        created_by=actor,
+    )
     session.add(release)
     await session.flush()
     assert release.id is not None
     versions = library_versions()
     for m in trained.members:
         path, sha = files[m.spec.name]
-        session.add(ReleaseMember(
-            release_id=release.id, name=m.spec.name, version=f"{version}.{sha[:8]}",
-            algorithm=m.spec.algorithm, family=ALGORITHMS[m.spec.algorithm].family,
-            weight=m.spec.weight, params=_jsonable_params(m.pipeline[-1].get_params(deep=False)),
-            artifact_path=path, sha256=sha, background_mean=m.background_mean.tolist(),
-            metrics=m.metrics, library_versions=versions, contract_hash=task.contract_hash(),
-            created_by=actor))
+        session.add(
+            ReleaseMember(
+                release_id=release.id,
+                name=m.spec.name,
+                version=f"{version}.{sha[:8]}",
+                algorithm=m.spec.algorithm,
+                family=ALGORITHMS[m.spec.algorithm].family,
+                weight=m.spec.weight,
+                params=_jsonable_params(m.pipeline[-1].get_params(deep=False)),
+                artifact_path=path,
+                sha256=sha,
+                background_mean=m.background_mean.tolist(),
+                metrics=m.metrics,
+                library_versions=versions,
+                contract_hash=task.contract_hash(),
+                created_by=actor,
+            )
+        )
     reason = "first release of the task" if stage == Stage.LIVE else "trained"
-    session.add(StageChange(release_id=release.id, task=task.name, from_stage=None,
-                            to_stage=stage, traffic_percent=release.traffic_percent,
-                            actor=actor, reason=reason))
+    session.add(
+        StageChange(
+            release_id=release.id,
+            task=task.name,
+            from_stage=None,
+            to_stage=stage,
+            traffic_percent=release.traffic_percent,
+            actor=actor,
+            reason=reason,
+        )
+    )
     return release
 
 
-async def store_release(sessions: async_sessionmaker[AsyncSession], artifacts_dir: Path,
-                        trained: TrainedRelease, actor: str) -> Release:
+async def store_release(
+    sessions: async_sessionmaker[AsyncSession],
+    artifacts_dir: Path,
+    trained: TrainedRelease,
+    actor: str,
+) -> Release:
     """Save the artifacts, then record the release in one transaction: the next version
     number, LIVE when the task has no LIVE release yet, else CANDIDATE."""
     files = _write_artifacts(artifacts_dir, trained)
@@ -89,21 +131,35 @@ async def store_release(sessions: async_sessionmaker[AsyncSession], artifacts_di
 
 
 def _jsonable_params(params: dict[str, object]) -> dict[str, object]:
-    return {k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
-            for k, v in params.items()}
+    return {
+        k: v if isinstance(v, str | int | float | bool | type(None)) else repr(v)
+        for k, v in params.items()
+    }
 
 
 async def list_releases(session: AsyncSession, task: str) -> list[Release]:
-    return list((await session.exec(
-        select(Release).where(Release.task == task).order_by(col(Release.version).desc()))).all())
+    return list(
+        (
+            await session.exec(
+                select(Release).where(Release.task == task).order_by(col(Release.version).desc())
+            )
+        ).all()
+    )
 
 
 async def live_release(session: AsyncSession, task: str) -> Release | None:
-    return (await session.exec(
-        select(Release).where(Release.task == task, Release.stage == Stage.LIVE))).first()
+    return (
+        await session.exec(select(Release).where(Release.task == task, Release.stage == Stage.LIVE))
+    ).first()
 
 
 async def release_members(session: AsyncSession, release_id: int) -> list[ReleaseMember]:
-    return list((await session.exec(
-        select(ReleaseMember).where(ReleaseMember.release_id == release_id)
-        .order_by(col(ReleaseMember.id)))).all())
+    return list(
+        (
+            await session.exec(
+                select(ReleaseMember)
+                .where(ReleaseMember.release_id == release_id)
+                .order_by(col(ReleaseMember.id))
+            )
+        ).all()
+    )

@@ -74,6 +74,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="data dir to use (kept; trained only if it has no LIVE release); "
                              "default: a fresh temporary dir")
+    parser.add_argument("--omp-threads", default=None,
+                        help="OMP_NUM_THREADS for both servers (default: inherited/unset)")
     parser.add_argument("--startup-timeout", type=float, default=180.0,
                         help="seconds to wait for each server's /readyz")
     return parser.parse_args(argv)
@@ -115,10 +117,12 @@ def input_rows(task: TaskSpec, rows: int = INPUT_ROWS, seed: int = INPUT_SEED) -
 # --- data dir, CLI and server processes ------------------------------------------------------
 
 
-def arbiter_env(data_dir: Path) -> dict[str, str]:
+def arbiter_env(data_dir: Path, omp_threads: str | None) -> dict[str, str]:
     """The environment without any ARBITER_* setting but the data dir (SQLite, no Redis)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARBITER_")}
     env["ARBITER_DATA_DIR"] = str(data_dir.resolve())
+    if omp_threads:
+        env["OMP_NUM_THREADS"] = omp_threads
     return env
 
 
@@ -196,16 +200,30 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def wait_ready(server: Server, timeout: float) -> dict[str, Any]:
-    """Poll ``/readyz`` until 200; fail early if the process dies."""
+def task_ready(task: str) -> Callable[[httpx.Response], bool]:
+    """Arbiter's ``/readyz`` answers 503 while *any* task lacks a LIVE release; we only need
+    the database and the benchmarked task to be ready."""
+
+    def ready(response: httpx.Response) -> bool:
+        body = response.json()
+        return bool(body.get("database") == "ok" and body.get("tasks", {}).get(task) == "ready")
+
+    return ready
+
+
+def status_ok(response: httpx.Response) -> bool:
+    return response.status_code == 200
+
+
+def wait_ready(server: Server, ready: Callable[[httpx.Response], bool], timeout: float) -> None:
+    """Poll ``/readyz`` until ``ready``; fail early if the process dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise SystemExit(f"{server.name} exited:\n{log_tail(server.log_path)}")
-        with contextlib.suppress(httpx.HTTPError):
-            response = httpx.get(f"{server.base_url}/readyz", timeout=2.0)
-            if response.status_code == 200:
-                return dict(response.json())
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            if ready(httpx.get(f"{server.base_url}/readyz", timeout=2.0)):
+                return
         time.sleep(0.25)
     raise SystemExit(f"{server.name} not ready after {timeout:.0f}s:\n{log_tail(server.log_path)}")
 
@@ -354,22 +372,22 @@ def level_cells(result: LevelResult) -> list[str]:
             f"{result.percentile_ms(99):.1f}", fails]
 
 
-def render(results: dict[str, list[LevelResult]], task: str, member: str, release: int,
-           requests: int, warmup: int) -> Table:
+def render(results: dict[str, list[LevelResult]], task: str, release: int,
+           args: argparse.Namespace) -> Table:
+    omp = args.omp_threads or os.environ.get("OMP_NUM_THREADS") or "unset"
     table = Table(
-        title=(f"predict throughput: task {task}, release {release} — Arbiter POST /graphql "
-               f"vs naive baseline ({member}.predict_proba)"),
-        caption=(f"{machine_line()}\n{requests} measured requests per level after {warmup} "
-                 "warm-up; latencies of successful requests; ratios are Arbiter / baseline"),
+        title=(f"predict throughput: task {task}, LIVE release {release}: Arbiter POST /graphql "
+               f"vs naive baseline ({args.member}.predict_proba)"),
+        caption=(f"{machine_line()}; OMP_NUM_THREADS={omp}\n{args.requests} measured "
+                 f"requests per level after {args.warmup} warm-up; latencies of successful "
+                 "requests; A/B = Arbiter / baseline"),
     )
-    table.add_column("concurrency", justify="right")
+    table.add_column("conc.", justify="right")
     for name in ("Arbiter", "Baseline"):
-        table.add_column(f"{name} pred/s", justify="right")
-        table.add_column(f"{name} p50 ms", justify="right")
-        table.add_column(f"{name} p99 ms", justify="right")
-        table.add_column(f"{name} fails", justify="right")
-    table.add_column("pred/s ratio", justify="right")
-    table.add_column("p99 ratio", justify="right")
+        for metric in ("pred/s", "p50 ms", "p99 ms", "fails"):
+            table.add_column(f"{name}\n{metric}", justify="right", no_wrap=True)
+    table.add_column("pred/s\nA/B", justify="right", no_wrap=True)
+    table.add_column("p99\nA/B", justify="right", no_wrap=True)
     for arb, base in zip(results["Arbiter"], results["Baseline"], strict=True):
         table.add_row(str(arb.concurrency), *level_cells(arb), *level_cells(base),
                       ratio(arb.throughput, base.throughput),
@@ -408,9 +426,9 @@ def start_servers(stack: contextlib.ExitStack, data_dir: Path, args: argparse.Na
     baseline = start_server("baseline", baseline_cmd, baseline_port, env,
                             data_dir / "bench-baseline.log")
     stack.callback(stop_server, baseline)
-    for server in (arbiter, baseline):
+    for server, ready in ((arbiter, task_ready(args.task)), (baseline, status_ok)):
         log.log(f"waiting for {server.name} at {server.base_url} ...")
-        wait_ready(server, args.startup_timeout)
+        wait_ready(server, ready, args.startup_timeout)
     return arbiter, baseline
 
 
@@ -424,7 +442,7 @@ def run(args: argparse.Namespace) -> None:
         else:
             data_dir = args.data_dir.resolve()
             data_dir.mkdir(parents=True, exist_ok=True)
-        env = arbiter_env(data_dir)
+        env = arbiter_env(data_dir, args.omp_threads)
         release = ensure_release(data_dir, task.name, args.member, env)
         key = create_key(env)
         arbiter, baseline = start_servers(stack, data_dir, args, env)
@@ -432,13 +450,16 @@ def run(args: argparse.Namespace) -> None:
                    baseline_target(baseline.base_url)]
         results = asyncio.run(measure_all(targets, rows, args.concurrency, args.requests,
                                           args.warmup))
-    Console().print(render(results, task.name, args.member, release, args.requests,
-                           args.warmup))
+    console = Console()
+    if not console.is_terminal:  # a file or pipe: don't squeeze the table into 80 columns
+        console = Console(width=max(console.width, 120))
+    console.print(render(results, task.name, release, args))
 
 
 def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
     try:
         run(args)
     except KeyboardInterrupt:

@@ -23,7 +23,9 @@ class Context:
 
     def caller(self) -> Principal:
         if self.principal is None:
-            raise AuthenticationError("missing or invalid API key; send Authorization: Bearer <key>")
+            raise AuthenticationError(
+                "missing or invalid API key; send Authorization: Bearer <key>"
+            )
         return self.principal
 
 

@@ -31,14 +31,23 @@ class DomainErrors(MaskErrors):
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         original = error.original_error
         if isinstance(original, ArbiterError):
-            return GraphQLError(str(original), nodes=error.nodes, source=error.source,
-                                positions=error.positions, path=error.path,
-                                extensions={"code": original.code, **original.extensions()})
+            return GraphQLError(
+                str(original),
+                nodes=error.nodes,
+                source=error.source,
+                positions=error.positions,
+                path=error.path,
+                extensions={"code": original.code, **original.extensions()},
+            )
         if isinstance(original, GraphQLError):  # raised on purpose with its own extensions
             return error
         error_id = uuid.uuid4().hex[:12]
         log.error("unexpected error %s at %s", error_id, error.path, exc_info=original)
-        return GraphQLError(f"internal error (id {error_id}); the server log has the details",
-                            nodes=error.nodes, source=error.source, positions=error.positions,
-                            path=error.path,
-                            extensions={"code": "INTERNAL_ERROR", "errorId": error_id})
+        return GraphQLError(
+            f"internal error (id {error_id}); the server log has the details",
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions={"code": "INTERNAL_ERROR", "errorId": error_id},
+        )

@@ -18,5 +18,6 @@ class Allowed(BasePermission):
         principal = info.context.caller()
         if not allowed(info.field_name, principal.role):
             raise PermissionDeniedError(
-                f"role {principal.role.value} may not use {info.field_name}")
+                f"role {principal.role.value} may not use {info.field_name}"
+            )
         return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 
 from app import predictions
@@ -23,7 +24,7 @@ from graphql_schema.types import (
     Task,
 )
 
-GUARDED = [Allowed]
+GUARDED: list[type[BasePermission]] = [Allowed]
 QUERY_CACHE_SIZE = 256
 
 
@@ -47,22 +48,45 @@ class Query:
         ctx = info.context
         return Prediction.from_row(await predictions.get_prediction(ctx.services, ctx.caller(), id))
 
-    @strawberry.field(permission_classes=GUARDED,
-                      description="Stored predictions, newest first; predictors see their own.")
-    async def predictions(self, info: Info, task: str | None = None, route: Route | None = None,
-                          status: PredictionStatus | None = None, release: int | None = None,
-                          first: int = 50, after: str | None = None) -> PredictionConnection:
+    @strawberry.field(
+        permission_classes=GUARDED,
+        description="Stored predictions, newest first; predictors see their own.",
+    )
+    async def predictions(
+        self,
+        info: Info,
+        task: str | None = None,
+        route: Route | None = None,
+        status: PredictionStatus | None = None,
+        release: int | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> PredictionConnection:
         ctx = info.context
         page = await predictions.list_predictions(
-            ctx.services, ctx.caller(), task, route=route.value if route else None,
-            status=status.value if status else None, release=release, first=first, after=after)
-        edges = [PredictionEdge(cursor=c, node=Prediction.from_row(p))
-                 for p, c in zip(page.items, page.cursors, strict=True)]
+            ctx.services,
+            ctx.caller(),
+            task,
+            route=route.value if route else None,
+            status=status.value if status else None,
+            release=release,
+            first=first,
+            after=after,
+        )
+        edges = [
+            PredictionEdge(cursor=c, node=Prediction.from_row(p))
+            for p, c in zip(page.items, page.cursors, strict=True)
+        ]
         return PredictionConnection(
-            edges=edges, total_count=page.total,
-            page_info=PageInfo(has_next_page=page.has_next, has_previous_page=after is not None,
-                               start_cursor=page.cursors[0] if page.cursors else None,
-                               end_cursor=page.cursors[-1] if page.cursors else None))
+            edges=edges,
+            total_count=page.total,
+            page_info=PageInfo(
+                has_next_page=page.has_next,
+                has_previous_page=after is not None,
+                start_cursor=page.cursors[0] if page.cursors else None,
+                end_cursor=page.cursors[-1] if page.cursors else None,
+            ),
+        )
 
     @strawberry.field(permission_classes=GUARDED, description="A task's releases, newest first.")
     async def releases(self, info: Info, task: str) -> list[Release]:
@@ -74,16 +98,20 @@ class Query:
 
 @strawberry.type
 class Mutation:
-    @strawberry.mutation(permission_classes=GUARDED,
-                         description="Explain, route and store one prediction.")
-    async def predict(self, info: Info, task: str, input: JSON,
-                      idempotency_key: str | None = None) -> Prediction:
+    @strawberry.mutation(
+        permission_classes=GUARDED, description="Explain, route and store one prediction."
+    )
+    async def predict(
+        self, info: Info, task: str, input: JSON, idempotency_key: str | None = None
+    ) -> Prediction:
         ctx = info.context
         row = await predictions.predict(ctx.services, ctx.caller(), task, input, idempotency_key)
         return Prediction.from_row(row)
 
-    @strawberry.mutation(permission_classes=GUARDED,
-                         description="Many predictions, validated together, stored together.")
+    @strawberry.mutation(
+        permission_classes=GUARDED,
+        description="Many predictions, validated together, stored together.",
+    )
     async def predict_batch(self, info: Info, task: str, inputs: list[JSON]) -> list[Prediction]:
         ctx = info.context
         rows = await predictions.predict_batch(ctx.services, ctx.caller(), task, inputs)
@@ -92,9 +120,13 @@ class Mutation:
 
 def build_schema() -> strawberry.Schema:
     return strawberry.Schema(
-        query=Query, mutation=Mutation,
+        query=Query,
+        mutation=Mutation,
         # Factories: a fresh extension per request; the parse/validation LRU caches are module
         # level in Strawberry, so they are shared across requests all the same.
-        extensions=[DomainErrors, lambda: ParserCache(maxsize=QUERY_CACHE_SIZE),
-                    lambda: ValidationCache(maxsize=QUERY_CACHE_SIZE)],
+        extensions=[
+            DomainErrors,
+            lambda: ParserCache(maxsize=QUERY_CACHE_SIZE),
+            lambda: ValidationCache(maxsize=QUERY_CACHE_SIZE),
+        ],
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -86,20 +86,42 @@ class Task:
     members: list[MemberSpec]
     space: ExplanationSpace = strawberry.field(description="Where the ensemble aggregates.")
     confidence_level: float = strawberry.field(
-        description="Conformal prediction sets hold the true class at least this often.")
+        description="Conformal prediction sets hold the true class at least this often."
+    )
 
     @classmethod
     def from_spec(cls, t: TaskSpec) -> Task:
         return cls(
-            name=t.name, description=t.description, classes=list(t.classes),
-            features=[Feature(name=f.name, type=FeatureType(f.type.value), required=f.required,
-                              min=f.min, max=f.max, categories=list(f.categories),
-                              description=f.description) for f in t.features],
-            derived=[DerivedFeature(name=d.name, function=d.function, inputs=list(d.inputs),
-                                    description=d.description) for d in t.derived],
-            members=[MemberSpec(name=m.name, algorithm=m.algorithm, weight=m.weight)
-                     for m in t.members],
-            space=ExplanationSpace(t.space.value), confidence_level=t.review.confidence_level)
+            name=t.name,
+            description=t.description,
+            classes=list(t.classes),
+            features=[
+                Feature(
+                    name=f.name,
+                    type=FeatureType(f.type.value),
+                    required=f.required,
+                    min=f.min,
+                    max=f.max,
+                    categories=list(f.categories),
+                    description=f.description,
+                )
+                for f in t.features
+            ],
+            derived=[
+                DerivedFeature(
+                    name=d.name,
+                    function=d.function,
+                    inputs=list(d.inputs),
+                    description=d.description,
+                )
+                for d in t.derived
+            ],
+            members=[
+                MemberSpec(name=m.name, algorithm=m.algorithm, weight=m.weight) for m in t.members
+            ],
+            space=ExplanationSpace(t.space.value),
+            confidence_level=t.review.confidence_level,
+        )
 
 
 @strawberry.type(description="The probability of one class.")
@@ -127,12 +149,24 @@ class Explanation:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Explanation:
-        return cls(status=d["status"], space=ExplanationSpace(d["space"]),
-                   explained_class=d["explainedClass"], base_value=d["baseValue"],
-                   output_value=d["outputValue"],
-                   contributions=[Contribution(feature=c["feature"], value=c["value"],
-                                               shap=c["shap"], derived=c["derived"])
-                                  for c in d["contributions"]])
+        return cls(
+            status=d["status"],
+            space=ExplanationSpace(d["space"]),
+            explained_class=d["explainedClass"],
+            base_value=d["baseValue"],
+            output_value=d["outputValue"],
+            contributions=[
+                Contribution(
+                    feature=c["feature"], value=c["value"], shap=c["shap"], derived=c["derived"]
+                )
+                for c in d["contributions"]
+            ],
+        )
+
+
+def _json(value: Any) -> JSON:
+    """Typed passage of a stored JSON document into a JSON field."""
+    return cast(JSON, value)
 
 
 def _probs(items: list[dict[str, Any]] | None) -> list[ClassProbability] | None:
@@ -169,7 +203,8 @@ class Prediction:
     confidence: float = strawberry.field(description="Ensemble probability of `label`.")
     probabilities: list[ClassProbability]
     prediction_set: list[str] = strawberry.field(
-        description="Conformal prediction set at the task's confidence level.")
+        description="Conformal prediction set at the task's confidence level."
+    )
     members: list[MemberPrediction]
     explanation: Explanation
     route: Route
@@ -184,19 +219,45 @@ class Prediction:
     @classmethod
     def from_row(cls, p: PredictionRow) -> Prediction:
         return cls(
-            id=strawberry.ID(p.id), task=p.task, release=p.release_version, label=p.label,
-            confidence=p.confidence, probabilities=_probs(p.probabilities) or [],
+            id=strawberry.ID(p.id),
+            task=p.task,
+            release=p.release_version,
+            label=p.label,
+            confidence=p.confidence,
+            probabilities=_probs(p.probabilities) or [],
             prediction_set=list(p.prediction_set),
-            members=[MemberPrediction(
-                name=m["name"], version=m["version"], label=m["label"], weight=m["weight"],
-                error=m["error"], probabilities=_probs(m["probabilities"]),
-                explanation=Explanation.from_json(m["explanation"]) if m["explanation"] else None,
-            ) for m in p.members],
-            explanation=Explanation.from_json(p.explanation), route=Route(p.route),
-            reasons=[Reason(code=r["code"], detail=r["detail"], value=r.get("value"),
-                            threshold=r.get("threshold")) for r in p.reasons],
-            status=PredictionStatus(p.status), final_label=p.final_label, input=p.input,
-            idempotency_key=p.idempotency_key, latency_ms=p.latency_ms, created_at=p.created_at)
+            members=[
+                MemberPrediction(
+                    name=m["name"],
+                    version=m["version"],
+                    label=m["label"],
+                    weight=m["weight"],
+                    error=m["error"],
+                    probabilities=_probs(m["probabilities"]),
+                    explanation=Explanation.from_json(m["explanation"])
+                    if m["explanation"]
+                    else None,
+                )
+                for m in p.members
+            ],
+            explanation=Explanation.from_json(p.explanation),
+            route=Route(p.route),
+            reasons=[
+                Reason(
+                    code=r["code"],
+                    detail=r["detail"],
+                    value=r.get("value"),
+                    threshold=r.get("threshold"),
+                )
+                for r in p.reasons
+            ],
+            status=PredictionStatus(p.status),
+            final_label=p.final_label,
+            input=_json(p.input),
+            idempotency_key=p.idempotency_key,
+            latency_ms=p.latency_ms,
+            created_at=p.created_at,
+        )
 
 
 @strawberry.type
@@ -235,9 +296,16 @@ class Release:
     def from_row(cls, r: ReleaseRow) -> Release:
         calibration = {k: v for k, v in r.calibration.items() if k != "alphas"}
         calibration["calibration_rows"] = len(r.calibration.get("alphas", []))
-        return cls(task=r.task, version=r.version, stage=ReleaseStage(r.stage),
-                   traffic_percent=r.traffic_percent, created_at=r.created_at,
-                   created_by=r.created_by, metrics=r.metrics, calibration=calibration)
+        return cls(
+            task=r.task,
+            version=r.version,
+            stage=ReleaseStage(r.stage),
+            traffic_percent=r.traffic_percent,
+            created_at=r.created_at,
+            created_by=r.created_by,
+            metrics=_json(r.metrics),
+            calibration=_json(calibration),
+        )
 
 
 @strawberry.type(description="The caller's own key.")

@@ -27,7 +27,9 @@ from app.ml.training import TrainedRelease, fit_release
 from app.releases import store_release
 from app.settings import EXAMPLE_TASKS_DIR, Settings
 
-PG_ADMIN_DSN = os.environ.get("ARBITER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "ARBITER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -35,6 +37,7 @@ def _pg_reachable() -> str | None:
     async def probe() -> None:
         conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
         await conn.close()
+
     try:
         asyncio.run(probe())
         return None
@@ -61,6 +64,7 @@ def _admin(sql: str) -> None:
             await conn.execute(sql)
         finally:
             await conn.close()
+
     asyncio.run(run())
 
 
@@ -112,8 +116,7 @@ async def _store_all(settings: Settings, trained: dict[str, TrainedRelease]) -> 
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path, trained: dict[str, TrainedRelease]) -> Settings:
     """Settings on a fresh database where both example tasks have a LIVE release."""
-    s = Settings(data_dir=tmp_path / "data", database_url=database_url,
-                 release_refresh_seconds=0.0)
+    s = Settings(data_dir=tmp_path / "data", database_url=database_url, release_refresh_seconds=0.0)
     s.data_dir.mkdir(parents=True, exist_ok=True)
     run(_store_all(s, trained))
     return s
@@ -127,6 +130,7 @@ def make_key(settings: Settings, role: str, name: str) -> str:
                 return (await create_key(session, role, name))[1]
         finally:
             await engine.dispose()
+
     return str(run(work()))
 
 
@@ -142,8 +146,13 @@ class LiveServer:
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(build_app(settings), host="127.0.0.1", port=self.port,
-                                log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            build_app(settings),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -170,8 +179,9 @@ class Api:
 
     def post(self, query: str, **variables: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
-        return self.client.post("/graphql", json={"query": query, "variables": variables},
-                                headers=headers)
+        return self.client.post(
+            "/graphql", json={"query": query, "variables": variables}, headers=headers
+        )
 
     def __call__(self, query: str, **variables: Any) -> dict[str, Any]:
         response = self.post(query, **variables)
@@ -214,7 +224,10 @@ def example_inputs(task: TaskSpec, n: int, seed: int = 5) -> list[dict[str, Any]
             value = record[f.name]
             if value is None or (isinstance(value, float) and value != value):
                 continue
-            row[f.name] = bool(value) if f.type == "boolean" else (
-                value if f.type == "categorical" else float(value))
+            row[f.name] = (
+                bool(value)
+                if f.type == "boolean"
+                else (value if f.type == "categorical" else float(value))
+            )
         rows.append(row)
     return rows

@@ -40,8 +40,13 @@ class Release(SQLModel, table=True):
         UniqueConstraint("task", "version", name="uq_releases_task_version"),
         Index("ix_releases_task_stage", "task", "stage"),
         # At most one LIVE release per task, even when two trainings finish at once.
-        Index("uq_releases_one_live", "task", unique=True,
-              sqlite_where=text("stage = 'LIVE'"), postgresql_where=text("stage = 'LIVE'")),
+        Index(
+            "uq_releases_one_live",
+            "task",
+            unique=True,
+            sqlite_where=text("stage = 'LIVE'"),
+            postgresql_where=text("stage = 'LIVE'"),
+        ),
     )
     id: int | None = Field(default=None, primary_key=True)
     task: str = Field(max_length=100)
@@ -63,8 +68,9 @@ class ReleaseMember(SQLModel, table=True):
 
     __tablename__ = "release_members"
     id: int | None = Field(default=None, primary_key=True)
-    release_id: int = Field(sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False,
-                                             index=True))
+    release_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False, index=True)
+    )
     name: str
     version: str
     algorithm: str
@@ -86,8 +92,9 @@ class StageChange(SQLModel, table=True):
 
     __tablename__ = "stage_changes"
     id: int | None = Field(default=None, primary_key=True)
-    release_id: int = Field(sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False,
-                                             index=True))
+    release_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False, index=True)
+    )
     task: str
     from_stage: str | None = None
     to_stage: str
@@ -102,8 +109,9 @@ class Prediction(SQLModel, table=True):
 
     __tablename__ = "predictions"
     __table_args__ = (
-        UniqueConstraint("caller_key_id", "task", "idempotency_key",
-                         name="uq_predictions_idempotency"),
+        UniqueConstraint(
+            "caller_key_id", "task", "idempotency_key", name="uq_predictions_idempotency"
+        ),
         Index("ix_predictions_task_created", "task", "created_at", "id"),
     )
     id: str = Field(primary_key=True, max_length=36)

@@ -41,11 +41,14 @@ def avg_spend(total_spend: np.ndarray, orders: np.ndarray) -> np.ndarray:
     return np.divide(total, orders, out=np.zeros_like(total), where=orders > 0)
 
 
-def payment_to_income(loan_amount: np.ndarray, term_months: np.ndarray,
-                      income: np.ndarray) -> np.ndarray:
+def payment_to_income(
+    loan_amount: np.ndarray, term_months: np.ndarray, income: np.ndarray
+) -> np.ndarray:
     """Monthly instalment (no interest) over monthly income, income floored at 1,000 a year."""
     monthly_income = np.maximum(np.asarray(income, dtype=float), INCOME_FLOOR) / 12
-    return np.asarray(loan_amount, dtype=float) / np.asarray(term_months, dtype=float) / monthly_income
+    return (
+        np.asarray(loan_amount, dtype=float) / np.asarray(term_months, dtype=float) / monthly_income
+    )
 
 
 def generate(rows: int = ROWS, seed: int = SEED, shift: float = 0.0) -> pd.DataFrame:
@@ -53,7 +56,9 @@ def generate(rows: int = ROWS, seed: int = SEED, shift: float = 0.0) -> pd.DataF
     (used to test drift and retraining)."""
     rng = np.random.default_rng(seed)
     income = np.round(rng.lognormal(np.log(42_000) - shift * 0.4, 0.5, rows), -2)
-    employment = rng.choice(EMPLOYMENT, rows, p=[0.62 - shift * 0.2, 0.18, 0.08 + shift * 0.2, 0.12])
+    employment = rng.choice(
+        EMPLOYMENT, rows, p=[0.62 - shift * 0.2, 0.18, 0.08 + shift * 0.2, 0.12]
+    )
     home = rng.choice(HOME, rows, p=[0.45, 0.35, 0.20])
     purpose = rng.choice(PURPOSE, rows, p=[0.3, 0.2, 0.25, 0.15, 0.1])
     cosigner = rng.random(rows) < 0.15
@@ -78,13 +83,21 @@ def generate(rows: int = ROWS, seed: int = SEED, shift: float = 0.0) -> pd.DataF
         + rng.logistic(0, 0.6, rows)
     )
     outcome = np.where(score < 0.0, "repaid", np.where(score < 1.1, "late", "default"))
-    return pd.DataFrame({
-        "income": income, "loan_amount": loan, "term_months": term,
-        "credit_history_years": np.where(history_known, history, np.nan),
-        "employment": employment, "home_ownership": home, "purpose": purpose,
-        "has_cosigner": cosigner, "total_spend": total_spend, "orders": orders,
-        "outcome": outcome,
-    })
+    return pd.DataFrame(
+        {
+            "income": income,
+            "loan_amount": loan,
+            "term_months": term,
+            "credit_history_years": np.where(history_known, history, np.nan),
+            "employment": employment,
+            "home_ownership": home,
+            "purpose": purpose,
+            "has_cosigner": cosigner,
+            "total_spend": total_spend,
+            "orders": orders,
+            "outcome": outcome,
+        }
+    )
 
 
 def load() -> pd.DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 import skops.io as sio
@@ -19,6 +20,11 @@ TRUSTED_TYPES = [
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.tree._tree.Tree",
 ]
+
+
+def library_versions() -> dict[str, str]:
+    """Versions an artifact was written with (read from metadata: no heavy imports)."""
+    return {name: version(name) for name in ("scikit-learn", "numpy", "shap", "skops")}
 
 
 def sha256_of(path: Path) -> str:
@@ -53,7 +59,11 @@ def load_pipeline(path: Path, expected_sha256: str) -> Pipeline:
         raise ModelLoadError(
             f"model artifact {path} was modified: SHA-256 {actual} != recorded {expected_sha256}"
         )
-    untrusted = sorted(set(sio.get_untrusted_types(data=data)) - set(TRUSTED_TYPES))
+    try:
+        found = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # not a skops file at all (truncated, wrong format)
+        raise ModelLoadError(f"model artifact {path} cannot be loaded: {exc}") from exc
+    untrusted = sorted(set(found) - set(TRUSTED_TYPES))
     if untrusted:
         raise ModelLoadError(f"model artifact {path} holds untrusted types: {untrusted}")
     try:

@@ -1,13 +1,15 @@
 """Split conformal prediction sets (via crepes): the confidence measure with a guarantee.
 
 Nonconformity is the hinge score 1 - p(true class) of the ensemble's probabilities on a
-held-out calibration split. For exchangeable inputs, the set {classes whose p-value exceeds
+held-out calibration split. For exchangeable inputs, the set {classes whose p-value is at least
 1 - confidence_level} holds the true class with probability at least ``confidence_level``.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from crepes import ConformalClassifier
@@ -22,30 +24,38 @@ class ConformalCalibration:
     alphas: tuple[float, ...]
 
     def to_json(self) -> dict[str, object]:
-        return {"method": "split_conformal_hinge", "confidence_level": self.confidence_level,
-                "alphas": list(self.alphas), "threshold": self.threshold}
+        return {
+            "method": "split_conformal_hinge",
+            "confidence_level": self.confidence_level,
+            "alphas": list(self.alphas),
+            "threshold": self.threshold,
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> ConformalCalibration:
-        return cls(float(data["confidence_level"]),  # type: ignore[arg-type]
-                   tuple(float(a) for a in data["alphas"]))  # type: ignore[attr-defined]
+    def from_json(cls, data: dict[str, Any]) -> ConformalCalibration:
+        return cls(float(data["confidence_level"]), tuple(float(a) for a in data["alphas"]))
 
     @property
     def threshold(self) -> float:
-        """Largest nonconformity score still inside a set (for people reading the release)."""
+        """Largest hinge score a class may have and still be in a set, as crepes decides:
+        in the set when (#{alphas >= score} + 1) / (n + 1) >= 1 - confidence_level.
+        1.0 (every class always in) when there are too few calibration rows for the level."""
         n = len(self.alphas)
-        rank = min(n, int(np.ceil((n + 1) * self.confidence_level)))
-        return float(np.sort(self.alphas)[rank - 1])
+        rank = n + 2 - math.ceil((n + 1) * (1 - self.confidence_level) - 1e-12)
+        return 1.0 if rank > n else float(np.sort(self.alphas)[rank - 1])
 
     def prediction_sets(self, probabilities: np.ndarray) -> np.ndarray:
         """Boolean (rows x classes) membership of each class in each row's set."""
         cc = ConformalClassifier().fit(np.asarray(self.alphas))
-        sets = cc.predict_set(hinge(probabilities), confidence=self.confidence_level,
-                              smoothing=False)
+        sets = cc.predict_set(
+            hinge(probabilities), confidence=self.confidence_level, smoothing=False
+        )
         return np.asarray(sets, dtype=bool)
 
 
-def calibrate(probabilities: np.ndarray, y: np.ndarray, confidence_level: float) -> ConformalCalibration:
+def calibrate(
+    probabilities: np.ndarray, y: np.ndarray, confidence_level: float
+) -> ConformalCalibration:
     """Fit on held-out rows the models never trained on."""
     alphas = hinge(probabilities, np.arange(probabilities.shape[1]), y)
     return ConformalCalibration(confidence_level, tuple(float(a) for a in alphas))

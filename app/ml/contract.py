@@ -49,7 +49,9 @@ def input_problems(task: TaskSpec, raw: Any, index: int | None = None) -> list[F
     for key in raw:
         if key not in known:
             problems.append(
-                FieldProblem(str(key), "UNKNOWN_FIELD", f"{key}: not a feature of {task.name}", index)
+                FieldProblem(
+                    str(key), "UNKNOWN_FIELD", f"{key}: not a feature of {task.name}", index
+                )
             )
     for feature in task.features:
         value = raw.get(feature.name)
@@ -65,7 +67,9 @@ def input_problems(task: TaskSpec, raw: Any, index: int | None = None) -> list[F
     return problems
 
 
-def validate_inputs(task: TaskSpec, raws: Sequence[Any], batch: bool = False) -> list[dict[str, Any]]:
+def validate_inputs(
+    task: TaskSpec, raws: Sequence[Any], batch: bool = False
+) -> list[dict[str, Any]]:
     """Check every input, raising one error that lists all problems of all rows."""
     problems = [
         p for i, raw in enumerate(raws) for p in input_problems(task, raw, i if batch else None)

@@ -80,8 +80,14 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 class Ensemble:
     """A loaded release: call ``predict`` with a model matrix."""
 
-    def __init__(self, task: TaskSpec, release_id: int, version: int,
-                 members: list[LoadedMember], calibration: ConformalCalibration) -> None:
+    def __init__(
+        self,
+        task: TaskSpec,
+        release_id: int,
+        version: int,
+        members: list[LoadedMember],
+        calibration: ConformalCalibration,
+    ) -> None:
         self.task = task
         self.release_id = release_id
         self.version = version
@@ -121,10 +127,7 @@ class Ensemble:
         contrib = sum(weights[n] / total * o[1].contributions for n, o in ok.items())
         base = sum(weights[n] / total * o[1].base for n, o in ok.items())
         assert isinstance(scores, np.ndarray) and isinstance(contrib, np.ndarray)
-        if self.space is OutputSpace.PROBABILITY:
-            proba = scores
-        else:
-            proba = _softmax(scores)
+        proba = scores if self.space is OutputSpace.PROBABILITY else _softmax(scores)
         labels = proba.argmax(axis=1)
         sets = self.calibration.prediction_sets(proba)
         explained_scores = scores @ L.T
@@ -139,17 +142,32 @@ class Ensemble:
                     continue
                 # Members explain the ensemble's class, so their charts compare side by side.
                 p, ms = ok[m.name]
-                members.append(MemberOutput(
-                    m.name, m.version, m.weight, probabilities=p[i],
+                members.append(
+                    MemberOutput(
+                        m.name,
+                        m.version,
+                        m.weight,
+                        probabilities=p[i],
+                        explanation=Explained(
+                            int(c),
+                            float((ms.base @ L.T)[c]),
+                            (ms.contributions[i] @ L.T)[:, c],
+                            float((ms.scores[i] @ L.T)[c]),
+                        ),
+                    )
+                )
+            rows.append(
+                RowResult(
+                    probabilities=proba[i],
+                    label=int(c),
+                    prediction_set=sets[i],
                     explanation=Explained(
-                        int(c), float((ms.base @ L.T)[c]), (ms.contributions[i] @ L.T)[:, c],
-                        float((ms.scores[i] @ L.T)[c]),
+                        int(c),
+                        float(explained_base[c]),
+                        explained_contrib[i, :, c],
+                        float(explained_scores[i, c]),
                     ),
-                ))
-            rows.append(RowResult(
-                probabilities=proba[i], label=int(c), prediction_set=sets[i],
-                explanation=Explained(int(c), float(explained_base[c]),
-                                      explained_contrib[i, :, c], float(explained_scores[i, c])),
-                members=members,
-            ))
+                    members=members,
+                )
+            )
         return rows, errors

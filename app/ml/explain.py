@@ -28,8 +28,14 @@ class MemberScores:
 class MemberExplainer:
     """Runs one fitted pipeline and explains it; build once per loaded member."""
 
-    def __init__(self, pipeline: Pipeline, kind: ExplainerKind, space: OutputSpace,
-                 fold: np.ndarray, background_mean: np.ndarray) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        kind: ExplainerKind,
+        space: OutputSpace,
+        fold: np.ndarray,
+        background_mean: np.ndarray,
+    ) -> None:
         self.preprocess = pipeline[:-1]
         self.model = pipeline[-1]
         self.space = space
@@ -55,12 +61,17 @@ class MemberExplainer:
         """(predict_proba, exact per-class SHAP of the raw output) for a batch of rows."""
         Xt = self.preprocess.transform(X)
         proba = np.asarray(self.model.predict_proba(Xt))
-        values = np.asarray(self.explainer.shap_values(Xt, check_additivity=False)
-                            if isinstance(self.explainer, shap.TreeExplainer)
-                            else self.explainer.shap_values(Xt))
+        values = np.asarray(
+            self.explainer.shap_values(Xt, check_additivity=False)
+            if isinstance(self.explainer, shap.TreeExplainer)
+            else self.explainer.shap_values(Xt)
+        )
         base = np.atleast_1d(np.asarray(self.explainer.expected_value, dtype=float))
-        raw = proba if self.space is OutputSpace.PROBABILITY else np.asarray(
-            self.model.decision_function(Xt), dtype=float)
+        raw = (
+            proba
+            if self.space is OutputSpace.PROBABILITY
+            else np.asarray(self.model.decision_function(Xt), dtype=float)
+        )
         if values.ndim == 2:
             # A binary margin model explains one log-odds; as margins of the two classes it
             # is (0, z), so that softmax of the margins gives back the probabilities.

@@ -37,22 +37,35 @@ def build_pipeline(task: TaskSpec, member: Member, seed: int) -> Pipeline:
             [float(i) for i in range(len(task.feature(task.model_columns[c]).categories))]
             for c in categorical
         ]
-        transformers.append((
-            "cat",
-            Pipeline([
-                ("impute", SimpleImputer(strategy="most_frequent", keep_empty_features=True)),
-                ("onehot", OneHotEncoder(categories=cats, handle_unknown="ignore",
-                                         sparse_output=False)),
-            ]),
-            categorical,
-        ))
+        transformers.append(
+            (
+                "cat",
+                Pipeline(
+                    [
+                        (
+                            "impute",
+                            SimpleImputer(strategy="most_frequent", keep_empty_features=True),
+                        ),
+                        (
+                            "onehot",
+                            OneHotEncoder(
+                                categories=cats, handle_unknown="ignore", sparse_output=False
+                            ),
+                        ),
+                    ]
+                ),
+                categorical,
+            )
+        )
     params = {**algo.defaults, **member.params}
     if "random_state" in algo.build().get_params():
         params.setdefault("random_state", seed)
-    return Pipeline([
-        ("preprocess", ColumnTransformer(transformers, sparse_threshold=0.0)),
-        ("model", algo.build(**params)),
-    ])
+    return Pipeline(
+        [
+            ("preprocess", ColumnTransformer(transformers, sparse_threshold=0.0)),
+            ("model", algo.build(**params)),
+        ]
+    )
 
 
 def fold_matrix(task: TaskSpec) -> np.ndarray:

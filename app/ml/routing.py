@@ -38,30 +38,40 @@ def audit_draw(prediction_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / AUDIT_HASH_SPACE
 
 
-def decide_route(policy: ReviewPolicy, classes: tuple[str, ...], row: RowResult,
-                 prediction_id: str) -> tuple[Route, list[Reason]]:
+def decide_route(
+    policy: ReviewPolicy, classes: tuple[str, ...], row: RowResult, prediction_id: str
+) -> tuple[Route, list[Reason]]:
     reasons: list[Reason] = []
     in_set = [classes[i] for i, inside in enumerate(row.prediction_set) if inside]
     level = policy.confidence_level
     if len(in_set) != 1:
         what = f"holds {len(in_set)} classes ({', '.join(in_set)})" if in_set else "is empty"
-        reasons.append(Reason(
-            "LOW_CONFIDENCE",
-            f"the {level:.0%} conformal prediction set {what}; AUTO needs exactly one",
-            value=len(in_set), threshold=1))
+        reasons.append(
+            Reason(
+                "LOW_CONFIDENCE",
+                f"the {level:.0%} conformal prediction set {what}; AUTO needs exactly one",
+                value=len(in_set),
+                threshold=1,
+            )
+        )
     failed = [m for m in row.members if m.error]
     for m in failed:
-        reasons.append(Reason("MEMBER_FAILURE", f"member {m.name} failed: {m.error}",
-                              value=m.name))
+        reasons.append(Reason("MEMBER_FAILURE", f"member {m.name} failed: {m.error}", value=m.name))
     ran = [m for m in row.members if m.probabilities is not None]
-    labels = {m.name: classes[int(m.probabilities.argmax())] for m in ran
-              if m.probabilities is not None}
+    labels = {
+        m.name: classes[int(m.probabilities.argmax())] for m in ran if m.probabilities is not None
+    }
     if policy.route_on_disagreement and len(set(labels.values())) > 1:
         said = ", ".join(f"{n}={lab}" for n, lab in labels.items())
         reasons.append(Reason("MEMBER_DISAGREEMENT", f"members disagree: {said}", value=labels))
     draw = audit_draw(prediction_id)
     if draw < policy.audit_rate:
-        reasons.append(Reason(
-            "AUDIT_SAMPLE", f"random audit sample (draw {draw:.4f} < rate {policy.audit_rate})",
-            value=draw, threshold=policy.audit_rate))
+        reasons.append(
+            Reason(
+                "AUDIT_SAMPLE",
+                f"random audit sample (draw {draw:.4f} < rate {policy.audit_rate})",
+                value=draw,
+                threshold=policy.audit_rate,
+            )
+        )
     return (Route.REVIEW if reasons else Route.AUTO), reasons

@@ -211,4 +211,4 @@ def resolve_callable(path: str, what: str) -> Callable[..., Any]:
         raise ConfigurationError(f"{what}: cannot import {path!r}: {exc}") from None
     if not callable(func):
         raise ConfigurationError(f"{what}: {path!r} is not callable")
-    return func  # type: ignore[no-any-return]
+    return func

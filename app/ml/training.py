@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import sklearn
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss, roc_auc_score
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
@@ -30,7 +29,7 @@ class TrainedMember:
     spec: Member
     pipeline: Pipeline
     background_mean: np.ndarray
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
 
 
 @dataclass
@@ -43,15 +42,7 @@ class TrainedRelease:
     rows: dict[str, int]
 
 
-def library_versions() -> dict[str, str]:
-    import shap
-    import skops
-
-    return {"scikit-learn": sklearn.__version__, "numpy": np.__version__,
-            "shap": shap.__version__, "skops": skops.__version__}
-
-
-def classification_metrics(proba: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def classification_metrics(proba: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     """Accuracy, balanced accuracy, log loss and ROC AUC (one-vs-rest when multiclass)."""
     k = proba.shape[1]
     labels = np.arange(k)
@@ -62,7 +53,8 @@ def classification_metrics(proba: np.ndarray, y: np.ndarray) -> dict[str, float]
     }
     if len(np.unique(y)) == k:
         metrics["roc_auc"] = float(
-            roc_auc_score(y, proba[:, 1]) if k == 2
+            roc_auc_score(y, proba[:, 1])
+            if k == 2
             else roc_auc_score(y, proba, multi_class="ovr", labels=labels)
         )
     return metrics
@@ -72,16 +64,23 @@ def _split(task: TaskSpec, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ..
     s = task.training
     try:
         X_rest, X_test, y_rest, y_test = train_test_split(
-            X, y, test_size=s.test_fraction, stratify=y, random_state=s.seed)
+            X, y, test_size=s.test_fraction, stratify=y, random_state=s.seed
+        )
         X_train, X_cal, y_train, y_cal = train_test_split(
-            X_rest, y_rest, test_size=s.calibration_fraction / (1 - s.test_fraction),
-            stratify=y_rest, random_state=s.seed)
+            X_rest,
+            y_rest,
+            test_size=s.calibration_fraction / (1 - s.test_fraction),
+            stratify=y_rest,
+            random_state=s.seed,
+        )
     except ValueError as exc:
         raise TrainingError(f"cannot split the data of {task.name}: {exc}") from None
     return X_train, X_cal, X_test, y_train, y_cal, y_test
 
 
-def fit_release(task: TaskSpec, X: np.ndarray | None = None, y: np.ndarray | None = None) -> TrainedRelease:
+def fit_release(
+    task: TaskSpec, X: np.ndarray | None = None, y: np.ndarray | None = None
+) -> TrainedRelease:
     """Train every member on one split, calibrate on another, evaluate on the third."""
     if X is None or y is None:
         X, y = training_arrays(task, load_frame(task))
@@ -95,8 +94,8 @@ def fit_release(task: TaskSpec, X: np.ndarray | None = None, y: np.ndarray | Non
         background = np.asarray(pipe[:-1].transform(X_train)).mean(axis=0)
         algo = ALGORITHMS[spec.algorithm]
         explainer = MemberExplainer(pipe, algo.explainer, algo.space, fold, background)
-        metrics = classification_metrics(explainer.probabilities(X_test), y_test)
-        members.append(TrainedMember(spec, pipe, background, metrics))
+        scores = classification_metrics(explainer.probabilities(X_test), y_test)
+        members.append(TrainedMember(spec, pipe, background, scores))
         loaded.append(LoadedMember(spec.name, "", spec.algorithm, spec.weight, explainer))
     level = task.review.confidence_level
     draft = Ensemble(task, 0, 0, loaded, ConformalCalibration(level, (0.0,)))
@@ -104,13 +103,15 @@ def fit_release(task: TaskSpec, X: np.ndarray | None = None, y: np.ndarray | Non
     test_proba = draft.probabilities(X_test)
     sets = calibration.prediction_sets(test_proba)
     metrics: dict[str, Any] = classification_metrics(test_proba, y_test)
-    metrics.update({
-        "conformal_coverage": float(sets[np.arange(len(y_test)), y_test].mean()),
-        "conformal_mean_set_size": float(sets.sum(axis=1).mean()),
-        "conformal_singleton_rate": float((sets.sum(axis=1) == 1).mean()),
-        "confidence_level": level,
-        "members": {m.spec.name: m.metrics for m in members},
-    })
+    metrics.update(
+        {
+            "conformal_coverage": float(sets[np.arange(len(y_test)), y_test].mean()),
+            "conformal_mean_set_size": float(sets.sum(axis=1).mean()),
+            "conformal_singleton_rate": float((sets.sum(axis=1) == 1).mean()),
+            "confidence_level": level,
+            "members": {m.spec.name: m.metrics for m in members},
+        }
+    )
     digest = hashlib.sha256(np.ascontiguousarray(X).tobytes() + y.tobytes()).hexdigest()
     rows = {"train": len(y_train), "calibration": len(y_cal), "test": len(y_test)}
     return TrainedRelease(task, members, calibration, metrics, digest, rows)

@@ -57,8 +57,9 @@ def check_prediction(task: TaskSpec, p: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("task_name", ["breast_cancer", "loan_default"])
-def test_predict_returns_what_is_stored(predictor: Api, example_tasks: dict[str, TaskSpec],
-                                        task_name: str) -> None:
+def test_predict_returns_what_is_stored(
+    predictor: Api, example_tasks: dict[str, TaskSpec], task_name: str
+) -> None:
     task = example_tasks[task_name]
     for row in example_inputs(task, 6):
         body = predictor(CONTRACT, task=task_name, input=row)
@@ -70,11 +71,15 @@ def test_predict_returns_what_is_stored(predictor: Api, example_tasks: dict[str,
         assert stored == p
 
 
-def test_routes_with_reasons_over_many_inputs(predictor: Api,
-                                              example_tasks: dict[str, TaskSpec]) -> None:
+def test_routes_with_reasons_over_many_inputs(
+    predictor: Api, example_tasks: dict[str, TaskSpec]
+) -> None:
     task = example_tasks["loan_default"]
-    query = "mutation($i: [JSON!]!) { predictBatch(task: \"loan_default\", inputs: $i) {" \
-        + FIELDS.rsplit("}", 1)[0] + "} }"
+    query = (
+        'mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $i) {'
+        + FIELDS.rsplit("}", 1)[0]
+        + "} }"
+    )
     body = predictor(query, i=example_inputs(task, 300, seed=9))
     rows = body["data"]["predictBatch"]
     assert len(rows) == 300
@@ -87,17 +92,28 @@ def test_routes_with_reasons_over_many_inputs(predictor: Api,
 
 
 def test_bad_input_lists_every_field_and_stores_nothing(predictor: Api, admin: Api) -> None:
-    bad = {"income": -1, "loan_amount": "lots", "employment": "pirate", "has_cosigner": 1,
-           "orders": float("inf") if False else 3, "surprise": True}
+    bad = {
+        "income": -1,
+        "loan_amount": "lots",
+        "employment": "pirate",
+        "has_cosigner": 1,
+        "orders": float("inf") if False else 3,
+        "surprise": True,
+    }
     body = predictor(CONTRACT, task="loan_default", input=bad)
     [error] = body["errors"]
     assert error["extensions"]["code"] == "INPUT_INVALID"
     problems = {(f["field"], f["problem"]) for f in error["extensions"]["fields"]}
     assert problems == {
-        ("income", "OUT_OF_RANGE"), ("loan_amount", "WRONG_TYPE"),
-        ("employment", "UNKNOWN_CATEGORY"), ("has_cosigner", "WRONG_TYPE"),
-        ("surprise", "UNKNOWN_FIELD"), ("term_months", "MISSING"),
-        ("home_ownership", "MISSING"), ("purpose", "MISSING"), ("total_spend", "MISSING"),
+        ("income", "OUT_OF_RANGE"),
+        ("loan_amount", "WRONG_TYPE"),
+        ("employment", "UNKNOWN_CATEGORY"),
+        ("has_cosigner", "WRONG_TYPE"),
+        ("surprise", "UNKNOWN_FIELD"),
+        ("term_months", "MISSING"),
+        ("home_ownership", "MISSING"),
+        ("purpose", "MISSING"),
+        ("total_spend", "MISSING"),
     }
     for not_an_object in ([1, 2], "text", 7):
         body = predictor(CONTRACT, task="loan_default", input=not_an_object)
@@ -106,13 +122,15 @@ def test_bad_input_lists_every_field_and_stores_nothing(predictor: Api, admin: A
     assert count == 0
 
 
-def test_bad_batch_is_refused_whole(predictor: Api, admin: Api,
-                                    example_tasks: dict[str, TaskSpec]) -> None:
+def test_bad_batch_is_refused_whole(
+    predictor: Api, admin: Api, example_tasks: dict[str, TaskSpec]
+) -> None:
     rows: list[Any] = example_inputs(example_tasks["breast_cancer"], 4)
     rows[2] = {**rows[2], "mean_radius": "big"}
     rows[3] = {**rows[3], "mean_area": -3.0}
-    body = predictor("mutation($i: [JSON!]!) { predictBatch(task: \"breast_cancer\", "
-                     "inputs: $i) { id } }", i=rows)
+    body = predictor(
+        'mutation($i: [JSON!]!) { predictBatch(task: "breast_cancer", inputs: $i) { id } }', i=rows
+    )
     fields = body["errors"][0]["extensions"]["fields"]
     assert {(f["index"], f["field"]) for f in fields} == {(2, "mean_radius"), (3, "mean_area")}
     assert admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"] == 0
@@ -125,19 +143,20 @@ def test_unknown_task_is_a_clear_error(predictor: Api) -> None:
 
 
 def test_idempotency_key_returns_the_stored_prediction(
-        predictor: Api, admin: Api, example_tasks: dict[str, TaskSpec]) -> None:
+    predictor: Api, admin: Api, example_tasks: dict[str, TaskSpec]
+) -> None:
     row = example_inputs(example_tasks["loan_default"], 1)[0]
     first = predictor(CONTRACT, task="loan_default", input=row, key="order-17")["data"]["predict"]
     again = predictor(CONTRACT, task="loan_default", input=row, key="order-17")["data"]["predict"]
     assert again == first
-    changed = predictor(CONTRACT, task="loan_default", input={**row, "orders": 1.0},
-                        key="order-17")
+    changed = predictor(CONTRACT, task="loan_default", input={**row, "orders": 1.0}, key="order-17")
     assert changed["errors"][0]["extensions"]["code"] == "IDEMPOTENCY_CONFLICT"
     assert admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"] == 1
 
 
 def test_concurrent_requests_with_one_key_store_one_prediction(
-        server: Any, settings: Settings, admin: Api, example_tasks: dict[str, TaskSpec]) -> None:
+    server: Any, settings: Settings, admin: Api, example_tasks: dict[str, TaskSpec]
+) -> None:
     key = make_key(settings, "predictor", "racer")
     row = example_inputs(example_tasks["breast_cancer"], 1)[0]
 
@@ -163,14 +182,20 @@ def test_requests_need_a_valid_key(http: httpx.Client) -> None:
 
 
 def test_predictors_see_only_their_own_predictions(
-        predictor: Api, admin: Api, http: httpx.Client, settings: Settings,
-        example_tasks: dict[str, TaskSpec]) -> None:
+    predictor: Api,
+    admin: Api,
+    http: httpx.Client,
+    settings: Settings,
+    example_tasks: dict[str, TaskSpec],
+) -> None:
     other = Api(http, make_key(settings, "predictor", "another-app"))
     rows = example_inputs(example_tasks["breast_cancer"], 3)
-    mine = [predictor(CONTRACT, task="breast_cancer", input=r)["data"]["predict"]["id"]
-            for r in rows[:2]]
+    mine = [
+        predictor(CONTRACT, task="breast_cancer", input=r)["data"]["predict"]["id"]
+        for r in rows[:2]
+    ]
     theirs = other(CONTRACT, task="breast_cancer", input=rows[2])["data"]["predict"]["id"]
-    listing = "{ predictions(task: \"breast_cancer\") { totalCount edges { node { id } } } }"
+    listing = '{ predictions(task: "breast_cancer") { totalCount edges { node { id } } } }'
     seen = predictor(listing)["data"]["predictions"]
     assert seen["totalCount"] == 2
     assert {e["node"]["id"] for e in seen["edges"]} == set(mine)
@@ -180,7 +205,7 @@ def test_predictors_see_only_their_own_predictions(
 
 
 def test_releases_are_for_admins_not_predictors(predictor: Api, admin: Api) -> None:
-    query = "{ releases(task: \"loan_default\") { version stage createdAt metrics } }"
+    query = '{ releases(task: "loan_default") { version stage createdAt metrics } }'
     refused = predictor(query)
     assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     [release] = admin(query)["data"]["releases"]
@@ -188,11 +213,13 @@ def test_releases_are_for_admins_not_predictors(predictor: Api, admin: Api) -> N
     assert 0.7 < release["metrics"]["accuracy"] <= 1
 
 
-def test_predictions_paginate_newest_first(predictor: Api,
-                                           example_tasks: dict[str, TaskSpec]) -> None:
+def test_predictions_paginate_newest_first(
+    predictor: Api, example_tasks: dict[str, TaskSpec]
+) -> None:
     rows = example_inputs(example_tasks["breast_cancer"], 7)
-    made = [predictor(CONTRACT, task="breast_cancer", input=r)["data"]["predict"]["id"]
-            for r in rows]
+    made = [
+        predictor(CONTRACT, task="breast_cancer", input=r)["data"]["predict"]["id"] for r in rows
+    ]
     query = """query($after: String) { predictions(task: "breast_cancer", first: 3, after: $after)
       { totalCount pageInfo { hasNextPage endCursor } edges { cursor node { id } } } }"""
     seen: list[str] = []
@@ -210,14 +237,16 @@ def test_predictions_paginate_newest_first(predictor: Api,
 
 
 def test_tasks_describe_the_contract(predictor: Api) -> None:
-    body = predictor("{ tasks { name classes features { name type required min max "
-                     "categories description } } }")
+    body = predictor(
+        "{ tasks { name classes features { name type required min max categories description } } }"
+    )
     tasks = {t["name"]: t for t in body["data"]["tasks"]}
     assert tasks["loan_default"]["classes"] == ["repaid", "late", "default"]
     employment = next(f for f in tasks["loan_default"]["features"] if f["name"] == "employment")
     assert employment["type"] == "CATEGORICAL" and "salaried" in employment["categories"]
-    history = next(f for f in tasks["loan_default"]["features"]
-                   if f["name"] == "credit_history_years")
+    history = next(
+        f for f in tasks["loan_default"]["features"] if f["name"] == "credit_history_years"
+    )
     assert history["required"] is False and history["min"] == 0
 
 

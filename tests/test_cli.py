@@ -1,0 +1,112 @@
+"""The `arbiter` command as a user runs it: real processes, real HTTP."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+ARBITER = str(Path(sys.executable).parent / "arbiter")
+
+
+@pytest.fixture
+def env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "ARBITER_DATA_DIR": str(tmp_path / "data"),
+            "ARBITER_DATABASE_URL": database_url}
+
+
+def arbiter(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ARBITER, *args], env=env, capture_output=True, text=True, timeout=600)
+
+
+def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the server exited"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} was not ready within {seconds} s")
+
+
+@pytest.fixture
+def started() -> Iterator[list[subprocess.Popen[str]]]:
+    processes: list[subprocess.Popen[str]] = []
+    yield processes
+    for p in processes:
+        p.terminate()
+        p.wait(timeout=30)
+        if p.stdout:
+            p.stdout.close()
+
+
+def test_train_lists_releases_and_makes_keys(env: dict[str, str]) -> None:
+    first = arbiter(env, "train", "breast_cancer")
+    assert first.returncode == 0, first.stderr
+    assert "release 1 → LIVE" in first.stdout
+    second = arbiter(env, "train", "breast_cancer")
+    assert "release 2 → CANDIDATE" in second.stdout
+    listing = arbiter(env, "releases", "breast_cancer")
+    assert re.search(r"│ 2\s+│ CANDIDATE", listing.stdout) and re.search(r"│ 1\s+│ LIVE",
+                                                                          listing.stdout)
+    key = arbiter(env, "keys", "create", "--role", "admin", "--name", "ops")
+    assert re.fullmatch(r"arb_[A-Za-z0-9_-]{43}", key.stdout.strip().splitlines()[-1])
+    bad_role = arbiter(env, "keys", "create", "--role", "boss", "--name", "x")
+    assert bad_role.returncode == 2 and "unknown role 'boss'" in bad_role.stderr
+    unknown = arbiter(env, "train", "nope")
+    assert unknown.returncode == 2 and "unknown task 'nope'" in unknown.stderr
+
+
+def test_demo_trains_prints_keys_and_serves(env: dict[str, str],
+                                            started: list[subprocess.Popen[str]]) -> None:
+    port = free_port()
+    demo = subprocess.Popen([ARBITER, "demo", "--port", str(port)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    started.append(demo)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, demo)
+    assert demo.stdout is not None
+    lines: list[str] = []
+    while not any(line.startswith("curl ") for line in lines):
+        lines.append(demo.stdout.readline())
+    [curl] = [line for line in lines if line.startswith("curl ")]
+    key = re.search(r"Bearer (arb_\S+)'", curl)
+    payload = re.search(r"-d '(.*)'$", curl.strip())
+    assert key and payload
+    response = httpx.post(f"{url}/graphql", content=payload.group(1), timeout=60, headers={
+        "Authorization": f"Bearer {key.group(1)}", "Content-Type": "application/json"})
+    body = response.json()
+    assert "errors" not in body, body
+    assert body["data"]["predict"]["label"] in {"repaid", "late", "default"}
+    assert httpx.get(f"{url}/graphql", headers={"Accept": "text/html"}).status_code == 200
+
+
+def test_serve_does_not_train(env: dict[str, str], started: list[subprocess.Popen[str]]) -> None:
+    port = free_port()
+    serve = subprocess.Popen([ARBITER, "serve", "--port", str(port)], env=env, text=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started.append(serve)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            ready = httpx.get(f"{url}/readyz", timeout=2)
+            if "no LIVE release" in ready.json()["tasks"]["loan_default"]:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert ready.status_code == 503
