@@ -17,14 +17,21 @@ from app.errors import ConfigurationError, FieldProblem, InputValidationError
 from app.ml.task import Feature, FeatureType, TaskSpec, resolve_callable
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float (JSON allows any length)
+        return False
+
+
 def _check_value(feature: Feature, value: Any) -> tuple[str, str] | None:
     """(problem, message) for a present, non-null value that breaks the contract."""
     name = feature.name
     if feature.type is FeatureType.NUMERIC:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return "WRONG_TYPE", f"{name}: expected a number, got {type(value).__name__}"
-        if not math.isfinite(value):
-            return "NOT_FINITE", f"{name}: expected a finite number, got {value}"
+        if not _finite(value):
+            return "NOT_FINITE", f"{name}: expected a finite number, got {str(value)[:40]}"
         if feature.min is not None and value < feature.min:
             return "OUT_OF_RANGE", f"{name}: {value} is below the minimum {feature.min:g}"
         if feature.max is not None and value > feature.max:

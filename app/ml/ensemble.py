@@ -19,7 +19,7 @@ import numpy as np
 
 from app.ml.algorithms import OutputSpace
 from app.ml.conformal import ConformalCalibration
-from app.ml.explain import MemberExplainer, MemberScores
+from app.ml.explain import MemberExplainer, MemberScores, softmax
 from app.ml.task import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,6 @@ def _explained_transform(space: OutputSpace, n_classes: int) -> np.ndarray:
     return np.eye(n_classes) - 1.0 / n_classes
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
-
-
 class Ensemble:
     """A loaded release: call ``predict`` with a model matrix."""
 
@@ -101,7 +96,7 @@ class Ensemble:
         total = sum(m.weight for m in self.members)
         scores = sum(m.weight / total * m.explainer.scores(X) for m in self.members)
         assert isinstance(scores, np.ndarray)
-        return scores if self.space is OutputSpace.PROBABILITY else _softmax(scores)
+        return scores if self.space is OutputSpace.PROBABILITY else softmax(scores)
 
     def _run_members(self, X: np.ndarray) -> dict[str, tuple[np.ndarray, MemberScores] | str]:
         outputs: dict[str, tuple[np.ndarray, MemberScores] | str] = {}
@@ -127,7 +122,7 @@ class Ensemble:
         contrib = sum(weights[n] / total * o[1].contributions for n, o in ok.items())
         base = sum(weights[n] / total * o[1].base for n, o in ok.items())
         assert isinstance(scores, np.ndarray) and isinstance(contrib, np.ndarray)
-        proba = scores if self.space is OutputSpace.PROBABILITY else _softmax(scores)
+        proba = scores if self.space is OutputSpace.PROBABILITY else softmax(scores)
         labels = proba.argmax(axis=1)
         sets = self.calibration.prediction_sets(proba)
         explained_scores = scores @ L.T

@@ -46,37 +46,42 @@ class MemberExplainer:
         else:
             self.explainer = shap.TreeExplainer(self.model)
 
-    def probabilities(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_proba(self.preprocess.transform(X)))
-
-    def scores(self, X: np.ndarray) -> np.ndarray:
-        """Raw outputs as (rows x classes) margins or probabilities, without SHAP."""
-        Xt = self.preprocess.transform(X)
+    def _raw(self, Xt: np.ndarray) -> np.ndarray:
+        """(rows x classes) margins, or probabilities in PROBABILITY space; a binary margin
+        model's one log-odds z becomes the margins (0, z), whose softmax is its predict_proba."""
         if self.space is OutputSpace.PROBABILITY:
             return np.asarray(self.model.predict_proba(Xt))
         raw = np.asarray(self.model.decision_function(Xt), dtype=float)
         return np.column_stack([np.zeros(len(raw)), raw]) if raw.ndim == 1 else raw
 
+    def _probabilities(self, raw: np.ndarray) -> np.ndarray:
+        # The estimators' own predict_proba is this softmax; computing it from the margins
+        # runs the trees once instead of twice.
+        return raw if self.space is OutputSpace.PROBABILITY else softmax(raw)
+
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        return self._probabilities(self.scores(X))
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """Raw outputs as (rows x classes) margins or probabilities, without SHAP."""
+        return self._raw(self.preprocess.transform(X))
+
     def explain(self, X: np.ndarray) -> tuple[np.ndarray, MemberScores]:
-        """(predict_proba, exact per-class SHAP of the raw output) for a batch of rows."""
+        """(probabilities, exact per-class SHAP of the raw output) for a batch of rows."""
         Xt = self.preprocess.transform(X)
-        proba = np.asarray(self.model.predict_proba(Xt))
-        values = np.asarray(
-            self.explainer.shap_values(Xt, check_additivity=False)
-            if isinstance(self.explainer, shap.TreeExplainer)
-            else self.explainer.shap_values(Xt)
-        )
+        raw = self._raw(Xt)
+        if isinstance(self.explainer, shap.TreeExplainer):
+            values = np.asarray(self.explainer.shap_values(Xt, check_additivity=False))
+        else:
+            values = np.asarray(self.explainer.shap_values(Xt))
         base = np.atleast_1d(np.asarray(self.explainer.expected_value, dtype=float))
-        raw = (
-            proba
-            if self.space is OutputSpace.PROBABILITY
-            else np.asarray(self.model.decision_function(Xt), dtype=float)
-        )
-        if values.ndim == 2:
-            # A binary margin model explains one log-odds; as margins of the two classes it
-            # is (0, z), so that softmax of the margins gives back the probabilities.
+        if values.ndim == 2:  # one log-odds: as margins of the two classes, (0, z)
             values = np.stack([np.zeros_like(values), values], axis=2)
             base = np.array([0.0, float(base[-1])])
-            raw = np.column_stack([np.zeros(len(raw)), raw])
         folded = np.einsum("ntk,tm->nmk", values, self.fold)
-        return proba, MemberScores(raw, folded, base)
+        return self._probabilities(raw), MemberScores(raw, folded, base)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.asarray(e / e.sum(axis=1, keepdims=True))

@@ -91,7 +91,7 @@ def test_wrong_type(loan_task: TaskSpec, field: str, value: Any, expected_in_mes
     assert problems[0].message == f"{field}: {expected_in_message}"
 
 
-@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 10**400, -(10**400)])
 def test_not_finite(loan_task: TaskSpec, value: float) -> None:
     problems = input_problems(loan_task, good_row(loan_amount=value))
     assert kinds(problems) == [("loan_amount", "NOT_FINITE")]
