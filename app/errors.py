@@ -114,3 +114,21 @@ class AuthenticationError(ArbiterError):
 
 class TrainingError(ArbiterError):
     code = "TRAINING_FAILED"
+
+
+class LeaseExpiredError(ArbiterError):
+    """The lease ran out; the item went back to the queue and may be claimed again."""
+
+    code = "LEASE_EXPIRED"
+
+
+class StaleLeaseError(ArbiterError):
+    """The token names no live lease: released, submitted, or expired and claimed again."""
+
+    code = "LEASE_STALE"
+
+
+class ReviewConflictError(ArbiterError):
+    """The reviewer already reviewed this item (reviews are independent and counted once)."""
+
+    code = "REVIEW_CONFLICT"

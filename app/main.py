@@ -27,6 +27,7 @@ from app.registry import Registry
 from app.settings import Settings
 from graphql_schema.context import Context
 from graphql_schema.schema import build_schema
+from workers.runtime import JobRuntime
 
 log = logging.getLogger("arbiter")
 
@@ -84,13 +85,20 @@ def build_app(settings: Settings) -> Starlette:
             status_code=200 if ready else 503,
         )
 
+    # Embedded (no Redis): this process also consumes the jobs. With Redis, `arbiter worker`
+    # processes do, and this one only relays its outbox.
+    jobs = JobRuntime(settings, services.sessions, consume=settings.redis_url is None)
+    services.wake_relay = jobs.relay.wake
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         loading = asyncio.create_task(services.registry.load_all())
+        await jobs.start()
         try:
             yield
         finally:
             loading.cancel()
+            await jobs.stop()
             await engine.dispose()
 
     graphql = ApiKeyAuth(ArbiterGraphQL(services), verifier.verify)

@@ -5,26 +5,24 @@ Resolvers call these functions; so do tests, without GraphQL.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import timedelta
 from typing import Any
 
 import anyio
 import numpy as np
-from sqlalchemy import and_, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db.tables import Prediction
+from app.db.pagination import Page, check_page_size, paginate
+from app.db.tables import Prediction, ReviewItem
 from app.errors import (
     AllMembersFailedError,
     BadRequestError,
@@ -55,6 +53,7 @@ class Services:
     settings: Settings
     sessions: async_sessionmaker[AsyncSession]
     registry: Registry
+    wake_relay: Callable[[], None] = lambda: None  # called after committing outbox rows
 
 
 def input_hash(raw: dict[str, Any]) -> str:
@@ -206,7 +205,7 @@ async def predict(
             return _replay(existing, row, key)
     [record] = await _infer(services, task, [row], caller, key, started)
     try:
-        await _store(services, [record])
+        await _store(services, task, [record])
     except IntegrityError:
         # A concurrent request with the same key stored first: answer with its prediction.
         if key is None:
@@ -232,7 +231,7 @@ async def predict_batch(
         raise BadRequestError(f"predictBatch takes at most {limit} inputs, got {len(raws)}")
     rows = validate_inputs(task, raws, batch=True)
     records = await _infer(services, task, rows, caller, None, started)
-    await _store(services, records)
+    await _store(services, task, records)
     return records
 
 
@@ -246,9 +245,27 @@ def _check_key(key: str | None) -> str | None:
     return key
 
 
-async def _store(services: Services, records: list[Prediction]) -> None:
+# How strongly each reason suggests the model may be wrong: the queue serves higher first.
+REASON_PRIORITY = {"MEMBER_FAILURE": 3, "OUT_OF_DISTRIBUTION": 3, "LOW_CONFIDENCE": 2,
+                   "MEMBER_DISAGREEMENT": 2, "AUDIT_SAMPLE": 0}
+
+
+def open_review_item(task: TaskSpec, p: Prediction) -> ReviewItem:
+    """The review item of a prediction routed to REVIEW."""
+    policy = task.review
+    return ReviewItem(
+        id=str(uuid.uuid4()), prediction_id=p.id, task=p.task, release_version=p.release_version,
+        status="PENDING", priority=sum(REASON_PRIORITY.get(r["code"], 1) for r in p.reasons),
+        due_at=p.created_at + timedelta(hours=policy.sla_hours),
+        required_reviews=policy.required_reviews)
+
+
+async def _store(services: Services, task: TaskSpec, records: list[Prediction]) -> None:
+    """Predictions and the review items of the routed ones, in one transaction."""
     async with services.sessions() as session, session.begin():
         session.add_all(records)
+        await session.flush()
+        session.add_all([open_review_item(task, p) for p in records if p.route == Route.REVIEW])
 
 
 async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:
@@ -258,26 +275,6 @@ async def get_prediction(services: Services, caller: Principal, prediction_id: s
     if found is None or not (caller.reads_everything or found.caller_key_id == caller.key_id):
         raise NotFoundError(f"no prediction {prediction_id!r}")
     return found
-
-
-@dataclass
-class Page:
-    items: list[Prediction]
-    cursors: list[str]
-    has_next: bool
-    total: int
-
-
-def encode_cursor(p: Prediction) -> str:
-    return base64.urlsafe_b64encode(f"{p.created_at.isoformat()}|{p.id}".encode()).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        stamp, _, ident = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(stamp), ident
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise BadRequestError(f"invalid cursor {cursor!r}; pass an endCursor from a page") from None
 
 
 async def list_predictions(
@@ -290,46 +287,18 @@ async def list_predictions(
     release: int | None = None,
     first: int = 50,
     after: str | None = None,
-) -> Page:
+) -> Page[Prediction]:
     """Newest first, keyset-paginated, filtered to what the caller may see."""
-    limit = services.settings.page_size_max
-    if not 1 <= first <= limit:
-        raise BadRequestError(f"first must be between 1 and {limit}, got {first}")
-    if task is not None:
-        services.registry.task(task)
+    check_page_size(first, services.settings.page_size_max)
     filters: list[Any] = []
     if task is not None:
+        services.registry.task(task)
         filters.append(Prediction.task == task)
     if not caller.reads_everything:
         filters.append(Prediction.caller_key_id == caller.key_id)
-    for column, value in (
-        (Prediction.route, route),
-        (Prediction.status, status),
-        (Prediction.release_version, release),
-    ):
+    for column, value in ((Prediction.route, route), (Prediction.status, status),
+                          (Prediction.release_version, release)):
         if value is not None:
             filters.append(column == value)
-    page_filters = list(filters)
-    if after:
-        stamp, ident = decode_cursor(after)
-        page_filters.append(
-            or_(
-                col(Prediction.created_at) < stamp,
-                and_(col(Prediction.created_at) == stamp, col(Prediction.id) < ident),
-            )
-        )
     async with services.sessions() as session:
-        total = (
-            await session.exec(select(func.count()).select_from(Prediction).where(*filters))
-        ).one()
-        items = list(
-            (
-                await session.exec(
-                    select(Prediction)
-                    .where(*page_filters)
-                    .order_by(col(Prediction.created_at).desc(), col(Prediction.id).desc())
-                    .limit(first + 1)
-                )
-            ).all()
-        )
-    return Page(items[:first], [encode_cursor(p) for p in items[:first]], len(items) > first, total)
+        return await paginate(session, Prediction, filters, first, after)

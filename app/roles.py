@@ -47,6 +47,11 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "releases": frozenset({Role.AUDITOR, Role.ADMIN}),
     "predict": frozenset({Role.PREDICTOR, Role.ADMIN}),
     "predictBatch": frozenset({Role.PREDICTOR, Role.ADMIN}),
+    "reviewItems": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
+    "reviewItem": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
+    "claimReview": frozenset({Role.REVIEWER, Role.ADMIN}),
+    "submitReview": frozenset({Role.REVIEWER, Role.ADMIN}),
+    "releaseReview": frozenset({Role.REVIEWER, Role.ADMIN}),
 }
 
 

@@ -12,6 +12,7 @@ from app.releases import list_releases
 from graphql_schema.context import Info
 from graphql_schema.errors import DomainErrors
 from graphql_schema.permissions import Allowed
+from graphql_schema.review import ReviewMutation, ReviewQuery
 from graphql_schema.types import (
     Me,
     PageInfo,
@@ -29,7 +30,7 @@ QUERY_CACHE_SIZE = 256
 
 
 @strawberry.type
-class Query:
+class Query(ReviewQuery):
     @strawberry.field(permission_classes=GUARDED, description="Every declared task.")
     def tasks(self, info: Info) -> list[Task]:
         return [Task.from_spec(t) for t in info.context.services.registry.tasks.values()]
@@ -97,7 +98,7 @@ class Query:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(ReviewMutation):
     @strawberry.mutation(
         permission_classes=GUARDED, description="Explain, route and store one prediction."
     )

@@ -206,7 +206,10 @@ class Prediction:
         description="Conformal prediction set at the task's confidence level."
     )
     members: list[MemberPrediction]
-    explanation: Explanation
+    explanation: Explanation | None = strawberry.field(
+        description="Always present, except for reviewers of a task that hides explanations "
+        "until they ask (see ReviewItem.prediction)."
+    )
     route: Route
     reasons: list[Reason]
     status: PredictionStatus
@@ -217,7 +220,8 @@ class Prediction:
     created_at: datetime
 
     @classmethod
-    def from_row(cls, p: PredictionRow) -> Prediction:
+    def from_row(cls, p: PredictionRow, hide_explanation: bool = False) -> Prediction:
+        """``hide_explanation`` blanks the ensemble's and the members' explanations."""
         return cls(
             id=strawberry.ID(p.id),
             task=p.task,
@@ -235,12 +239,12 @@ class Prediction:
                     error=m["error"],
                     probabilities=_probs(m["probabilities"]),
                     explanation=Explanation.from_json(m["explanation"])
-                    if m["explanation"]
+                    if m["explanation"] and not hide_explanation
                     else None,
                 )
                 for m in p.members
             ],
-            explanation=Explanation.from_json(p.explanation),
+            explanation=None if hide_explanation else Explanation.from_json(p.explanation),
             route=Route(p.route),
             reasons=[
                 Reason(

@@ -1,0 +1,1 @@
+"""Dramatiq actors and the machinery that feeds them (broker, outbox relay, schedule)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import event
@@ -31,3 +32,20 @@ def make_engine(url: str) -> AsyncEngine:
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+class SessionsPerLoop:
+    """A session factory per event loop: asyncpg connections belong to the loop that opened
+    them, and Dramatiq runs async actors on a loop thread of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._made: dict[asyncio.AbstractEventLoop, tuple[AsyncEngine, Any]] = {}
+
+    def __call__(self) -> async_sessionmaker[AsyncSession]:
+        loop = asyncio.get_running_loop()
+        if loop not in self._made:
+            engine = make_engine(self.url)
+            self._made[loop] = (engine, make_sessionmaker(engine))
+        sessions: async_sessionmaker[AsyncSession] = self._made[loop][1]
+        return sessions

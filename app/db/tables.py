@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, UniqueConstraint, text
+from sqlalchemy import Column, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from app.db.types import JSONType, UTCDateTime, utcnow
@@ -134,3 +134,80 @@ class Prediction(SQLModel, table=True):
     final_label: str | None = None
     latency_ms: float
     created_at: datetime = _time()
+
+
+class ReviewItem(SQLModel, table=True):
+    """A routed prediction waiting for, or resolved by, people.
+
+    At most one lease at a time lives on the item itself (token hash, holder, expiry);
+    ``lease_version`` grows with every claim, so every state change is a compare-and-set
+    that a stale token or a concurrent claimer cannot win."""
+
+    __tablename__ = "review_items"
+    __table_args__ = (Index("ix_review_items_queue", "task", "status", "priority", "created_at"),)
+    id: str = Field(primary_key=True, max_length=36)
+    prediction_id: str = Field(
+        sa_column=Column(String(36), ForeignKey("predictions.id"), nullable=False, unique=True)
+    )
+    task: str = Field(max_length=100)
+    release_version: int
+    status: str = Field(max_length=16)
+    priority: int = 0
+    due_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    required_reviews: int = 1
+    reviews_done: int = 0
+    needs_adjudication: bool = False
+    lease_version: int = 0
+    lease_token_hash: str | None = Field(default=None, max_length=64, unique=True)
+    lease_holder_id: int | None = None
+    lease_expires_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    final_label: str | None = None
+    resolution: str | None = Field(default=None, max_length=16)
+    resolved_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    created_at: datetime = _time()
+
+
+class Review(SQLModel, table=True):
+    """One reviewer's label for one item; a reviewer reviews an item at most once."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (UniqueConstraint("item_id", "reviewer_id", name="uq_reviews_item_reviewer"),)
+    id: int | None = Field(default=None, primary_key=True)
+    item_id: str = Field(
+        sa_column=Column(String(36), ForeignKey("review_items.id"), nullable=False, index=True)
+    )
+    reviewer_id: int = Field(foreign_key="api_keys.id")
+    reviewer_name: str
+    label: str
+    comment: str = ""
+    adjudication: bool = False
+    created_at: datetime = _time()
+
+
+class TrainingLabel(SQLModel, table=True):
+    """A label people settled for a prediction: a training row for the next release."""
+
+    __tablename__ = "training_labels"
+    id: int | None = Field(default=None, primary_key=True)
+    prediction_id: str = Field(
+        sa_column=Column(String(36), ForeignKey("predictions.id"), nullable=False, unique=True)
+    )
+    task: str = Field(max_length=100, index=True)
+    label: str
+    source: str = Field(max_length=16)
+    created_at: datetime = _time()
+
+
+class OutboxMessage(SQLModel, table=True):
+    """A job for the workers, written in the transaction of the change that causes it and
+    relayed to Dramatiq after commit (at least once; actors are idempotent)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_unsent", "sent_at", "id"),)
+    id: int | None = Field(default=None, primary_key=True)
+    actor: str = Field(max_length=100)
+    payload: dict[str, Any] = _json()
+    created_at: datetime = _time()
+    sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    attempts: int = 0
+    last_error: str | None = None

@@ -1,0 +1,152 @@
+"""The review queue over GraphQL: thin resolvers handing off to ``review.queue``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+from strawberry.permission import BasePermission
+
+from app.db.pagination import check_page_size
+from app.db.tables import Prediction as PredictionRow
+from app.db.tables import ReviewItem as ReviewItemRow
+from app.roles import Role
+from graphql_schema.context import Info
+from graphql_schema.permissions import Allowed
+from graphql_schema.types import PageInfo, Prediction
+from review import queue
+
+GUARDED: list[type[BasePermission]] = [Allowed]
+
+
+@strawberry.enum(description="Where a review item stands.")
+class ReviewStatus(Enum):
+    PENDING = "PENDING"
+    CLAIMED = "CLAIMED"
+    RESOLVED = "RESOLVED"
+    ESCALATED = "ESCALATED"
+
+
+@strawberry.type(description="A routed prediction in the review queue.")
+class ReviewItem:
+    id: strawberry.ID
+    task: str
+    release: int
+    status: ReviewStatus
+    priority: int
+    due_at: datetime
+    required_reviews: int
+    reviews_done: int
+    needs_adjudication: bool
+    final_label: str | None
+    resolution: str | None
+    lease_expires_at: datetime | None
+    created_at: datetime
+    resolved_at: datetime | None
+    prediction_id: strawberry.Private[str]
+
+    @strawberry.field(description="The prediction under review. When the task hides "
+                      "explanations from reviewers, pass revealExplanation: true to see them.")
+    async def prediction(self, info: Info, reveal_explanation: bool = False) -> Prediction:
+        services = info.context.services
+        async with services.sessions() as session:
+            row = await session.get(PredictionRow, self.prediction_id)
+        assert row is not None
+        hidden = (services.registry.task(self.task).review.hide_explanation
+                  and not reveal_explanation and info.context.caller().role is Role.REVIEWER)
+        return Prediction.from_row(row, hide_explanation=hidden)
+
+    @classmethod
+    def from_row(cls, r: ReviewItemRow) -> ReviewItem:
+        return cls(id=strawberry.ID(r.id), task=r.task, release=r.release_version,
+                   status=ReviewStatus(r.status), priority=r.priority, due_at=r.due_at,
+                   required_reviews=r.required_reviews, reviews_done=r.reviews_done,
+                   needs_adjudication=r.needs_adjudication, final_label=r.final_label,
+                   resolution=r.resolution, lease_expires_at=r.lease_expires_at,
+                   created_at=r.created_at, resolved_at=r.resolved_at,
+                   prediction_id=r.prediction_id)
+
+
+@strawberry.type(description="An exclusive, expiring hold on a review item.")
+class ReviewLease:
+    lease_token: str = strawberry.field(description="Pass to submitReview or releaseReview.")
+    expires_at: datetime
+    item: ReviewItem
+
+
+@strawberry.type
+class ReviewItemEdge:
+    cursor: str
+    node: ReviewItem
+
+
+@strawberry.type(description="A page of review items, newest first.")
+class ReviewItemConnection:
+    edges: list[ReviewItemEdge]
+    page_info: PageInfo
+    total_count: int
+
+
+@strawberry.type
+class ReviewQuery:
+    @strawberry.field(permission_classes=GUARDED, description="Review items, newest first.")
+    async def review_items(self, info: Info, task: str | None = None,
+                           status: ReviewStatus | None = None, first: int = 50,
+                           after: str | None = None) -> ReviewItemConnection:
+        services = info.context.services
+        check_page_size(first, services.settings.page_size_max)
+        if task is not None:
+            services.registry.task(task)
+        async with services.sessions() as session:
+            page = await queue.list_items(session, task, status.value if status else None,
+                                          first, after)
+        return ReviewItemConnection(
+            edges=[ReviewItemEdge(cursor=c, node=ReviewItem.from_row(r))
+                   for r, c in zip(page.items, page.cursors, strict=True)],
+            total_count=page.total,
+            page_info=PageInfo(has_next_page=page.has_next, has_previous_page=after is not None,
+                               start_cursor=page.cursors[0] if page.cursors else None,
+                               end_cursor=page.cursors[-1] if page.cursors else None))
+
+    @strawberry.field(permission_classes=GUARDED, description="One review item by id.")
+    async def review_item(self, info: Info, id: strawberry.ID) -> ReviewItem:
+        async with info.context.services.sessions() as session:
+            return ReviewItem.from_row(await queue.get_item(session, id))
+
+
+@strawberry.type
+class ReviewMutation:
+    @strawberry.mutation(permission_classes=GUARDED,
+                         description="Lease the next item by priority and age, or the named "
+                         "one; null when nothing is waiting for you.")
+    async def claim_review(self, info: Info, task: str,
+                           item_id: strawberry.ID | None = None) -> ReviewLease | None:
+        ctx = info.context
+        spec = ctx.services.registry.task(task)
+        lease = await queue.claim(ctx.services.sessions, task, ctx.caller(),
+                                  spec.review.lease_seconds, item_id)
+        if lease is None:
+            return None
+        ctx.services.wake_relay()
+        return ReviewLease(lease_token=lease.token, expires_at=lease.expires_at,
+                           item=ReviewItem.from_row(lease.item))
+
+    @strawberry.mutation(permission_classes=GUARDED,
+                         description="Label the leased item; agreement resolves, "
+                         "disagreement escalates to an adjudicator.")
+    async def submit_review(self, info: Info, lease_token: str, label: str,
+                            comment: str = "") -> ReviewItem:
+        ctx = info.context
+        async with ctx.services.sessions() as session:
+            task = (await queue.item_for_token(session, lease_token)).task
+        classes = ctx.services.registry.task(task).classes
+        item = await queue.submit(ctx.services.sessions, lease_token, ctx.caller(), label,
+                                  comment, classes)
+        return ReviewItem.from_row(item)
+
+    @strawberry.mutation(permission_classes=GUARDED,
+                         description="Give the leased item back to the queue unreviewed.")
+    async def release_review(self, info: Info, lease_token: str) -> ReviewItem:
+        return ReviewItem.from_row(await queue.release(info.context.services.sessions,
+                                                       lease_token))

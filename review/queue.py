@@ -1,0 +1,279 @@
+"""The review queue: leases, blind multi-review, escalation, resolution.
+
+Every state change is one compare-and-set UPDATE on the item, guarded by ``lease_version``
+(incremented on each claim) and, for submissions, the lease token's hash. Two reviewers
+can therefore never hold the same item, a stale token can never change it, and the same
+code is correct on SQLite and on PostgreSQL without table locks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, case, exists, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.db.pagination import Page, paginate
+from app.db.tables import Prediction, Review, ReviewItem, TrainingLabel
+from app.db.types import utcnow
+from app.errors import (
+    BadRequestError,
+    LeaseExpiredError,
+    NotFoundError,
+    ReviewConflictError,
+    StaleLeaseError,
+)
+from app.outbox import enqueue
+from app.roles import Principal
+
+CANDIDATES_PER_TRY = 20
+CLAIM_TRIES = 5
+ESCALATION_PRIORITY_BOOST = 5
+
+
+class ItemStatus(StrEnum):
+    PENDING = "PENDING"
+    CLAIMED = "CLAIMED"
+    RESOLVED = "RESOLVED"
+    ESCALATED = "ESCALATED"
+
+
+class Resolution(StrEnum):
+    AGREEMENT = "AGREEMENT"
+    ADJUDICATION = "ADJUDICATION"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A reviewer's exclusive hold on an item until ``expires_at``."""
+
+    token: str
+    expires_at: datetime
+    item: ReviewItem
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _claimable(now: datetime) -> Any:
+    waiting = col(ReviewItem.status).in_([ItemStatus.PENDING, ItemStatus.ESCALATED])
+    lapsed = and_(col(ReviewItem.status) == ItemStatus.CLAIMED,
+                  col(ReviewItem.lease_expires_at) < now)
+    return or_(waiting, lapsed)
+
+
+def _not_reviewed_by(reviewer_id: int) -> Any:
+    return ~exists().where(col(Review.item_id) == col(ReviewItem.id),
+                           col(Review.reviewer_id) == reviewer_id)
+
+
+async def _candidates(session: AsyncSession, task: str, reviewer_id: int, item_id: str | None,
+                      now: datetime) -> list[ReviewItem]:
+    query = select(ReviewItem).where(ReviewItem.task == task, _claimable(now),
+                                     _not_reviewed_by(reviewer_id))
+    if item_id is not None:
+        query = query.where(ReviewItem.id == item_id)
+    query = query.order_by(col(ReviewItem.priority).desc(), col(ReviewItem.created_at),
+                           col(ReviewItem.id)).limit(CANDIDATES_PER_TRY)
+    return list((await session.exec(query)).all())
+
+
+async def _take(session: AsyncSession, item: ReviewItem, reviewer: Principal, token: str,
+                expires: datetime, now: datetime) -> bool:
+    result = await session.exec(
+        update(ReviewItem)
+        .where(col(ReviewItem.id) == item.id,
+               col(ReviewItem.lease_version) == item.lease_version, _claimable(now))
+        .values(status=ItemStatus.CLAIMED, lease_version=item.lease_version + 1,
+                lease_token_hash=token_hash(token), lease_holder_id=reviewer.key_id,
+                lease_expires_at=expires))
+    return bool(result.rowcount == 1)
+
+
+async def claim(sessions: async_sessionmaker[AsyncSession], task: str, reviewer: Principal,
+                lease_seconds: float, item_id: str | None = None) -> Lease | None:
+    """Lease the next item by priority and age (or the named one); None when none is
+    available to this reviewer. The lease's expiry job is written in the same transaction."""
+    for _ in range(CLAIM_TRIES):
+        now = utcnow()
+        async with sessions() as session:
+            candidates = await _candidates(session, task, reviewer.key_id, item_id, now)
+        if not candidates:
+            if item_id is not None:
+                await _explain_unclaimable(sessions, task, item_id, reviewer)
+            return None
+        for item in candidates:
+            token = secrets.token_urlsafe(32)
+            expires = now + timedelta(seconds=lease_seconds)
+            async with sessions() as session, session.begin():
+                if await _take(session, item, reviewer, token, expires, now):
+                    enqueue(session, "review.expire_lease",
+                            {"item_id": item.id, "lease_version": item.lease_version + 1},
+                            not_before=expires)
+                    fresh = await session.get(ReviewItem, item.id, populate_existing=True)
+                    assert fresh is not None
+                    return Lease(token, expires, fresh)
+    return None
+
+
+async def _explain_unclaimable(sessions: async_sessionmaker[AsyncSession], task: str,
+                               item_id: str, reviewer: Principal) -> None:
+    async with sessions() as session:
+        item = await session.get(ReviewItem, item_id)
+        reviewed = (await session.exec(select(Review.id).where(
+            Review.item_id == item_id, Review.reviewer_id == reviewer.key_id))).first()
+    if item is None or item.task != task:
+        raise NotFoundError(f"no review item {item_id!r} in task {task!r}")
+    if reviewed is not None:
+        raise ReviewConflictError(f"you already reviewed item {item_id}; reviews are independent")
+    raise BadRequestError(f"item {item_id} is {item.status} and cannot be claimed now")
+
+
+async def item_for_token(session: AsyncSession, token: str) -> ReviewItem:
+    """The item a lease token holds (expired or not); StaleLeaseError when none."""
+    item = (await session.exec(select(ReviewItem).where(
+        ReviewItem.lease_token_hash == token_hash(token)))).first()
+    if item is None:
+        raise StaleLeaseError(
+            "this lease is no longer valid (submitted, released, or expired and claimed "
+            "again); claim the item anew")
+    return item
+
+
+async def _leased(session: AsyncSession, token: str) -> ReviewItem:
+    item = await item_for_token(session, token)
+    if item.lease_expires_at is None or item.lease_expires_at <= utcnow():
+        raise LeaseExpiredError(
+            f"the lease on item {item.id} expired at {item.lease_expires_at}; claim it again")
+    return item
+
+
+def _cas(item: ReviewItem) -> Any:
+    return update(ReviewItem).where(col(ReviewItem.id) == item.id,
+                                    col(ReviewItem.lease_version) == item.lease_version,
+                                    col(ReviewItem.lease_token_hash) == item.lease_token_hash)
+
+
+_NO_LEASE = {"lease_token_hash": None, "lease_holder_id": None, "lease_expires_at": None}
+
+
+async def release(sessions: async_sessionmaker[AsyncSession], token: str) -> ReviewItem:
+    """Give the item back to the queue unreviewed."""
+    async with sessions() as session, session.begin():
+        item = await _leased(session, token)
+        back = ItemStatus.ESCALATED if item.needs_adjudication else ItemStatus.PENDING
+        result = await session.exec(_cas(item).values(status=back, **_NO_LEASE))
+        if result.rowcount != 1:
+            raise StaleLeaseError("the lease changed while releasing it; claim the item anew")
+        fresh = await session.get(ReviewItem, item.id, populate_existing=True)
+    assert fresh is not None
+    return fresh
+
+
+def _consolidate(item: ReviewItem, labels: list[str], adjudicating: bool) -> dict[str, Any]:
+    """The item's next state after one more review (labels: all independent reviews)."""
+    if adjudicating:
+        return {"status": ItemStatus.RESOLVED, "resolution": Resolution.ADJUDICATION}
+    if len(labels) < item.required_reviews:
+        return {"status": ItemStatus.PENDING}
+    if len(set(labels)) == 1:
+        return {"status": ItemStatus.RESOLVED, "resolution": Resolution.AGREEMENT}
+    return {"status": ItemStatus.ESCALATED, "needs_adjudication": True,
+            "priority": item.priority + ESCALATION_PRIORITY_BOOST}
+
+
+async def submit(sessions: async_sessionmaker[AsyncSession], token: str, reviewer: Principal,
+                 label: str, comment: str, classes: tuple[str, ...]) -> ReviewItem:
+    """Record the reviewer's label; agreement resolves, disagreement escalates, and an
+    adjudicator's label decides. All of it, and the resolution, in one transaction."""
+    if label not in classes:
+        raise BadRequestError(f"label {label!r} is not one of {', '.join(classes)}")
+    try:
+        async with sessions() as session, session.begin():
+            item = await _leased(session, token)
+            if item.lease_holder_id != reviewer.key_id:
+                raise StaleLeaseError("this lease belongs to another reviewer")
+            adjudicating = item.needs_adjudication
+            session.add(Review(item_id=item.id, reviewer_id=reviewer.key_id,
+                               reviewer_name=reviewer.name, label=label, comment=comment,
+                               adjudication=adjudicating))
+            await session.flush()
+            labels = list((await session.exec(select(Review.label).where(
+                Review.item_id == item.id, col(Review.adjudication).is_(False)))).all())
+            change = _consolidate(item, labels, adjudicating)
+            if change["status"] == ItemStatus.RESOLVED:
+                now = utcnow()
+                change |= {"final_label": label, "resolved_at": now}
+                await _settle(session, item, label)
+            result = await session.exec(_cas(item).values(
+                reviews_done=len(labels), **_NO_LEASE, **change))
+            if result.rowcount != 1:
+                raise StaleLeaseError("the lease changed while submitting; claim the item anew")
+            fresh = await session.get(ReviewItem, item.id, populate_existing=True)
+    except IntegrityError:
+        raise ReviewConflictError("you already reviewed this item") from None
+    assert fresh is not None
+    return fresh
+
+
+async def _settle(session: AsyncSession, item: ReviewItem, label: str) -> None:
+    """The final label becomes the prediction's and a training row."""
+    prediction = await session.get(Prediction, item.prediction_id)
+    assert prediction is not None
+    prediction.final_label = label
+    prediction.status = "REVIEWED"
+    session.add(prediction)
+    session.add(TrainingLabel(prediction_id=item.prediction_id, task=item.task, label=label,
+                              source="review"))
+
+
+async def expire_lease(sessions: async_sessionmaker[AsyncSession], item_id: str,
+                       lease_version: int) -> bool:
+    """Return one lapsed lease's item to the queue; a no-op when it was already settled."""
+    async with sessions() as session, session.begin():
+        result = await session.exec(_expire().where(
+            col(ReviewItem.id) == item_id, col(ReviewItem.lease_version) == lease_version))
+    return bool(result.rowcount == 1)
+
+
+async def expire_leases(sessions: async_sessionmaker[AsyncSession]) -> int:
+    """Return every lapsed lease's item to the queue (the periodic safety net)."""
+    async with sessions() as session, session.begin():
+        result = await session.exec(_expire())
+    return int(result.rowcount)
+
+
+def _expire() -> Any:
+    back = case((col(ReviewItem.needs_adjudication), ItemStatus.ESCALATED.value),
+                else_=ItemStatus.PENDING.value)
+    return (update(ReviewItem)
+            .where(col(ReviewItem.status) == ItemStatus.CLAIMED,
+                   col(ReviewItem.lease_expires_at) <= utcnow())
+            .values(status=back, **_NO_LEASE))
+
+
+async def list_items(session: AsyncSession, task: str | None, status: str | None, first: int,
+                     after: str | None) -> Page[ReviewItem]:
+    """Review items, newest first."""
+    filters: list[Any] = []
+    if task is not None:
+        filters.append(ReviewItem.task == task)
+    if status is not None:
+        filters.append(ReviewItem.status == status)
+    return await paginate(session, ReviewItem, filters, first, after)
+
+
+async def get_item(session: AsyncSession, item_id: str) -> ReviewItem:
+    item = await session.get(ReviewItem, item_id)
+    if item is None:
+        raise NotFoundError(f"no review item {item_id!r}")
+    return item

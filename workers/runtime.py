@@ -1,0 +1,50 @@
+"""Everything a process needs to run jobs: broker, actors, outbox relay, and (in embedded
+mode, or in ``arbiter worker``) a Dramatiq worker consuming the queue in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import anyio
+import dramatiq
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.db.engine import SessionsPerLoop
+from app.settings import Settings
+from workers.actors import register
+from workers.broker import build_broker
+from workers.relay import OutboxRelay
+
+WORKER_THREADS = 2
+WORKER_STOP_MS = 10_000
+
+
+class JobRuntime:
+    """Start with ``start()`` inside the process's event loop; ``stop()`` at shutdown."""
+
+    def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession],
+                 consume: bool) -> None:
+        self.broker = build_broker(settings.redis_url)
+        self._worker_sessions = SessionsPerLoop(settings.resolved_database_url)
+        self.actors = register(self.broker, self._worker_sessions)
+        self.relay = OutboxRelay(sessions, self.actors)
+        self.worker = (dramatiq.Worker(self.broker, worker_threads=WORKER_THREADS)
+                       if consume else None)
+        self._relay_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.worker is not None:
+            self.worker.start()
+        self._relay_task = asyncio.create_task(self.relay.run())
+
+    async def stop(self) -> None:
+        if self._relay_task is not None:
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
+        if self.worker is not None:
+            worker = self.worker
+            await anyio.to_thread.run_sync(lambda: worker.stop(timeout=WORKER_STOP_MS))
+        self.broker.close()
