@@ -143,11 +143,17 @@ def free_port() -> int:
 class LiveServer:
     """The real app under uvicorn in a thread, reached over real HTTP."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, review: dict[str, Any] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        app = build_app(settings)
+        if review:  # override review-policy fields of every task, e.g. lease_seconds
+            tasks = app.state.services.registry.tasks
+            for name, task in tasks.items():
+                tasks[name] = task.model_copy(
+                    update={"review": task.review.model_copy(update=review)})
         config = uvicorn.Config(
-            build_app(settings),
+            app,
             host="127.0.0.1",
             port=self.port,
             log_level="warning",

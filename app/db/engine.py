@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.pool import NullPool
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -22,7 +23,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str) -> AsyncEngine:
+def make_engine(url: str, pooled: bool = True) -> AsyncEngine:
+    """``pooled=False`` opens a connection per session: for rare users (jobs) whose event
+    loop may stop before anyone could dispose of a pool."""
+    if not pooled:
+        engine = create_async_engine(url, poolclass=NullPool)
+        if url.startswith("sqlite"):
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
@@ -45,7 +53,7 @@ class SessionsPerLoop:
     def __call__(self) -> async_sessionmaker[AsyncSession]:
         loop = asyncio.get_running_loop()
         if loop not in self._made:
-            engine = make_engine(self.url)
+            engine = make_engine(self.url, pooled=False)
             self._made[loop] = (engine, make_sessionmaker(engine))
         sessions: async_sessionmaker[AsyncSession] = self._made[loop][1]
         return sessions

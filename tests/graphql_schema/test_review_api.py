@@ -1,0 +1,98 @@
+"""Reviewers over real HTTP: claim, see, label, and leases that lapse through the embedded
+Dramatiq worker fed by the outbox relay."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from app.ml.task import TaskSpec
+from app.settings import Settings
+from tests.conftest import Api, LiveServer, example_inputs, make_key
+
+BATCH = 'mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $i) { id route } }'
+CLAIM = """mutation($id: ID) { claimReview(task: "loan_default", itemId: $id) {
+  leaseToken expiresAt item { id status prediction { id label probabilities { label probability }
+  explanation { baseValue outputValue } reasons { code } } } } }"""
+SUBMIT = """mutation($t: String!, $l: String!) { submitReview(leaseToken: $t, label: $l,
+  comment: "checked the file") { id status finalLabel resolution } }"""
+ITEM = "query($id: ID!) { reviewItem(id: $id) { id status leaseExpiresAt } }"
+
+
+class People:
+    def __init__(self, client: httpx.Client, settings: Settings) -> None:
+        self.predictor = Api(client, make_key(settings, "predictor", "app"))
+        self.reviewer = Api(client, make_key(settings, "reviewer", "rita"))
+        self.admin = Api(client, make_key(settings, "admin", "ops"))
+
+
+@pytest.fixture
+def people(request: pytest.FixtureRequest, settings: Settings) -> Iterator[People]:
+    review = getattr(request, "param", None)
+    with LiveServer(settings, review) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        yield People(client, settings)
+
+
+def route_some(people: People, tasks: dict[str, TaskSpec]) -> list[str]:
+    rows = people.predictor(BATCH, i=example_inputs(tasks["loan_default"], 60, seed=4))
+    return [p["id"] for p in rows["data"]["predictBatch"] if p["route"] == "REVIEW"]
+
+
+def test_a_reviewer_claims_sees_and_labels(people: People,
+                                          example_tasks: dict[str, TaskSpec]) -> None:
+    routed = route_some(people, example_tasks)
+    listing = people.reviewer('{ reviewItems(task: "loan_default", status: PENDING) '
+                              '{ totalCount edges { node { id priority } } } }')
+    assert listing["data"]["reviewItems"]["totalCount"] == len(routed)
+    lease = people.reviewer(CLAIM)["data"]["claimReview"]
+    assert lease["item"]["status"] == "CLAIMED"
+    assert lease["item"]["prediction"]["id"] in routed
+    assert lease["item"]["prediction"]["explanation"] is not None
+    done = people.reviewer(SUBMIT, t=lease["leaseToken"], l="default")["data"]["submitReview"]
+    assert done == {"id": lease["item"]["id"], "status": "RESOLVED", "finalLabel": "default",
+                    "resolution": "AGREEMENT"}
+    stored = people.admin("query($id: ID!) { prediction(id: $id) { status finalLabel } }",
+                          id=lease["item"]["prediction"]["id"])["data"]["prediction"]
+    assert stored == {"status": "REVIEWED", "finalLabel": "default"}
+    stale = people.reviewer(SUBMIT, t=lease["leaseToken"], l="late")
+    assert stale["errors"][0]["extensions"]["code"] == "LEASE_STALE"
+
+
+def test_only_reviewers_and_admins_work_the_queue(people: People) -> None:
+    refused = people.predictor(CLAIM)
+    assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    assert people.reviewer(CLAIM)["data"]["claimReview"] is None  # nothing routed yet
+    listing = people.predictor("{ reviewItems { totalCount } }")
+    assert listing["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+@pytest.mark.parametrize("people", [{"lease_seconds": 1.0}], indirect=True)
+def test_a_lapsed_lease_returns_the_item_through_the_worker(
+        people: People, example_tasks: dict[str, TaskSpec]) -> None:
+    route_some(people, example_tasks)
+    lease = people.reviewer(CLAIM)["data"]["claimReview"]
+    item_id = lease["item"]["id"]
+    deadline = time.monotonic() + 30
+    while (item := people.admin(ITEM, id=item_id)["data"]["reviewItem"])["status"] != "PENDING":
+        assert time.monotonic() < deadline, item
+        time.sleep(0.2)
+    assert item["leaseExpiresAt"] is None
+    late = people.reviewer(SUBMIT, t=lease["leaseToken"], l="late")
+    assert late["errors"][0]["extensions"]["code"] == "LEASE_STALE"
+
+
+@pytest.mark.parametrize("people", [{"hide_explanation": True}], indirect=True)
+def test_explanations_can_wait_until_the_reviewer_asks(
+        people: People, example_tasks: dict[str, TaskSpec]) -> None:
+    route_some(people, example_tasks)
+    lease = people.reviewer(CLAIM)["data"]["claimReview"]
+    assert lease["item"]["prediction"]["explanation"] is None
+    query = ("query($id: ID!) { reviewItem(id: $id) { prediction(revealExplanation: true) "
+             "{ explanation { baseValue outputValue } } } }")
+    shown: dict[str, Any] = people.reviewer(query, id=lease["item"]["id"])
+    assert shown["data"]["reviewItem"]["prediction"]["explanation"]["outputValue"] is not None
