@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
@@ -160,6 +161,34 @@ def serve(
     """Serve the GraphQL API (migrates first; does not train)."""
     _prepare()
     _serve(host, port, workers)
+
+
+@cli.command()
+def worker() -> None:
+    """Run Dramatiq workers and an outbox relay against ARBITER_REDIS_URL."""
+    settings = _prepare()
+    if not settings.redis_url:
+        raise ArbiterError("`arbiter worker` needs ARBITER_REDIS_URL; without Redis, "
+                           "`arbiter serve` runs the worker inside the server")
+    asyncio.run(_work(settings))
+
+
+async def _work(settings: Settings) -> None:
+    from workers.runtime import JobRuntime  # the composition root of a worker process
+
+    engine = make_engine(settings.resolved_database_url)
+    jobs = JobRuntime(settings, make_sessionmaker(engine), consume=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await jobs.start()
+    console.print(f"worker consuming {settings.redis_url} (namespace {settings.redis_namespace})")
+    try:
+        await stop.wait()
+    finally:
+        await jobs.stop()
+        await engine.dispose()
 
 
 @cli.command()

@@ -20,6 +20,12 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy async URL; unset = SQLite in the data dir."
     )
     redis_url: str | None = Field(default=None, description="Unset = embedded broker/pub-sub.")
+    redis_namespace: str = Field(
+        default="arbiter", description="Prefix of Arbiter's Redis keys (queues, channels)."
+    )
+    lease_sweep_seconds: float = Field(
+        default=30.0, gt=0, description="How often lapsed review leases are swept back."
+    )
     tasks_dir: Path = Field(default=EXAMPLE_TASKS_DIR, description="Folder of task TOML files.")
     release_refresh_seconds: float = Field(
         default=2.0, ge=0, description="How often a process re-reads which release is LIVE."

@@ -8,8 +8,9 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware.asyncio import AsyncIO
 
 
-def build_broker(redis_url: str | None) -> dramatiq.Broker:
+def build_broker(redis_url: str | None, namespace: str) -> dramatiq.Broker:
     """A broker with asyncio support (our actors are coroutines using the async DB layer)."""
-    broker: dramatiq.Broker = RedisBroker(url=redis_url) if redis_url else StubBroker()
+    broker: dramatiq.Broker = (RedisBroker(url=redis_url, namespace=namespace) if redis_url
+                               else StubBroker())
     broker.add_middleware(AsyncIO())
     return broker

@@ -26,10 +26,10 @@ class JobRuntime:
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession],
                  consume: bool) -> None:
-        self.broker = build_broker(settings.redis_url)
+        self.broker = build_broker(settings.redis_url, settings.redis_namespace)
         self._worker_sessions = SessionsPerLoop(settings.resolved_database_url)
         self.actors = register(self.broker, self._worker_sessions)
-        self.relay = OutboxRelay(sessions, self.actors)
+        self.relay = OutboxRelay(sessions, self.actors, sweep_seconds=settings.lease_sweep_seconds)
         self.worker = (dramatiq.Worker(self.broker, worker_threads=WORKER_THREADS)
                        if consume else None)
         self._relay_task: asyncio.Task[None] | None = None

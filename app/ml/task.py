@@ -79,6 +79,21 @@ class ReviewPolicy(_Strict):
     )
     route_on_disagreement: bool = True
     audit_rate: float = Field(default=0.0, ge=0, le=1)
+    required_reviews: int = Field(
+        default=1, ge=1, le=10,
+        description="Independent reviews per item; if they disagree an adjudicator decides.")
+    sla_hours: float = Field(default=24.0, gt=0, description="An item is due this long after.")
+    lease_seconds: float = Field(default=600.0, ge=1, description="How long a claim holds.")
+    hide_explanation: bool = Field(
+        default=False, description="Reviewers see explanations only on request (they bias some).")
+    route_on_ood: bool = True
+    ood_quantile: float = Field(
+        default=0.995,
+        gt=0.5,
+        le=1,
+        description="In-distribution inputs stay under the out-of-distribution threshold this "
+        "often (fixed at training); 1.0 switches the check off.",
+    )
 
 
 class DataSource(_Strict):

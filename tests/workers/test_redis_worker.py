@@ -1,0 +1,100 @@
+"""Scaled out: the server relays its outbox to Redis and `arbiter worker` processes run the
+jobs; a worker killed with SIGKILL loses nothing and duplicates nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from app.ml.task import TaskSpec
+from app.settings import Settings
+from tests.conftest import IN_CI, LiveServer, example_inputs
+from tests.graphql_schema.test_review_api import BATCH, CLAIM, ITEM, SUBMIT, People
+
+REDIS_URL = os.environ.get("ARBITER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ARBITER = str(Path(sys.executable).parent / "arbiter")
+
+
+def require_redis() -> None:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        message = f"Redis is not reachable at {REDIS_URL} ({exc})"
+        if IN_CI:
+            pytest.fail(f"{message}; CI=true requires it (.ci/run starts it)")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def scaled(settings: Settings) -> Iterator[Settings]:
+    require_redis()
+    namespace = f"arbiter-test-{uuid.uuid4().hex[:8]}"
+    yield settings.model_copy(update={"redis_url": REDIS_URL, "redis_namespace": namespace,
+                                      "lease_sweep_seconds": 1.0})
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"{namespace}*"):
+        client.delete(key)
+
+
+def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
+           "ARBITER_DATABASE_URL": settings.resolved_database_url,
+           "ARBITER_REDIS_URL": str(settings.redis_url),
+           "ARBITER_REDIS_NAMESPACE": settings.redis_namespace,
+           "ARBITER_LEASE_SWEEP_SECONDS": "1"}
+    return subprocess.Popen([ARBITER, "worker"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def wait_pending(people: People, item_id: str, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while people.admin(ITEM, id=item_id)["data"]["reviewItem"]["status"] != "PENDING":
+        assert time.monotonic() < deadline, f"item {item_id} never returned to the queue"
+        time.sleep(0.25)
+
+
+def test_jobs_run_in_a_worker_process_and_survive_its_death(
+        scaled: Settings, example_tasks: dict[str, TaskSpec]) -> None:
+    worker = start_worker(scaled)
+    try:
+        with LiveServer(scaled, {"lease_seconds": 1.0}) as server, \
+                httpx.Client(base_url=server.url, timeout=60) as client:
+            people = People(client, scaled)
+            rows = people.predictor(BATCH, i=example_inputs(example_tasks["loan_default"], 60))
+            assert any(p["route"] == "REVIEW" for p in rows["data"]["predictBatch"])
+            first = people.reviewer(CLAIM)["data"]["claimReview"]
+            wait_pending(people, first["item"]["id"])  # expired by the worker process
+
+            second = people.reviewer(CLAIM)["data"]["claimReview"]
+            worker.send_signal(signal.SIGKILL)  # while its expiry job is pending
+            worker.wait(timeout=30)
+            worker = start_worker(scaled)
+            wait_pending(people, second["item"]["id"])
+
+            third = people.reviewer(CLAIM)["data"]["claimReview"]
+            done = people.reviewer(SUBMIT, t=third["leaseToken"], l="late")
+            assert done["data"]["submitReview"]["status"] == "RESOLVED"
+            counts = people.admin("{ reviewItems(status: RESOLVED) { totalCount } }")
+            assert counts["data"]["reviewItems"]["totalCount"] == 1
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def test_worker_refuses_to_start_without_redis(settings: Settings) -> None:
+    env = {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
+           "ARBITER_DATABASE_URL": settings.resolved_database_url}
+    env.pop("ARBITER_REDIS_URL", None)
+    result = subprocess.run([ARBITER, "worker"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "needs ARBITER_REDIS_URL" in result.stderr
