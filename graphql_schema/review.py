@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from enum import Enum
+from typing import cast
 
 import strawberry
 from strawberry.permission import BasePermission
+from strawberry.scalars import JSON
 
 from app.db.pagination import check_page_size
 from app.db.tables import Prediction as PredictionRow
@@ -16,6 +19,7 @@ from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.types import PageInfo, Prediction
 from review import queue
+from review.history import agreement_report
 
 GUARDED: list[type[BasePermission]] = [Allowed]
 
@@ -108,6 +112,17 @@ class ReviewQuery:
             page_info=PageInfo(has_next_page=page.has_next, has_previous_page=after is not None,
                                start_cursor=page.cursors[0] if page.cursors else None,
                                end_cursor=page.cursors[-1] if page.cursors else None))
+
+    @strawberry.field(permission_classes=GUARDED,
+                      description="Reviewer agreement: overall (pairwise, Cohen's and Fleiss' "
+                      "kappa), per reviewer, per class and per release.")
+    async def review_agreement(self, info: Info, task: str | None = None) -> JSON:
+        services = info.context.services
+        if task is not None:
+            services.registry.task(task)
+        async with services.sessions() as session:
+            report = await agreement_report(session, task)
+        return cast(JSON, asdict(report))
 
     @strawberry.field(permission_classes=GUARDED, description="One review item by id.")
     async def review_item(self, info: Info, id: strawberry.ID) -> ReviewItem:

@@ -96,3 +96,35 @@ def test_explanations_can_wait_until_the_reviewer_asks(
              "{ explanation { baseValue outputValue } } } }")
     shown: dict[str, Any] = people.reviewer(query, id=lease["item"]["id"])
     assert shown["data"]["reviewItem"]["prediction"]["explanation"]["outputValue"] is not None
+
+
+@pytest.mark.parametrize("people", [{"required_reviews": 2}], indirect=True)
+def test_double_review_escalates_and_auditors_see_agreement(
+        people: People, settings: Settings, example_tasks: dict[str, TaskSpec]) -> None:
+    route_some(people, example_tasks)
+    client = people.reviewer.client
+    rob = Api(client, make_key(settings, "reviewer", "rob"))
+    judge = Api(client, make_key(settings, "reviewer", "judge"))
+    auditor = Api(client, make_key(settings, "auditor", "audit"))
+    outcomes = []
+    for rita_says, rob_says in (("late", "late"), ("late", "default"), ("repaid", "repaid")):
+        lease = people.reviewer(CLAIM)["data"]["claimReview"]
+        item_id = lease["item"]["id"]
+        people.reviewer(SUBMIT, t=lease["leaseToken"], l=rita_says)
+        again = rob(CLAIM, id=item_id)["data"]["claimReview"]
+        outcomes.append(rob(SUBMIT, t=again["leaseToken"], l=rob_says)["data"]["submitReview"])
+    assert [o["status"] for o in outcomes] == ["RESOLVED", "ESCALATED", "RESOLVED"]
+    escalated = outcomes[1]["id"]
+    refused = people.reviewer(CLAIM, id=escalated)
+    assert refused["errors"][0]["extensions"]["code"] == "REVIEW_CONFLICT"
+    adjudication = judge(CLAIM, id=escalated)["data"]["claimReview"]
+    final = judge(SUBMIT, t=adjudication["leaseToken"], l="default")["data"]["submitReview"]
+    assert final["finalLabel"] == "default" and final["resolution"] == "ADJUDICATION"
+    report = auditor('{ reviewAgreement(task: "loan_default") }')["data"]["reviewAgreement"]
+    overall = report["overall"]
+    assert overall["items"] == 3 and overall["pairs"] == 3
+    assert overall["pairwise_agreement"] == pytest.approx(2 / 3)
+    judge_row = next(r for r in report["reviewers"] if r["reviewer"].startswith("judge#"))
+    assert judge_row["adjudications"] == 1 and judge_row["reviews"] == 0
+    refused_stats = people.reviewer("{ reviewAgreement }")
+    assert refused_stats["errors"][0]["extensions"]["code"] == "FORBIDDEN"
