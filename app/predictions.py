@@ -246,18 +246,28 @@ def _check_key(key: str | None) -> str | None:
 
 
 # How strongly each reason suggests the model may be wrong: the queue serves higher first.
-REASON_PRIORITY = {"MEMBER_FAILURE": 3, "OUT_OF_DISTRIBUTION": 3, "LOW_CONFIDENCE": 2,
-                   "MEMBER_DISAGREEMENT": 2, "AUDIT_SAMPLE": 0}
+REASON_PRIORITY = {
+    "MEMBER_FAILURE": 3,
+    "OUT_OF_DISTRIBUTION": 3,
+    "LOW_CONFIDENCE": 2,
+    "MEMBER_DISAGREEMENT": 2,
+    "AUDIT_SAMPLE": 0,
+}
 
 
 def open_review_item(task: TaskSpec, p: Prediction) -> ReviewItem:
     """The review item of a prediction routed to REVIEW."""
     policy = task.review
     return ReviewItem(
-        id=str(uuid.uuid4()), prediction_id=p.id, task=p.task, release_version=p.release_version,
-        status="PENDING", priority=sum(REASON_PRIORITY.get(r["code"], 1) for r in p.reasons),
+        id=str(uuid.uuid4()),
+        prediction_id=p.id,
+        task=p.task,
+        release_version=p.release_version,
+        status="PENDING",
+        priority=sum(REASON_PRIORITY.get(r["code"], 1) for r in p.reasons),
         due_at=p.created_at + timedelta(hours=policy.sla_hours),
-        required_reviews=policy.required_reviews)
+        required_reviews=policy.required_reviews,
+    )
 
 
 async def _store(services: Services, task: TaskSpec, records: list[Prediction]) -> None:
@@ -296,9 +306,50 @@ async def list_predictions(
         filters.append(Prediction.task == task)
     if not caller.reads_everything:
         filters.append(Prediction.caller_key_id == caller.key_id)
-    for column, value in ((Prediction.route, route), (Prediction.status, status),
-                          (Prediction.release_version, release)):
+    for column, value in (
+        (Prediction.route, route),
+        (Prediction.status, status),
+        (Prediction.release_version, release),
+    ):
         if value is not None:
             filters.append(column == value)
     async with services.sessions() as session:
         return await paginate(session, Prediction, filters, first, after)
+
+
+@dataclass
+class RoutingPreview:
+    """What share of a set of inputs the LIVE release would send to review, and why."""
+
+    total: int
+    routed: int
+    reasons: dict[str, int]  # code -> inputs it applied to
+    sole_reasons: dict[str, int]  # code -> inputs routed by that reason alone
+
+
+async def preview_routing(
+    services: Services, task_name: str, raws: Sequence[Any]
+) -> RoutingPreview:
+    """A dry run of the prediction path: nothing is stored, no review item is opened."""
+    task = services.registry.task(task_name)
+    if not raws:
+        raise BadRequestError("routingPreview needs at least one input")
+    if len(raws) > services.settings.max_batch_size:
+        raise BadRequestError(
+            f"routingPreview takes at most {services.settings.max_batch_size} "
+            f"inputs, got {len(raws)}"
+        )
+    records = await _infer(
+        services, task, validate_inputs(task, raws, batch=True), None, None, time.perf_counter()
+    )
+    reasons: dict[str, int] = {}
+    sole: dict[str, int] = {}
+    for p in records:
+        codes = {r["code"] for r in p.reasons}
+        for code in codes:
+            reasons[code] = reasons.get(code, 0) + 1
+        if len(codes) == 1:
+            [code] = codes
+            sole[code] = sole.get(code, 0) + 1
+    routed = sum(p.route == Route.REVIEW for p in records)
+    return RoutingPreview(len(records), routed, reasons, sole)

@@ -45,6 +45,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "prediction": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
     "predictions": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
     "releases": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "routingPreview": frozenset({Role.AUDITOR, Role.ADMIN}),
     "predict": frozenset({Role.PREDICTOR, Role.ADMIN}),
     "predictBatch": frozenset({Role.PREDICTOR, Role.ADMIN}),
     "reviewItems": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),

@@ -89,12 +89,45 @@ class Query(ReviewQuery):
             ),
         )
 
+    @strawberry.field(
+        permission_classes=GUARDED,
+        description="What share of these inputs the LIVE release would route "
+        "to review, and why; stores nothing.",
+    )
+    async def routing_preview(self, info: Info, task: str, inputs: list[JSON]) -> RoutingPreview:
+        p = await predictions.preview_routing(info.context.services, task, inputs)
+        return RoutingPreview(
+            total=p.total,
+            routed=p.routed,
+            share=p.routed / p.total,
+            reasons=[
+                ReasonCount(code=code, count=n, share=n / p.total, sole=p.sole_reasons.get(code, 0))
+                for code, n in sorted(p.reasons.items(), key=lambda kv: -kv[1])
+            ],
+        )
+
     @strawberry.field(permission_classes=GUARDED, description="A task's releases, newest first.")
     async def releases(self, info: Info, task: str) -> list[Release]:
         services = info.context.services
         services.registry.task(task)
         async with services.sessions() as session:
             return [Release.from_row(r) for r in await list_releases(session, task)]
+
+
+@strawberry.type(description="How many inputs one routing reason applied to.")
+class ReasonCount:
+    code: str
+    count: int
+    share: float
+    sole: int = strawberry.field(description="Inputs routed by this reason alone.")
+
+
+@strawberry.type(description="A dry run of routing over a set of inputs; nothing stored.")
+class RoutingPreview:
+    total: int
+    routed: int
+    share: float
+    reasons: list[ReasonCount]
 
 
 @strawberry.type

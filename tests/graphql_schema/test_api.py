@@ -258,3 +258,23 @@ def test_readyz_reports_loaded_models(http: httpx.Client) -> None:
         time.sleep(0.1)
     assert ready.json()["tasks"] == {"breast_cancer": "ready", "loan_default": "ready"}
     assert http.get("/healthz").json() == {"status": "alive"}
+
+
+def test_routing_preview_counts_reasons_and_stores_nothing(
+        admin: Api, predictor: Api, example_tasks: dict[str, TaskSpec]) -> None:
+    rows = example_inputs(example_tasks["loan_default"], 200, seed=21)
+    query = """query($i: [JSON!]!) { routingPreview(task: "loan_default", inputs: $i) {
+      total routed share reasons { code count share sole } } }"""
+    preview = admin(query, i=rows)["data"]["routingPreview"]
+    assert preview["total"] == 200 and 0 < preview["routed"] < 200
+    assert preview["share"] == preview["routed"] / 200
+    by_code = {r["code"]: r for r in preview["reasons"]}
+    assert "LOW_CONFIDENCE" in by_code
+    assert sum(r["sole"] for r in preview["reasons"]) <= preview["routed"]
+    assert max(r["count"] for r in preview["reasons"]) <= preview["routed"]
+    assert admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"] == 0
+    assert admin("{ reviewItems { totalCount } }")["data"]["reviewItems"]["totalCount"] == 0
+    refused = predictor(query, i=rows[:2])
+    assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    bad = admin(query, i=[{"income": "x"}])
+    assert bad["errors"][0]["extensions"]["code"] == "INPUT_INVALID"
