@@ -1,0 +1,72 @@
+"""Tens of reviewers on two server processes sharing one database: every routed item is
+reviewed exactly once, and no two reviewers ever hold it at the same time."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.ml.task import TaskSpec
+from app.settings import Settings
+from tests.conftest import Api, example_inputs, free_port, make_key
+from tests.graphql_schema.test_review_api import BATCH, CLAIM, SUBMIT
+from tests.test_cli import ARBITER, wait_ready
+
+REVIEWERS = 24
+
+
+@pytest.fixture
+def two_servers(settings: Settings, tmp_path: Path) -> Iterator[list[str]]:
+    env = {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
+           "ARBITER_DATABASE_URL": settings.resolved_database_url}
+    ports = [free_port(), free_port()]
+    procs = [subprocess.Popen([ARBITER, "serve", "--port", str(p)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in ports]
+    try:
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        for url, proc in zip(urls, procs, strict=True):
+            wait_ready(url, proc)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def test_reviewers_on_two_servers_never_collide(
+        two_servers: list[str], settings: Settings, example_tasks: dict[str, TaskSpec]) -> None:
+    with httpx.Client(base_url=two_servers[0], timeout=120) as client:
+        predictor = Api(client, make_key(settings, "predictor", "app"))
+        rows = predictor(BATCH, i=example_inputs(example_tasks["loan_default"], 400, seed=8))
+    routed = {p["id"] for p in rows["data"]["predictBatch"] if p["route"] == "REVIEW"}
+    assert len(routed) > REVIEWERS
+    keys = [make_key(settings, "reviewer", f"r{i}") for i in range(REVIEWERS)]
+
+    def work(i: int) -> list[str]:
+        done: list[str] = []
+        with httpx.Client(base_url=two_servers[i % 2], timeout=120) as client:
+            me = Api(client, keys[i])
+            while (lease := me(CLAIM)["data"]["claimReview"]) is not None:
+                reviewed = me(SUBMIT, t=lease["leaseToken"], l="late")
+                assert reviewed["data"]["submitReview"]["status"] == "RESOLVED", reviewed
+                done.append(lease["item"]["prediction"]["id"])
+        return done
+
+    with ThreadPoolExecutor(REVIEWERS) as pool:
+        results = list(pool.map(work, range(REVIEWERS)))
+    reviewed = Counter(p for done in results for p in done)
+    assert set(reviewed) == routed
+    assert max(reviewed.values()) == 1, "an item was reviewed twice"
+    assert sum(1 for done in results if done) > 1, "the work was shared"
+    with httpx.Client(base_url=two_servers[1], timeout=120) as client:
+        admin = Api(client, make_key(settings, "admin", "ops"))
+        left = admin("{ reviewItems(status: PENDING) { totalCount } }")
+        assert left["data"]["reviewItems"]["totalCount"] == 0
