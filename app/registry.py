@@ -21,8 +21,7 @@ from app.db.tables import Release, ReleaseMember
 from app.errors import ArbiterError, ConfigurationError, NoLiveReleaseError, UnknownTaskError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import load_pipeline
-from app.ml.conformal import ConformalCalibration
-from app.ml.ensemble import Ensemble, LoadedMember
+from app.ml.ensemble import Ensemble, LoadedMember, ReleaseCalibration
 from app.ml.explain import MemberExplainer
 from app.ml.pipeline import fold_matrix
 from app.ml.task import TaskSpec
@@ -49,12 +48,9 @@ def build_ensemble(
         )
         loaded.append(LoadedMember(m.name, m.version, m.algorithm, m.weight, explainer))
     assert release.id is not None
+    calibration = ReleaseCalibration.from_json(release.calibration)
     return Ensemble(
-        task,
-        release.id,
-        release.version,
-        loaded,
-        ConformalCalibration.from_json(release.calibration),
+        task, release.id, release.version, loaded, calibration.conformal, calibration.ood
     )
 
 

@@ -298,8 +298,6 @@ class Release:
 
     @classmethod
     def from_row(cls, r: ReleaseRow) -> Release:
-        calibration = {k: v for k, v in r.calibration.items() if k != "alphas"}
-        calibration["calibration_rows"] = len(r.calibration.get("alphas", []))
         return cls(
             task=r.task,
             version=r.version,
@@ -308,8 +306,21 @@ class Release:
             created_at=r.created_at,
             created_by=r.created_by,
             metrics=_json(r.metrics),
-            calibration=_json(calibration),
+            calibration=_json(calibration_summary(r.calibration)),
         )
+
+
+def calibration_summary(stored: dict[str, Any]) -> dict[str, Any]:
+    """What people need to read of a release's calibration: levels and thresholds, not the
+    calibration scores or the detector's training statistics (medians of PII features)."""
+    summary: dict[str, Any] = {
+        k: stored[k] for k in ("method", "confidence_level", "threshold") if k in stored
+    }
+    summary["calibration_rows"] = len(stored.get("alphas", []))
+    ood = stored.get("ood")
+    if ood:
+        summary["ood"] = {k: ood[k] for k in ("method", "quantile", "threshold") if k in ood}
+    return summary
 
 
 @strawberry.type(description="The caller's own key.")

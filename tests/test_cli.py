@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -28,7 +29,7 @@ def arbiter(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     return subprocess.run([ARBITER, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
-def wait_ready(url: str, process: subprocess.Popen[str], seconds: float = 120) -> None:
+def wait_ready(url: str, process: subprocess.Popen[Any], seconds: float = 300) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert process.poll() is None, "the server exited"
@@ -99,7 +100,7 @@ def test_serve_does_not_train(env: dict[str, str], started: list[subprocess.Pope
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started.append(serve)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     while True:
         try:
             ready = httpx.get(f"{url}/readyz", timeout=2)

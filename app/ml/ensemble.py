@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from app.ml.algorithms import OutputSpace
 from app.ml.conformal import ConformalCalibration
 from app.ml.explain import MemberExplainer, MemberScores, softmax
+from app.ml.ood import OodDetector, OodFinding
 from app.ml.task import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,7 @@ class RowResult:
     prediction_set: np.ndarray  # boolean (classes,)
     explanation: Explained
     members: list[MemberOutput] = field(default_factory=list)
+    ood: OodFinding | None = None  # None when the release has no detector (stored before it)
 
 
 def _explained_transform(space: OutputSpace, n_classes: int) -> np.ndarray:
@@ -70,6 +73,30 @@ def _explained_transform(space: OutputSpace, n_classes: int) -> np.ndarray:
     if n_classes == 2:
         return np.array([[1.0, -1.0], [-1.0, 1.0]])
     return np.eye(n_classes) - 1.0 / n_classes
+
+
+@dataclass(frozen=True)
+class ReleaseCalibration:
+    """What a release stores for routing, as one JSON object: the conformal calibration's
+    keys, plus ``ood`` for the out-of-distribution detector. Kept flat so releases stored
+    before the detector existed still load (without one)."""
+
+    conformal: ConformalCalibration
+    ood: OodDetector | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = self.conformal.to_json()
+        if self.ood is not None:
+            data["ood"] = self.ood.to_json()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ReleaseCalibration:
+        ood = data.get("ood")
+        return cls(
+            ConformalCalibration.from_json(data),
+            None if ood is None else OodDetector.from_json(ood),
+        )
 
 
 class Ensemble:
@@ -82,12 +109,14 @@ class Ensemble:
         version: int,
         members: list[LoadedMember],
         calibration: ConformalCalibration,
+        ood: OodDetector | None = None,
     ) -> None:
         self.task = task
         self.release_id = release_id
         self.version = version
         self.members = members
         self.calibration = calibration
+        self.ood = ood
         self.space = task.space
         self.transform = _explained_transform(self.space, len(task.classes))
 
@@ -128,6 +157,7 @@ class Ensemble:
         explained_scores = scores @ L.T
         explained_contrib = contrib @ L.T
         explained_base = np.asarray(base) @ L.T
+        findings = self.ood.assess(X) if self.ood else [None] * len(X)
         rows = []
         for i, c in enumerate(labels):
             members = []
@@ -163,6 +193,7 @@ class Ensemble:
                         float(explained_scores[i, c]),
                     ),
                     members=members,
+                    ood=findings[i],
                 )
             )
         return rows, errors

@@ -64,6 +64,12 @@ def decide_route(
     if policy.route_on_disagreement and len(set(labels.values())) > 1:
         said = ", ".join(f"{n}={lab}" for n, lab in labels.items())
         reasons.append(Reason("MEMBER_DISAGREEMENT", f"members disagree: {said}", value=labels))
+    ood = row.ood
+    ood_on = policy.route_on_ood and policy.ood_quantile < 1.0
+    if ood_on and ood is not None and ood.out_of_distribution:
+        reasons.append(
+            Reason("OUT_OF_DISTRIBUTION", ood.describe(), value=ood.score, threshold=ood.threshold)
+        )
     draw = audit_draw(prediction_id)
     if draw < policy.audit_rate:
         reasons.append(

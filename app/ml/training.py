@@ -1,4 +1,5 @@
-"""Fitting a release: every member, the conformal calibration and the evaluation report.
+"""Fitting a release: every member, the conformal calibration, the out-of-distribution
+detector and the evaluation report.
 
 Pure: no database. ``app.releases`` stores what this returns.
 """
@@ -18,8 +19,9 @@ from app.errors import TrainingError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.conformal import ConformalCalibration, calibrate
 from app.ml.data import load_frame, training_arrays
-from app.ml.ensemble import Ensemble, LoadedMember
+from app.ml.ensemble import Ensemble, LoadedMember, ReleaseCalibration
 from app.ml.explain import MemberExplainer
+from app.ml.ood import fit_ood
 from app.ml.pipeline import build_pipeline, fold_matrix
 from app.ml.task import Member, TaskSpec
 
@@ -36,7 +38,7 @@ class TrainedMember:
 class TrainedRelease:
     task: TaskSpec
     members: list[TrainedMember]
-    calibration: ConformalCalibration
+    calibration: ReleaseCalibration
     metrics: dict[str, Any]
     data_hash: str
     rows: dict[str, int]
@@ -81,7 +83,8 @@ def _split(task: TaskSpec, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, ..
 def fit_release(
     task: TaskSpec, X: np.ndarray | None = None, y: np.ndarray | None = None
 ) -> TrainedRelease:
-    """Train every member on one split, calibrate on another, evaluate on the third."""
+    """Train every member and the OOD detector on one split, calibrate on another,
+    evaluate on the third."""
     if X is None or y is None:
         X, y = training_arrays(task, load_frame(task))
     X_train, X_cal, X_test, y_train, y_cal, y_test = _split(task, X, y)
@@ -100,6 +103,7 @@ def fit_release(
     level = task.review.confidence_level
     draft = Ensemble(task, 0, 0, loaded, ConformalCalibration(level, (0.0,)))
     calibration = calibrate(draft.probabilities(X_cal), y_cal, level)
+    ood = fit_ood(task, X_train, X_cal, task.review.ood_quantile, task.training.seed)
     test_proba = draft.probabilities(X_test)
     sets = calibration.prediction_sets(test_proba)
     metrics: dict[str, Any] = classification_metrics(test_proba, y_test)
@@ -109,9 +113,15 @@ def fit_release(
             "conformal_mean_set_size": float(sets.sum(axis=1).mean()),
             "conformal_singleton_rate": float((sets.sum(axis=1) == 1).mean()),
             "confidence_level": level,
+            # in-distribution rows flagged: the false-alarm rate, about 1 - ood_quantile
+            "ood_rate_test": float(ood.flags(X_test).mean()),
+            "ood_threshold": ood.threshold,
+            "ood_quantile": ood.quantile,
             "members": {m.spec.name: m.metrics for m in members},
         }
     )
     digest = hashlib.sha256(np.ascontiguousarray(X).tobytes() + y.tobytes()).hexdigest()
     rows = {"train": len(y_train), "calibration": len(y_cal), "test": len(y_test)}
-    return TrainedRelease(task, members, calibration, metrics, digest, rows)
+    return TrainedRelease(
+        task, members, ReleaseCalibration(calibration, ood), metrics, digest, rows
+    )

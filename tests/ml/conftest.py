@@ -17,8 +17,7 @@ import pytest
 
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import load_pipeline, save_pipeline
-from app.ml.conformal import ConformalCalibration
-from app.ml.ensemble import Ensemble, LoadedMember
+from app.ml.ensemble import Ensemble, LoadedMember, ReleaseCalibration
 from app.ml.explain import MemberExplainer
 from app.ml.pipeline import fold_matrix
 from app.ml.task import TaskSpec, load_tasks
@@ -95,9 +94,9 @@ def ensemble_from_release(release: TrainedRelease, folder: Path) -> Ensemble:
         background = np.asarray(json.loads(json.dumps(m.background_mean.tolist())), dtype=float)
         explainer = MemberExplainer(pipeline, algo.explainer, algo.space, fold, background)
         loaded.append(LoadedMember(m.spec.name, "1", m.spec.algorithm, m.spec.weight, explainer))
-    calibration = ConformalCalibration.from_json(
+    calibration = ReleaseCalibration.from_json(
         json.loads(json.dumps(release.calibration.to_json())))
-    return Ensemble(task, 1, 1, loaded, calibration)
+    return Ensemble(task, 1, 1, loaded, calibration.conformal, calibration.ood)
 
 
 @pytest.fixture(scope="session")

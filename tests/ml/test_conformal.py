@@ -33,7 +33,7 @@ def coverage(sets: np.ndarray, y: np.ndarray) -> float:
 
 def test_release_calibration_uses_the_task_level(loan_task: TaskSpec,
                                                  loan_release: TrainedRelease) -> None:
-    calibration = loan_release.calibration
+    calibration = loan_release.calibration.conformal
     assert calibration.confidence_level == loan_task.review.confidence_level == 0.9
     assert len(calibration.alphas) == loan_release.rows["calibration"] == 1200
     assert all(0.0 <= a <= 1.0 for a in calibration.alphas)
@@ -42,7 +42,7 @@ def test_release_calibration_uses_the_task_level(loan_task: TaskSpec,
 def test_coverage_on_new_data_meets_the_confidence_level(
         loan_release: TrainedRelease, holdout: tuple[np.ndarray, np.ndarray]) -> None:
     proba, y = holdout
-    calibration = loan_release.calibration
+    calibration = loan_release.calibration.conformal
     sets = calibration.prediction_sets(proba)
     assert sets.shape == proba.shape and sets.dtype == bool
     assert coverage(sets, y) >= calibration.confidence_level - 0.03
@@ -55,7 +55,7 @@ def test_coverage_holds_at_other_levels(
         loan_release: TrainedRelease, holdout: tuple[np.ndarray, np.ndarray],
         level: float) -> None:
     proba, y = holdout
-    calibration = ConformalCalibration(level, loan_release.calibration.alphas)
+    calibration = ConformalCalibration(level, loan_release.calibration.conformal.alphas)
     assert coverage(calibration.prediction_sets(proba), y) >= level - 0.03
 
 
@@ -70,7 +70,7 @@ def test_training_reports_the_coverage_it_measured(loan_release: TrainedRelease)
 def test_higher_confidence_never_shrinks_a_set(
         loan_release: TrainedRelease, holdout: tuple[np.ndarray, np.ndarray]) -> None:
     proba, _ = holdout
-    alphas = loan_release.calibration.alphas
+    alphas = loan_release.calibration.conformal.alphas
     sets = [ConformalCalibration(level, alphas).prediction_sets(proba) for level in LEVELS]
     for lower, higher in itertools.pairwise(sets):
         assert (lower <= higher).all(), "a class in the set at a lower level stays in it"
@@ -81,7 +81,7 @@ def test_higher_confidence_never_shrinks_a_set(
 
 def test_calibration_json_round_trip(loan_release: TrainedRelease,
                                      holdout: tuple[np.ndarray, np.ndarray]) -> None:
-    calibration = loan_release.calibration
+    calibration = loan_release.calibration.conformal
     stored = json.loads(json.dumps(calibration.to_json()))
     assert stored["method"] == "split_conformal_hinge"
     assert stored["confidence_level"] == calibration.confidence_level

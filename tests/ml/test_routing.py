@@ -151,8 +151,8 @@ def test_every_reason_is_reported() -> None:
 
 
 def test_routing_a_real_prediction(loan_ensemble: Ensemble) -> None:
-    """On the trained loan ensemble, a row is AUTO exactly when its set is a single class and
-    the members agree (no audit)."""
+    """On the trained loan ensemble, a row is AUTO exactly when its set is a single class,
+    the members agree and the input is in distribution (no audit)."""
     rows, errors = loan_ensemble.predict(
         frame_to_matrix(loan_ensemble.task, generate(rows=200, seed=8)))
     assert errors == {}
@@ -162,7 +162,9 @@ def test_routing_a_real_prediction(loan_ensemble: Ensemble) -> None:
         route, reasons = decide_route(policy, loan_ensemble.task.classes, r, "id")
         labels = {int(np.argmax(m.probabilities)) for m in r.members
                   if m.probabilities is not None}
-        expected_auto = int(r.prediction_set.sum()) == 1 and len(labels) == 1
+        assert r.ood is not None
+        expected_auto = (int(r.prediction_set.sum()) == 1 and len(labels) == 1
+                         and not r.ood.out_of_distribution)
         assert (route is Route.AUTO) == expected_auto
         assert (route is Route.AUTO) == (reasons == [])
         routes.add(route)
