@@ -17,7 +17,7 @@ from app.db.tables import ReviewItem as ReviewItemRow
 from app.roles import Role
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
-from graphql_schema.types import PageInfo, Prediction
+from graphql_schema.types import PageInfo, Prediction, relay_page_info
 from review import queue
 from review.history import agreement_report
 
@@ -109,9 +109,7 @@ class ReviewQuery:
             edges=[ReviewItemEdge(cursor=c, node=ReviewItem.from_row(r))
                    for r, c in zip(page.items, page.cursors, strict=True)],
             total_count=page.total,
-            page_info=PageInfo(has_next_page=page.has_next, has_previous_page=after is not None,
-                               start_cursor=page.cursors[0] if page.cursors else None,
-                               end_cursor=page.cursors[-1] if page.cursors else None))
+            page_info=relay_page_info(page, after))
 
     @strawberry.field(permission_classes=GUARDED,
                       description="Reviewer agreement: overall (pairwise, Cohen's and Fleiss' "

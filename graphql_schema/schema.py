@@ -15,7 +15,6 @@ from graphql_schema.permissions import Allowed
 from graphql_schema.review import ReviewMutation, ReviewQuery
 from graphql_schema.types import (
     Me,
-    PageInfo,
     Prediction,
     PredictionConnection,
     PredictionEdge,
@@ -23,6 +22,7 @@ from graphql_schema.types import (
     Release,
     Route,
     Task,
+    relay_page_info,
 )
 
 GUARDED: list[type[BasePermission]] = [Allowed]
@@ -81,12 +81,7 @@ class Query(ReviewQuery):
         return PredictionConnection(
             edges=edges,
             total_count=page.total,
-            page_info=PageInfo(
-                has_next_page=page.has_next,
-                has_previous_page=after is not None,
-                start_cursor=page.cursors[0] if page.cursors else None,
-                end_cursor=page.cursors[-1] if page.cursors else None,
-            ),
+            page_info=relay_page_info(page, after),
         )
 
     @strawberry.field(

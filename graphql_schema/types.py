@@ -10,6 +10,7 @@ from typing import Any, cast
 import strawberry
 from strawberry.scalars import JSON
 
+from app.db.pagination import Page
 from app.db.tables import Prediction as PredictionRow
 from app.db.tables import Release as ReleaseRow
 from app.ml.task import TaskSpec
@@ -270,6 +271,13 @@ class PageInfo:
     has_previous_page: bool
     start_cursor: str | None
     end_cursor: str | None
+
+
+def relay_page_info(page: Page[Any], after: str | None) -> PageInfo:
+    """Relay page info of one keyset page."""
+    return PageInfo(has_next_page=page.has_next, has_previous_page=after is not None,
+                    start_cursor=page.cursors[0] if page.cursors else None,
+                    end_cursor=page.cursors[-1] if page.cursors else None)
 
 
 @strawberry.type
