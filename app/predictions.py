@@ -32,7 +32,7 @@ from app.errors import (
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.ensemble import Ensemble, Explained, RowResult
 from app.ml.routing import Route, decide_route
-from app.ml.task import TaskSpec
+from app.ml.task import ReviewPolicy, TaskSpec
 from app.registry import Registry
 from app.roles import Principal
 from app.settings import Settings
@@ -98,7 +98,7 @@ def _to_record(
     latency_ms: float,
 ) -> Prediction:
     prediction_id = str(uuid.uuid4())
-    route, reasons = decide_route(task.review, task.classes, result, prediction_id)
+    route, reasons = decide_route(ensemble.policy, task.classes, result, prediction_id)
     failed = any(m.error for m in result.members)
     space = ensemble.space.value
     members = [
@@ -152,17 +152,19 @@ async def _infer(
     caller: Principal | None,
     key: str | None,
     started: float,
-) -> list[Prediction]:
+) -> tuple[list[Prediction], ReviewPolicy]:
+    """Records (not yet stored) and the review policy of the release that made them."""
     ensemble = await services.registry.live(task.name)
     X = to_matrix(task, rows)
     results, errors = await anyio.to_thread.run_sync(ensemble.predict, X)
     if not results:
         raise AllMembersFailedError(task.name, errors)
     latency_ms = (time.perf_counter() - started) * 1000
-    return [
+    records = [
         _to_record(task, ensemble, r, raw, X[i], caller, key, latency_ms)
         for i, (r, raw) in enumerate(zip(results, rows, strict=True))
     ]
+    return records, ensemble.policy
 
 
 async def _find_by_key(
@@ -203,9 +205,9 @@ async def predict(
             existing = await _find_by_key(session, caller, task.name, key)
         if existing is not None:
             return _replay(existing, row, key)
-    [record] = await _infer(services, task, [row], caller, key, started)
+    [record], policy = await _infer(services, task, [row], caller, key, started)
     try:
-        await _store(services, task, [record])
+        await _store(services, policy, [record])
     except IntegrityError:
         # A concurrent request with the same key stored first: answer with its prediction.
         if key is None:
@@ -230,8 +232,8 @@ async def predict_batch(
     if len(raws) > limit:
         raise BadRequestError(f"predictBatch takes at most {limit} inputs, got {len(raws)}")
     rows = validate_inputs(task, raws, batch=True)
-    records = await _infer(services, task, rows, caller, None, started)
-    await _store(services, task, records)
+    records, policy = await _infer(services, task, rows, caller, None, started)
+    await _store(services, policy, records)
     return records
 
 
@@ -255,9 +257,8 @@ REASON_PRIORITY = {
 }
 
 
-def open_review_item(task: TaskSpec, p: Prediction) -> ReviewItem:
-    """The review item of a prediction routed to REVIEW."""
-    policy = task.review
+def open_review_item(policy: ReviewPolicy, p: Prediction) -> ReviewItem:
+    """The review item of a prediction routed to REVIEW, under its release's policy."""
     return ReviewItem(
         id=str(uuid.uuid4()),
         prediction_id=p.id,
@@ -270,12 +271,12 @@ def open_review_item(task: TaskSpec, p: Prediction) -> ReviewItem:
     )
 
 
-async def _store(services: Services, task: TaskSpec, records: list[Prediction]) -> None:
+async def _store(services: Services, policy: ReviewPolicy, records: list[Prediction]) -> None:
     """Predictions and the review items of the routed ones, in one transaction."""
     async with services.sessions() as session, session.begin():
         session.add_all(records)
         await session.flush()
-        session.add_all([open_review_item(task, p) for p in records if p.route == Route.REVIEW])
+        session.add_all([open_review_item(policy, p) for p in records if p.route == Route.REVIEW])
 
 
 async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:
@@ -339,7 +340,7 @@ async def preview_routing(
             f"routingPreview takes at most {services.settings.max_batch_size} "
             f"inputs, got {len(raws)}"
         )
-    records = await _infer(
+    records, _ = await _infer(
         services, task, validate_inputs(task, raws, batch=True), None, None, time.perf_counter()
     )
     reasons: dict[str, int] = {}

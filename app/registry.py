@@ -11,6 +11,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import numpy as np
@@ -21,10 +22,11 @@ from app.db.tables import Release, ReleaseMember
 from app.errors import ArbiterError, ConfigurationError, NoLiveReleaseError, UnknownTaskError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import load_pipeline
+from app.ml.conformal import ConformalCalibration
 from app.ml.ensemble import Ensemble, LoadedMember, ReleaseCalibration
 from app.ml.explain import MemberExplainer
 from app.ml.pipeline import fold_matrix
-from app.ml.task import TaskSpec
+from app.ml.task import TaskSpec, release_policy
 from app.releases import live_release, release_members
 
 
@@ -49,8 +51,10 @@ def build_ensemble(
         loaded.append(LoadedMember(m.name, m.version, m.algorithm, m.weight, explainer))
     assert release.id is not None
     calibration = ReleaseCalibration.from_json(release.calibration)
+    policy = release_policy(task.review, release.routing)
+    conformal = ConformalCalibration(policy.confidence_level, calibration.conformal.alphas)
     return Ensemble(
-        task, release.id, release.version, loaded, calibration.conformal, calibration.ood
+        task, release.id, release.version, loaded, conformal, calibration.ood, policy
     )
 
 
@@ -59,6 +63,7 @@ class _Slot:
     ensemble: Ensemble | None = None
     checked_at: float = float("-inf")
     error: str | None = None
+    routing: dict[str, Any] | None = None  # the overrides the loaded ensemble was built with
 
 
 class Registry:
@@ -104,7 +109,8 @@ class Registry:
                 slot.ensemble, slot.error = None, "no LIVE release"
                 slot.checked_at = time.monotonic()
                 return
-            if slot.ensemble is not None and slot.ensemble.release_id == release.id:
+            if (slot.ensemble is not None and slot.ensemble.release_id == release.id
+                    and slot.routing == release.routing):
                 slot.checked_at = time.monotonic()
                 return
             members = await release_members(session, release.id or 0)
@@ -112,6 +118,7 @@ class Registry:
             build_ensemble, task, release, members, self.artifacts_dir
         )
         slot.error = None
+        slot.routing = dict(release.routing)
         slot.checked_at = time.monotonic()
 
     async def load_all(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
@@ -14,9 +14,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import Release, ReleaseMember, StageChange
-from app.errors import ArbiterError
+from app.errors import ArbiterError, NotFoundError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import library_versions, save_pipeline
+from app.ml.task import TaskSpec, release_policy
 
 if TYPE_CHECKING:
     from app.ml.training import TrainedRelease
@@ -163,3 +164,18 @@ async def release_members(session: AsyncSession, release_id: int) -> list[Releas
             )
         ).all()
     )
+
+
+async def set_routing(session: AsyncSession, task: TaskSpec, version: int,
+                      overrides: dict[str, Any]) -> Release:
+    """Replace a release's review-policy overrides (validated against the task's policy);
+    servers pick the change up at their next LIVE-pointer refresh."""
+    release_policy(task.review, overrides)
+    release = (await session.exec(select(Release).where(
+        Release.task == task.name, Release.version == version))).first()
+    if release is None:
+        raise NotFoundError(f"task {task.name!r} has no release {version}")
+    release.routing = dict(overrides)
+    session.add(release)
+    await session.flush()
+    return release

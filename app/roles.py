@@ -51,6 +51,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "reviewItems": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
     "reviewItem": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
     "reviewAgreement": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "setReleaseRouting": frozenset({Role.ADMIN}),
     "claimReview": frozenset({Role.REVIEWER, Role.ADMIN}),
     "submitReview": frozenset({Role.REVIEWER, Role.ADMIN}),
     "releaseReview": frozenset({Role.REVIEWER, Role.ADMIN}),

@@ -8,7 +8,8 @@ from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 
 from app import predictions
-from app.releases import list_releases
+from app.errors import BadRequestError
+from app.releases import list_releases, set_routing
 from graphql_schema.context import Info
 from graphql_schema.errors import DomainErrors
 from graphql_schema.permissions import Allowed
@@ -136,6 +137,21 @@ class Mutation(ReviewMutation):
         ctx = info.context
         row = await predictions.predict(ctx.services, ctx.caller(), task, input, idempotency_key)
         return Prediction.from_row(row)
+
+    @strawberry.mutation(
+        permission_classes=GUARDED,
+        description="Override review-policy fields for one release (confidence level, "
+        "audit rate, reviews per item, ...); servers apply it within their refresh interval.",
+    )
+    async def set_release_routing(
+        self, info: Info, task: str, version: int, policy: JSON
+    ) -> Release:
+        services = info.context.services
+        spec = services.registry.task(task)
+        if not isinstance(policy, dict):
+            raise BadRequestError("policy must be a JSON object of review-policy fields")
+        async with services.sessions() as session, session.begin():
+            return Release.from_row(await set_routing(session, spec, version, policy))
 
     @strawberry.mutation(
         permission_classes=GUARDED,

@@ -303,6 +303,8 @@ class Release:
     created_by: str
     metrics: JSON = strawberry.field(description="Evaluation on the held-out test split.")
     calibration: JSON = strawberry.field(description="Conformal level and threshold.")
+    routing: JSON = strawberry.field(
+        description="Review-policy fields this release overrides (empty: the task's policy).")
 
     @classmethod
     def from_row(cls, r: ReleaseRow) -> Release:
@@ -315,6 +317,7 @@ class Release:
             created_by=r.created_by,
             metrics=_json(r.metrics),
             calibration=_json(calibration_summary(r.calibration)),
+            routing=_json(r.routing),
         )
 
 

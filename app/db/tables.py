@@ -59,6 +59,10 @@ class Release(SQLModel, table=True):
     calibration: dict[str, Any] = _json()
     metrics: dict[str, Any] = _json()
     rows: dict[str, Any] = _json()
+    routing: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSONType, nullable=False, server_default=text("'{}'")),
+    )  # review-policy fields this release overrides (see app/ml/routing.release_policy)
     created_at: datetime = _time()
     created_by: str
 

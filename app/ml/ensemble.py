@@ -22,7 +22,7 @@ from app.ml.algorithms import OutputSpace
 from app.ml.conformal import ConformalCalibration
 from app.ml.explain import MemberExplainer, MemberScores, softmax
 from app.ml.ood import OodDetector, OodFinding
-from app.ml.task import TaskSpec
+from app.ml.task import ReviewPolicy, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class Ensemble:
         members: list[LoadedMember],
         calibration: ConformalCalibration,
         ood: OodDetector | None = None,
+        policy: ReviewPolicy | None = None,
     ) -> None:
         self.task = task
         self.release_id = release_id
@@ -117,6 +118,7 @@ class Ensemble:
         self.members = members
         self.calibration = calibration
         self.ood = ood
+        self.policy = policy or task.review  # the release's overrides applied, if any
         self.space = task.space
         self.transform = _explained_transform(self.space, len(task.classes))
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from app.errors import ConfigurationError
+from app.errors import BadRequestError, ConfigurationError
 from app.ml.algorithms import ALGORITHMS, OutputSpace
 
 
@@ -80,12 +80,16 @@ class ReviewPolicy(_Strict):
     route_on_disagreement: bool = True
     audit_rate: float = Field(default=0.0, ge=0, le=1)
     required_reviews: int = Field(
-        default=1, ge=1, le=10,
-        description="Independent reviews per item; if they disagree an adjudicator decides.")
+        default=1,
+        ge=1,
+        le=10,
+        description="Independent reviews per item; if they disagree an adjudicator decides.",
+    )
     sla_hours: float = Field(default=24.0, gt=0, description="An item is due this long after.")
     lease_seconds: float = Field(default=600.0, ge=1, description="How long a claim holds.")
     hide_explanation: bool = Field(
-        default=False, description="Reviewers see explanations only on request (they bias some).")
+        default=False, description="Reviewers see explanations only on request (they bias some)."
+    )
     route_on_ood: bool = True
     ood_quantile: float = Field(
         default=0.995,
@@ -94,6 +98,38 @@ class ReviewPolicy(_Strict):
         description="In-distribution inputs stay under the out-of-distribution threshold this "
         "often (fixed at training); 1.0 switches the check off.",
     )
+
+
+# Review-policy fields a release may override without retraining. The conformal level can
+# change freely (the stored calibration scores serve any level); the out-of-distribution
+# quantile cannot (its threshold was fixed from held-out scores at training).
+RELEASE_OVERRIDABLE = frozenset(
+    {
+        "confidence_level",
+        "route_on_disagreement",
+        "audit_rate",
+        "route_on_ood",
+        "required_reviews",
+        "sla_hours",
+        "lease_seconds",
+        "hide_explanation",
+    }
+)
+
+
+def release_policy(base: ReviewPolicy, overrides: dict[str, Any]) -> ReviewPolicy:
+    """The task's policy with a release's overrides applied and validated."""
+    unknown = sorted(set(overrides) - RELEASE_OVERRIDABLE)
+    if unknown:
+        raise BadRequestError(
+            f"a release cannot override {', '.join(unknown)}; it may override "
+            f"{', '.join(sorted(RELEASE_OVERRIDABLE))} (ood_quantile needs a new training)"
+        )
+    try:
+        return ReviewPolicy.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise BadRequestError(f"invalid routing override: {problems}") from None
 
 
 class DataSource(_Strict):

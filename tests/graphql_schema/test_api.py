@@ -278,3 +278,36 @@ def test_routing_preview_counts_reasons_and_stores_nothing(
     assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
     bad = admin(query, i=[{"income": "x"}])
     assert bad["errors"][0]["extensions"]["code"] == "INPUT_INVALID"
+
+
+def test_a_release_can_override_the_routing_policy(
+        admin: Api, predictor: Api, example_tasks: dict[str, TaskSpec]) -> None:
+    rows = example_inputs(example_tasks["loan_default"], 200, seed=31)
+    preview = """query($i: [JSON!]!) { routingPreview(task: "loan_default", inputs: $i) {
+      reasons { code count } } }"""
+    low = "LOW_CONFIDENCE"
+
+    def low_confidence() -> int:
+        reasons = admin(preview, i=rows)["data"]["routingPreview"]["reasons"]
+        return next((r["count"] for r in reasons if r["code"] == low), 0)
+
+    before = low_confidence()
+    set_routing = """mutation($p: JSON!, $v: Int! = 1) {
+      setReleaseRouting(task: "loan_default", version: $v, policy: $p) { version routing } }"""
+    done = admin(set_routing, p={"confidence_level": 0.97, "audit_rate": 1.0,
+                                 "required_reviews": 2})
+    assert done["data"]["setReleaseRouting"]["routing"]["audit_rate"] == 1.0
+    assert low_confidence() > before  # a higher level gives larger conformal sets
+    p = predictor(CONTRACT, task="loan_default", input=rows[0])["data"]["predict"]
+    assert p["route"] == "REVIEW" and "AUDIT_SAMPLE" in {r["code"] for r in p["reasons"]}
+    items = admin("{ reviewItems { edges { node { requiredReviews } } } }")
+    assert [e["node"]["requiredReviews"] for e in items["data"]["reviewItems"]["edges"]] == [2]
+
+    for policy, needle in (({"ood_quantile": 0.9}, "new training"),
+                           ({"audit_rate": 2}, "audit_rate"), ([1], "JSON object")):
+        refused = admin(set_routing, p=policy)["errors"][0]
+        assert refused["extensions"]["code"] == "BAD_REQUEST" and needle in refused["message"]
+    missing = admin(set_routing, p={}, v=9)
+    assert missing["errors"][0]["extensions"]["code"] == "NOT_FOUND"
+    forbidden = predictor(set_routing, p={})
+    assert forbidden["errors"][0]["extensions"]["code"] == "FORBIDDEN"
