@@ -182,7 +182,7 @@ def test_blind_double_review_agrees_or_escalates_to_a_third_person(
     run_with(settings, work, required_reviews=2)
 
 
-def test_lease_timing_uses_the_database_clock_of_record(settings: Settings) -> None:
+def test_a_lease_lasts_the_requested_seconds(settings: Settings) -> None:
     """A claim's expiry is the claim time plus the task's lease length."""
     [alice] = reviewers(settings, 1)
 
