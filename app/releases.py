@@ -14,7 +14,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import Release, ReleaseMember, StageChange
-from app.errors import ArbiterError, NotFoundError
+from app.errors import ArbiterError, BadRequestError, NotFoundError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import library_versions, save_pipeline
 from app.ml.task import TaskSpec, release_policy
@@ -167,9 +167,11 @@ async def release_members(session: AsyncSession, release_id: int) -> list[Releas
 
 
 async def set_routing(session: AsyncSession, task: TaskSpec, version: int,
-                      overrides: dict[str, Any]) -> Release:
+                      overrides: Any) -> Release:
     """Replace a release's review-policy overrides (validated against the task's policy);
     servers pick the change up at their next LIVE-pointer refresh."""
+    if not isinstance(overrides, dict):
+        raise BadRequestError("policy must be a JSON object of review-policy fields")
     release_policy(task.review, overrides)
     release = (await session.exec(select(Release).where(
         Release.task == task.name, Release.version == version))).first()

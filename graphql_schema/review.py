@@ -151,11 +151,9 @@ class ReviewMutation:
     async def submit_review(self, info: Info, lease_token: str, label: str,
                             comment: str = "") -> ReviewItem:
         ctx = info.context
-        async with ctx.services.sessions() as session:
-            task = (await queue.item_for_token(session, lease_token)).task
-        classes = ctx.services.registry.task(task).classes
+        registry = ctx.services.registry
         item = await queue.submit(ctx.services.sessions, lease_token, ctx.caller(), label,
-                                  comment, classes)
+                                  comment, lambda task: registry.task(task).classes)
         return ReviewItem.from_row(item)
 
     @strawberry.mutation(permission_classes=GUARDED,

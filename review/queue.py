@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -138,7 +139,7 @@ async def _explain_unclaimable(sessions: async_sessionmaker[AsyncSession], task:
     raise BadRequestError(f"item {item_id} is {item.status} and cannot be claimed now")
 
 
-async def item_for_token(session: AsyncSession, token: str) -> ReviewItem:
+async def _item_for_token(session: AsyncSession, token: str) -> ReviewItem:
     """The item a lease token holds (expired or not); StaleLeaseError when none."""
     item = (await session.exec(select(ReviewItem).where(
         ReviewItem.lease_token_hash == token_hash(token)))).first()
@@ -150,7 +151,7 @@ async def item_for_token(session: AsyncSession, token: str) -> ReviewItem:
 
 
 async def _leased(session: AsyncSession, token: str) -> ReviewItem:
-    item = await item_for_token(session, token)
+    item = await _item_for_token(session, token)
     if item.lease_expires_at is None or item.lease_expires_at <= utcnow():
         raise LeaseExpiredError(
             f"the lease on item {item.id} expired at {item.lease_expires_at}; claim it again")
@@ -192,16 +193,19 @@ def _consolidate(item: ReviewItem, labels: list[str], adjudicating: bool) -> dic
 
 
 async def submit(sessions: async_sessionmaker[AsyncSession], token: str, reviewer: Principal,
-                 label: str, comment: str, classes: tuple[str, ...]) -> ReviewItem:
+                 label: str, comment: str,
+                 classes_of: Callable[[str], Sequence[str]]) -> ReviewItem:
     """Record the reviewer's label; agreement resolves, disagreement escalates, and an
-    adjudicator's label decides. All of it, and the resolution, in one transaction."""
-    if label not in classes:
-        raise BadRequestError(f"label {label!r} is not one of {', '.join(classes)}")
+    adjudicator's label decides. All of it, and the resolution, in one transaction.
+    ``classes_of`` gives a task's classes, to check the label against."""
     try:
         async with sessions() as session, session.begin():
             item = await _leased(session, token)
             if item.lease_holder_id != reviewer.key_id:
                 raise StaleLeaseError("this lease belongs to another reviewer")
+            classes = classes_of(item.task)
+            if label not in classes:
+                raise BadRequestError(f"label {label!r} is not one of {', '.join(classes)}")
             adjudicating = item.needs_adjudication
             session.add(Review(item_id=item.id, reviewer_id=reviewer.key_id,
                                reviewer_name=reviewer.name, label=label, comment=comment,

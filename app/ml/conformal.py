@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -44,10 +45,14 @@ class ConformalCalibration:
         rank = n + 2 - math.ceil((n + 1) * (1 - self.confidence_level) - 1e-12)
         return 1.0 if rank > n else float(np.sort(self.alphas)[rank - 1])
 
+    @cached_property
+    def _classifier(self) -> ConformalClassifier:
+        # Fitted once per loaded release, not on every prediction.
+        return ConformalClassifier().fit(np.asarray(self.alphas))
+
     def prediction_sets(self, probabilities: np.ndarray) -> np.ndarray:
         """Boolean (rows x classes) membership of each class in each row's set."""
-        cc = ConformalClassifier().fit(np.asarray(self.alphas))
-        sets = cc.predict_set(
+        sets = self._classifier.predict_set(
             hinge(probabilities), confidence=self.confidence_level, smoothing=False
         )
         return np.asarray(sets, dtype=bool)

@@ -82,7 +82,7 @@ def test_claims_serve_priority_then_age_and_resolve(
         assert lease is not None and lease.item.id == queued[0].id
         assert lease.item.status == "CLAIMED" and lease.item.lease_holder_id == alice.key_id
         done = await queue.submit(services.sessions, lease.token, alice, "late", "looks late",
-                                  example_tasks[TASK].classes)
+                                  lambda _: example_tasks[TASK].classes)
         assert done.status == "RESOLVED" and done.final_label == "late"
         assert done.resolution == "AGREEMENT"
         async with services.sessions() as session:
@@ -93,12 +93,12 @@ def test_claims_serve_priority_then_age_and_resolve(
         assert label.prediction_id == done.prediction_id and label.label == "late"
         with pytest.raises(StaleLeaseError):
             await queue.submit(services.sessions, lease.token, alice, "late", "",
-                               example_tasks[TASK].classes)
+                               lambda _: example_tasks[TASK].classes)
         nxt = await queue.claim(services.sessions, TASK, alice, 60)
         assert nxt is not None and nxt.item.id == queued[1].id
         with pytest.raises(BadRequestError, match="not one of"):
             await queue.submit(services.sessions, nxt.token, alice, "bankrupt", "",
-                               example_tasks[TASK].classes)
+                               lambda _: example_tasks[TASK].classes)
     run_with(settings, work)
 
 
@@ -128,7 +128,7 @@ def test_expired_lease_is_refused_and_returns_the_item(
         await asyncio.sleep(0.8)
         with pytest.raises(LeaseExpiredError):
             await queue.submit(services.sessions, lease.token, alice, "late", "",
-                               example_tasks[TASK].classes)
+                               lambda _: example_tasks[TASK].classes)
         assert await queue.expire_leases(services.sessions) == 1
         item = next(i for i in await items(services) if i.id == lease.item.id)
         assert item.status == "PENDING" and item.lease_token_hash is None
@@ -151,7 +151,8 @@ def test_blind_double_review_agrees_or_escalates_to_a_third_person(
     async def review(services: Services, who: Principal, item_id: str, label: str) -> Any:
         lease = await queue.claim(services.sessions, TASK, who, 60, item_id=item_id)
         assert lease is not None
-        return await queue.submit(services.sessions, lease.token, who, label, "", classes)
+        return await queue.submit(services.sessions, lease.token, who, label, "",
+                                  lambda _: classes)
 
     async def work(services: Services) -> None:
         first, second = [p.id for p in await routed(services, example_tasks, n=40)][:2]
