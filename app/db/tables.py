@@ -65,6 +65,112 @@ class Release(SQLModel, table=True):
     )  # review-policy fields this release overrides (see app/ml/routing.release_policy)
     created_at: datetime = _time()
     created_by: str
+    # Lineage: what it learned from, what it replaced, the job that made it.
+    snapshot_id: str | None = Field(
+        default=None,
+        sa_column=Column(
+            String(64),
+            ForeignKey("training_snapshots.id", name="fk_releases_snapshot_id"),
+            nullable=True,
+            index=True,
+        ),
+    )
+    parent_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("releases.id", name="fk_releases_parent_id"),
+                         nullable=True),
+    )
+    job_id: str | None = Field(default=None, max_length=36)
+    # The evaluation gate's decision and comparison table against the LIVE release.
+    gate: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSONType, nullable=False, server_default=text("'{}'")),
+    )
+
+
+class TrainingSnapshot(SQLModel, table=True):
+    """Immutable training data of a task at a point in time: the source rows plus every
+    label people settled up to ``labels_until``. ``id`` is the SHA-256 of the content."""
+
+    __tablename__ = "training_snapshots"
+    id: str = Field(primary_key=True, max_length=64)
+    task: str = Field(max_length=100, index=True)
+    path: str  # the arrays, relative to the artifacts folder
+    source_hash: str = Field(max_length=64)
+    source_rows: int
+    reviewed_rows: int
+    labels_until: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    created_at: datetime = _time()
+    created_by: str
+
+
+class SnapshotLabel(SQLModel, table=True):
+    """A reviewed label a snapshot holds, and which split it fell in (``train``,
+    ``calibration`` or ``holdout``: holdout rows are never trained on, by any release)."""
+
+    __tablename__ = "snapshot_labels"
+    __table_args__ = (Index("ix_snapshot_labels_prediction", "prediction_id"),)
+    snapshot_id: str = Field(
+        sa_column=Column(String(64), ForeignKey("training_snapshots.id"), primary_key=True)
+    )
+    training_label_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("training_labels.id"), primary_key=True)
+    )
+    prediction_id: str = Field(max_length=36)
+    split: str = Field(max_length=16)
+
+
+class TrainingJob(SQLModel, table=True):
+    """One retraining of a task. At most one is QUEUED or RUNNING per task: a request
+    while one is active joins it (``requests`` counts them) instead of queueing twice."""
+
+    __tablename__ = "training_jobs"
+    __table_args__ = (
+        Index(
+            "uq_training_jobs_one_active",
+            "task",
+            unique=True,
+            sqlite_where=text("status IN ('QUEUED', 'RUNNING')"),
+            postgresql_where=text("status IN ('QUEUED', 'RUNNING')"),
+        ),
+        Index("ix_training_jobs_task_created", "task", "created_at"),
+    )
+    id: str = Field(primary_key=True, max_length=36)
+    task: str = Field(max_length=100)
+    status: str = Field(max_length=16)
+    trigger: str = Field(max_length=32)
+    requested_by: str
+    reason: str = ""
+    requests: int = 1
+    progress: float = 0.0
+    message: str = ""
+    attempts: int = 0
+    release_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("releases.id"), nullable=True)
+    )
+    error: str | None = None
+    created_at: datetime = _time()
+    started_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    heartbeat_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+    finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
+
+
+class ShadowOutput(SQLModel, table=True):
+    """What a release that did not answer a prediction would have answered: a SHADOW
+    release on LIVE traffic, or the LIVE release on CANARY traffic. Never returned."""
+
+    __tablename__ = "shadow_outputs"
+    __table_args__ = (Index("ix_shadow_outputs_release", "release_id", "created_at"),)
+    prediction_id: str = Field(
+        sa_column=Column(String(36), ForeignKey("predictions.id"), primary_key=True)
+    )
+    release_id: int = Field(
+        sa_column=Column(Integer, ForeignKey("releases.id"), primary_key=True)
+    )
+    label: str
+    confidence: float
+    probabilities: list[dict[str, Any]] = _json()
+    created_at: datetime = _time()
 
 
 class ReleaseMember(SQLModel, table=True):
@@ -95,6 +201,7 @@ class StageChange(SQLModel, table=True):
     """Who moved which release to which stage, when and why."""
 
     __tablename__ = "stage_changes"
+    __table_args__ = (Index("ix_stage_changes_task_at", "task", "at"),)
     id: int | None = Field(default=None, primary_key=True)
     release_id: int = Field(
         sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False, index=True)
