@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -147,9 +147,52 @@ class DataSource(_Strict):
 
 
 class TrainingSettings(_Strict):
+    """How a release is fitted, and what starts a retraining besides `retrain(task)`."""
+
     seed: int = 0
     test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
     calibration_fraction: float = Field(default=0.2, gt=0, lt=0.5)
+    reviewed_weight: float = Field(
+        default=1.0, gt=0, le=100, description="Sample weight of a reviewed row, a source row being 1."
+    )
+    retrain_after_labels: int = Field(
+        default=0, ge=0, description="Retrain once this many new labels are settled (0: never)."
+    )
+    retrain_every_hours: float = Field(
+        default=0.0, ge=0, description="Retrain this long after the last training (0: never)."
+    )
+
+
+class GateMetric(StrEnum):
+    ACCURACY = "accuracy"
+    BALANCED_ACCURACY = "balanced_accuracy"
+    LOG_LOSS = "log_loss"  # lower is better
+    ROC_AUC = "roc_auc"
+
+
+class GateSettings(_Strict):
+    """The evaluation gate a retrained candidate must pass against the LIVE release, what
+    happens to it when it passes, and when a canary is rolled back automatically."""
+
+    primary_metric: GateMetric = GateMetric.ACCURACY
+    min_improvement: float = Field(
+        default=0.001, ge=0, description="Beat LIVE by at least this on all held-out rows."
+    )
+    max_regression: float = Field(
+        default=0.01, ge=0, description="No held-out slice (source, reviewed) worse by more."
+    )
+    promote_to: Literal["CANDIDATE", "SHADOW", "CANARY", "LIVE"] = "SHADOW"
+    canary_percent: float = Field(default=10.0, gt=0, lt=100)
+    canary_max_shortfall: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Roll a canary back when its accuracy on reviewed predictions trails "
+        "LIVE's on the same predictions by more than this.",
+    )
+    canary_min_reviewed: int = Field(
+        default=30, ge=1, description="Reviewed canary predictions needed before judging it."
+    )
 
 
 class TaskSpec(_Strict):
@@ -164,6 +207,7 @@ class TaskSpec(_Strict):
     review: ReviewPolicy = ReviewPolicy()
     data: DataSource
     training: TrainingSettings = TrainingSettings()
+    gate: GateSettings = GateSettings()
     source_path: str = ""
 
     @model_validator(mode="after")
