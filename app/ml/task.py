@@ -153,7 +153,7 @@ class TrainingSettings(_Strict):
     test_fraction: float = Field(default=0.2, gt=0, lt=0.5)
     calibration_fraction: float = Field(default=0.2, gt=0, lt=0.5)
     reviewed_weight: float = Field(
-        default=1.0, gt=0, le=100, description="Sample weight of a reviewed row, a source row being 1."
+        default=1.0, gt=0, le=100, description="Sample weight of a reviewed row (source: 1)."
     )
     retrain_after_labels: int = Field(
         default=0, ge=0, description="Retrain once this many new labels are settled (0: never)."
