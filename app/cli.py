@@ -13,14 +13,23 @@ from typing import Annotated, Any, TypeVar
 import typer
 import uvicorn
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
+from app.db.tables import Release
 from app.errors import ArbiterError
 from app.keys import create_key
 from app.ml.task import load_tasks
-from app.releases import list_releases, live_release, store_release
+from app.releases import list_releases, live_release
 from app.roles import Role
 from app.settings import Settings
 
@@ -36,6 +45,7 @@ cli.add_typer(keys_cli, name="keys")
 console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True)
 
+FOLLOW_SECONDS = 1.0  # how often `arbiter train` reads a job another process runs
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 Port = Annotated[int, typer.Option(help="TCP port.")]
 
@@ -68,26 +78,58 @@ def migrate() -> None:
 
 
 def _train(settings: Settings, name: str, actor: str) -> None:
+    """Request a retraining and run it here with a progress bar; if a worker already runs
+    the task's training, follow that one instead."""
+    from app import retraining  # imported here: training pulls in SHAP, slow to import
+
     tasks = load_tasks(settings.tasks_dir)
     if name not in tasks:
         raise ArbiterError(f"unknown task {name!r}; known: {', '.join(sorted(tasks))}")
-    from app.ml.training import fit_release  # imported here: SHAP is slow to import
 
-    with console.status(f"training {name}: {len(tasks[name].members)} members"):
-        trained = fit_release(tasks[name])
-    release = _run(settings, lambda s: store_release(s, settings.artifacts_dir, trained, actor))
-    m = trained.metrics
+    with Progress(
+        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+        TaskProgressColumn(), TimeElapsedColumn(), TextColumn("{task.fields[message]}"),
+        console=console, transient=False,
+    ) as bar:
+        shown = bar.add_task(f"training {name}", total=1.0, message="requesting")
+
+        async def show(job: Any) -> None:
+            bar.update(shown, completed=job.progress, message=job.message)
+
+        async def work(sessions: Any) -> Any:
+            job, created = await retraining.request_retrain(
+                sessions, tasks[name], retraining.Trigger.CLI, actor)
+            if not created:
+                bar.update(shown, message=f"joined running job {job.id[:8]}")
+            ctx = retraining.JobContext(sessions, tasks, settings.artifacts_dir, announce=show)
+            await retraining.run_job(ctx, job.id)
+            while True:  # finished here, or follow the worker that runs it
+                async with sessions() as session:
+                    job = await retraining.get_job(session, job.id)
+                    await show(job)
+                    if job.status not in retraining.JobStatus.ACTIVE:
+                        release = None if job.release_id is None else await session.get(
+                            Release, job.release_id)
+                        return job, release
+                await asyncio.sleep(FOLLOW_SECONDS)
+
+        job, release = _run(settings, work)
+    if job.status == retraining.JobStatus.FAILED or release is None:
+        raise ArbiterError(f"training {name} failed: {job.error}")
+    m, g = release.metrics, release.gate
     console.print(
         f"[bold]{name}[/] release {release.version} → {release.stage}: "
         f"accuracy {m['accuracy']:.3f}, log loss {m['log_loss']:.3f}, "
         f"conformal coverage {m['conformal_coverage']:.3f} at {m['confidence_level']:.0%}, "
         f"mean set size {m['conformal_mean_set_size']:.2f}"
     )
+    console.print(f"gate: {g.get('decision', 'none')}: " + "; ".join(g.get("reasons", [])))
 
 
 @cli.command()
 def train(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
-    """Train every member of TASK and record a new release (LIVE if it is the first)."""
+    """Retrain TASK on its source data and every settled review label, with a progress bar;
+    the evaluation gate compares it with the LIVE release (the first release goes LIVE)."""
     _train(_prepare(), task, "cli")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,8 +49,27 @@ def _write_artifacts(artifacts_dir: Path, trained: TrainedRelease) -> dict[str, 
     return out
 
 
+@dataclass(frozen=True)
+class Lineage:
+    """Where a release came from: its training snapshot, the LIVE release it was compared
+    with (its parent), the job that trained it, and the gate's decision."""
+
+    snapshot_id: str | None = None
+    parent_id: int | None = None
+    job_id: str | None = None
+    gate: dict[str, Any] = field(default_factory=dict)
+
+
+# Work that must commit or roll back with the new release (e.g. finishing its job).
+InTransaction = Callable[[AsyncSession, Release], Awaitable[None]]
+
+
 async def _insert(
-    session: AsyncSession, trained: TrainedRelease, files: dict[str, tuple[str, str]], actor: str
+    session: AsyncSession,
+    trained: TrainedRelease,
+    files: dict[str, tuple[str, str]],
+    actor: str,
+    lineage: Lineage,
 ) -> Release:
     task = trained.task
     latest = (
@@ -73,6 +94,10 @@ async def _insert(
         metrics=trained.metrics,
         rows=trained.rows,
         created_by=actor,
+        snapshot_id=lineage.snapshot_id,
+        parent_id=lineage.parent_id,
+        job_id=lineage.job_id,
+        gate=lineage.gate,
     )
     session.add(release)
     await session.flush()
@@ -118,6 +143,8 @@ async def store_release(
     artifacts_dir: Path,
     trained: TrainedRelease,
     actor: str,
+    lineage: Lineage = Lineage(),
+    in_transaction: InTransaction | None = None,
 ) -> Release:
     """Save the artifacts, then record the release in one transaction: the next version
     number, LIVE when the task has no LIVE release yet, else CANDIDATE."""
@@ -125,7 +152,10 @@ async def store_release(
     for _attempt in range(VERSION_RETRIES):
         try:
             async with sessions() as session, session.begin():
-                return await _insert(session, trained, files, actor)
+                release = await _insert(session, trained, files, actor, lineage)
+                if in_transaction is not None:
+                    await in_transaction(session, release)
+                return release
         except IntegrityError:
             continue  # another training took the version (or LIVE) first; number again
     raise ArbiterError(f"could not allocate a release version for {trained.task.name}")

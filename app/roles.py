@@ -55,6 +55,10 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "claimReview": frozenset({Role.REVIEWER, Role.ADMIN}),
     "submitReview": frozenset({Role.REVIEWER, Role.ADMIN}),
     "releaseReview": frozenset({Role.REVIEWER, Role.ADMIN}),
+    "release": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "trainingJob": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "trainingJobs": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "retrain": frozenset({Role.ADMIN}),
 }
 
 

@@ -13,6 +13,7 @@ from graphql_schema.context import Info
 from graphql_schema.errors import DomainErrors
 from graphql_schema.permissions import Allowed
 from graphql_schema.review import ReviewMutation, ReviewQuery
+from graphql_schema.training import TrainingMutation, TrainingQuery
 from graphql_schema.types import (
     Me,
     Prediction,
@@ -30,7 +31,7 @@ QUERY_CACHE_SIZE = 256
 
 
 @strawberry.type
-class Query(ReviewQuery):
+class Query(ReviewQuery, TrainingQuery):
     @strawberry.field(permission_classes=GUARDED, description="Every declared task.")
     def tasks(self, info: Info) -> list[Task]:
         return [Task.from_spec(t) for t in info.context.services.registry.tasks.values()]
@@ -126,7 +127,7 @@ class RoutingPreview:
 
 
 @strawberry.type
-class Mutation(ReviewMutation):
+class Mutation(ReviewMutation, TrainingMutation):
     @strawberry.mutation(
         permission_classes=GUARDED, description="Explain, route and store one prediction."
     )

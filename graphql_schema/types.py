@@ -5,14 +5,22 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
 
-from app.db.pagination import Page
+from app.db.pagination import Page, check_page_size
 from app.db.tables import Prediction as PredictionRow
 from app.db.tables import Release as ReleaseRow
+from app.db.tables import TrainingJob as TrainingJobRow
+from app.db.tables import TrainingSnapshot as SnapshotRow
+from app.lineage import releases_using_label
+from app.snapshots import label_splits, learned_predictions
+from graphql_schema.context import Info
+
+if TYPE_CHECKING:
+    from graphql_schema.training import Snapshot, TrainingJob
 from app.ml.task import TaskSpec
 
 
@@ -195,6 +203,13 @@ class Reason:
     threshold: JSON | None
 
 
+@strawberry.type(description="A release that learned from a label, and how.")
+class LabelUse:
+    version: int
+    stage: ReleaseStage
+    split: str = strawberry.field(description="train or calibration.")
+
+
 @strawberry.type(description="An explained, routed, stored prediction.")
 class Prediction:
     id: strawberry.ID
@@ -219,6 +234,14 @@ class Prediction:
     idempotency_key: str | None
     latency_ms: float
     created_at: datetime
+
+    @strawberry.field(description="Releases that later learned from this prediction's "
+                      "reviewed label (trained or calibrated on it), oldest first.")
+    async def trained_into(self, info: Info) -> list[LabelUse]:
+        async with info.context.services.sessions() as session:
+            uses = await releases_using_label(session, str(self.id))
+        return [LabelUse(version=u.release.version, stage=ReleaseStage(u.release.stage),
+                         split=u.split) for u in uses if u.split != "holdout"]
 
     @classmethod
     def from_row(cls, p: PredictionRow, hide_explanation: bool = False) -> Prediction:
@@ -305,10 +328,77 @@ class Release:
     calibration: JSON = strawberry.field(description="Conformal level and threshold.")
     routing: JSON = strawberry.field(
         description="Review-policy fields this release overrides (empty: the task's policy).")
+    gate: JSON = strawberry.field(
+        description="The evaluation gate's decision against the LIVE release it was trained "
+        "beside: decision, reasons, the rule, and the comparison table (metric x slice).")
+    rows: JSON = strawberry.field(description="Rows in each split, reviewed ones counted apart.")
+    id: strawberry.Private[int]
+    snapshot_id: strawberry.Private[str | None]
+    parent_id: strawberry.Private[int | None]
+    job_id: strawberry.Private[str | None]
+
+    @strawberry.field(description="The training snapshot it learned from.")
+    async def snapshot(
+        self, info: Info
+    ) -> Annotated[Snapshot, strawberry.lazy("graphql_schema.training")] | None:
+        from graphql_schema.training import Snapshot
+
+        if self.snapshot_id is None:
+            return None
+        async with info.context.services.sessions() as session:
+            row = await session.get(SnapshotRow, self.snapshot_id)
+        return None if row is None else Snapshot.from_row(row)
+
+    @strawberry.field(description="The LIVE release it was compared with when trained.")
+    async def parent(self, info: Info) -> Release | None:
+        if self.parent_id is None:
+            return None
+        async with info.context.services.sessions() as session:
+            row = await session.get(ReleaseRow, self.parent_id)
+        return None if row is None else Release.from_row(row)
+
+    @strawberry.field(description="The training job that made it.")
+    async def job(
+        self, info: Info
+    ) -> Annotated[TrainingJob, strawberry.lazy("graphql_schema.training")] | None:
+        from graphql_schema.training import TrainingJob
+
+        if self.job_id is None:
+            return None
+        async with info.context.services.sessions() as session:
+            row = await session.get(TrainingJobRow, self.job_id)
+        return None if row is None else TrainingJob.from_row(row)
+
+    @strawberry.field(description="The reviewed predictions whose labels its snapshot holds, "
+                      "newest first; `split` holdout rows judged it and were never trained on.")
+    async def learned_from(self, info: Info, first: int = 50, after: str | None = None,
+                           split: str | None = None) -> LearnedLabelConnection:
+        services = info.context.services
+        check_page_size(first, services.settings.page_size_max)
+        if self.snapshot_id is None:
+            return LearnedLabelConnection(edges=[], total_count=0, page_info=PageInfo(
+                has_next_page=False, has_previous_page=after is not None,
+                start_cursor=None, end_cursor=None))
+        async with services.sessions() as session:
+            page = await learned_predictions(session, self.snapshot_id, first, after, split)
+            splits = await label_splits(session, self.snapshot_id, [p.id for p in page.items])
+        edges = [
+            LearnedLabelEdge(cursor=c, node=LearnedLabel(
+                split=splits[p.id], label=p.final_label or "", prediction=Prediction.from_row(p)))
+            for p, c in zip(page.items, page.cursors, strict=True)
+        ]
+        return LearnedLabelConnection(edges=edges, total_count=page.total,
+                                      page_info=relay_page_info(page, after))
 
     @classmethod
     def from_row(cls, r: ReleaseRow) -> Release:
         return cls(
+            id=r.id or 0,
+            snapshot_id=r.snapshot_id,
+            parent_id=r.parent_id,
+            job_id=r.job_id,
+            gate=_json(r.gate),
+            rows=_json(r.rows),
             task=r.task,
             version=r.version,
             stage=ReleaseStage(r.stage),
@@ -319,6 +409,26 @@ class Release:
             calibration=_json(calibration_summary(r.calibration)),
             routing=_json(r.routing),
         )
+
+
+@strawberry.type(description="A settled label a release's snapshot holds.")
+class LearnedLabel:
+    label: str
+    split: str = strawberry.field(description="train, calibration or holdout.")
+    prediction: Prediction
+
+
+@strawberry.type
+class LearnedLabelEdge:
+    cursor: str
+    node: LearnedLabel
+
+
+@strawberry.type(description="A page of learned labels, newest prediction first.")
+class LearnedLabelConnection:
+    edges: list[LearnedLabelEdge]
+    page_info: PageInfo
+    total_count: int
 
 
 def calibration_summary(stored: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import dramatiq
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import retraining
 from review import queue
 
 log = logging.getLogger("arbiter.workers")
@@ -34,11 +35,47 @@ def _expire_leases(sessions: Sessions) -> Callable[..., Awaitable[None]]:
     return expire_leases
 
 
-ACTORS = {"review.expire_lease": _expire_lease, "review.expire_leases": _expire_leases}
+def _train(make_context: MakeContext) -> Callable[..., Awaitable[None]]:
+    async def run(job_id: str, **_: Any) -> None:
+        """Run one retraining job (a no-op when it is done or running elsewhere)."""
+        await retraining.run_job(make_context(), job_id)
+    return run
 
 
-def register(broker: dramatiq.Broker, sessions: Sessions) -> dict[str, dramatiq.Actor[Any, Any]]:
-    """Declare every actor on ``broker``; ``sessions`` gives the calling loop's sessions."""
-    return {name: dramatiq.actor(actor_name=name, broker=broker, queue_name="arbiter",
-                                 max_retries=5)(make(sessions))
-            for name, make in ACTORS.items()}
+def _check_training(make_context: MakeContext) -> Callable[..., Awaitable[None]]:
+    async def check(**_: Any) -> None:
+        """Request the retrainings labels or schedules call for; resend stalled jobs."""
+        ctx = make_context()
+        for job in await retraining.check_triggers(ctx.sessions, ctx.tasks):
+            log.info("requested retraining %s of %s (%s)", job.id, job.task, job.trigger)
+        for job_id in await retraining.resend_stalled(ctx.sessions):
+            log.warning("training job %s stalled; sent again", job_id)
+    return check
+
+
+MakeContext = Callable[[], retraining.JobContext]
+
+ACTORS: dict[str, Callable[[Sessions], Callable[..., Awaitable[None]]]] = {
+    "review.expire_lease": _expire_lease,
+    "review.expire_leases": _expire_leases,
+}
+TRAINING_ACTORS: dict[str, Callable[[MakeContext], Callable[..., Awaitable[None]]]] = {
+    retraining.RUN_ACTOR: _train,
+    "training.check": _check_training,
+}
+TRAINING_TIME_LIMIT_MS = 3_600_000  # Dramatiq's default (10 min) is too short to train
+
+
+def register(broker: dramatiq.Broker, sessions: Sessions,
+             make_context: MakeContext) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """Declare every actor on ``broker``; ``sessions`` gives the calling loop's sessions,
+    ``make_context`` what a training job needs, on the calling loop."""
+    def declare(name: str, fn: Callable[..., Awaitable[None]],
+                **options: Any) -> dramatiq.Actor[Any, Any]:
+        return dramatiq.actor(actor_name=name, broker=broker, queue_name="arbiter",
+                              max_retries=5, **options)(fn)
+
+    actors = {name: declare(name, make(sessions)) for name, make in ACTORS.items()}
+    actors.update({name: declare(name, make(make_context), time_limit=TRAINING_TIME_LIMIT_MS)
+                   for name, make in TRAINING_ACTORS.items()})
+    return actors

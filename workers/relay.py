@@ -26,6 +26,8 @@ log = logging.getLogger("arbiter.relay")
 BATCH = 100
 POLL_SECONDS = 1.0
 SWEEP_SECONDS = 30.0
+# Sent every sweep: lapsed leases back to the queue; retraining triggers and stalled jobs.
+PERIODIC = ("review.expire_leases", "training.check")
 
 
 class OutboxRelay:
@@ -69,7 +71,8 @@ class OutboxRelay:
     def sweep_if_due(self) -> None:
         if time.monotonic() - self._last_sweep >= self.sweep_seconds:
             self._last_sweep = time.monotonic()
-            self.actors["review.expire_leases"].send()
+            for name in PERIODIC:
+                self.actors[name].send()
 
     async def run(self) -> None:
         while True:

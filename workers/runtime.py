@@ -12,6 +12,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.engine import SessionsPerLoop
+from app.ml.task import load_tasks
+from app.retraining import JobContext
 from app.settings import Settings
 from workers.actors import register
 from workers.broker import build_broker
@@ -28,7 +30,12 @@ class JobRuntime:
                  consume: bool) -> None:
         self.broker = build_broker(settings.redis_url, settings.redis_namespace)
         self._worker_sessions = SessionsPerLoop(settings.resolved_database_url)
-        self.actors = register(self.broker, self._worker_sessions)
+        tasks = load_tasks(settings.tasks_dir)
+
+        def job_context() -> JobContext:
+            return JobContext(self._worker_sessions(), tasks, settings.artifacts_dir)
+
+        self.actors = register(self.broker, self._worker_sessions, job_context)
         self.relay = OutboxRelay(sessions, self.actors, sweep_seconds=settings.lease_sweep_seconds)
         self.worker = (dramatiq.Worker(self.broker, worker_threads=WORKER_THREADS)
                        if consume else None)

@@ -16,6 +16,11 @@ process, which the models do not see:
    cosigner and owning a home. Logistic noise is added.
 4. Outcome: score below the first cut -> ``repaid`` (about 70 %), below the second ->
    ``late`` (about 18 %), else ``default`` (about 12 %).
+5. A changing market (``generate(long_terms=f)``, not in the training book): a share ``f``
+   of loans run 15, 20 or 30 years, terms the book never offered. Their risk grows with
+   every year beyond ten (+0.3 per year), which a model that has only seen terms of up to
+   ten years cannot know: it sees a small monthly burden and predicts ``repaid``. Used to
+   test drift, routing of out-of-distribution inputs, and learning from reviewers.
 
 The derived features below are the one feature layer: the same functions run in training,
 in batch and online serving. Each takes arrays and returns an array.
@@ -31,6 +36,8 @@ ROWS = 6000
 INCOME_FLOOR = 1000.0  # a zero income must not make ratios infinite
 EMPLOYMENT = ["salaried", "self_employed", "unemployed", "retired"]
 HOME = ["rent", "mortgage", "own"]
+LONG_TERMS = [180, 240, 360]
+LONG_TERM_RISK_PER_MONTH = 0.025  # +0.3 per year beyond ten
 PURPOSE = ["car", "home_improvement", "debt_consolidation", "business", "education"]
 
 
@@ -51,9 +58,11 @@ def payment_to_income(
     )
 
 
-def generate(rows: int = ROWS, seed: int = SEED, shift: float = 0.0) -> pd.DataFrame:
-    """The documented data set; ``shift`` > 0 moves applicants towards riskier profiles
-    (used to test drift and retraining)."""
+def generate(
+    rows: int = ROWS, seed: int = SEED, shift: float = 0.0, long_terms: float = 0.0
+) -> pd.DataFrame:
+    """The documented data set; ``shift`` > 0 moves applicants towards riskier profiles,
+    ``long_terms`` > 0 offers loans longer than ten years (step 5 above)."""
     rng = np.random.default_rng(seed)
     income = np.round(rng.lognormal(np.log(42_000) - shift * 0.4, 0.5, rows), -2)
     employment = rng.choice(
@@ -68,6 +77,10 @@ def generate(rows: int = ROWS, seed: int = SEED, shift: float = 0.0) -> pd.DataF
     total_spend = np.round(orders * rng.lognormal(np.log(35), 0.6, rows), 2)
     loan = np.clip(np.round(income * rng.lognormal(np.log(0.35), 0.5, rows), -2), 500, 500_000)
     term = rng.choice([12, 24, 36, 60, 120], rows, p=[0.1, 0.2, 0.35, 0.25, 0.1])
+    # A second generator, so that the book itself (long_terms = 0) never changes.
+    market = np.random.default_rng([seed, 1])
+    long_loan = market.random(rows) < long_terms
+    term = np.where(long_loan, market.choice(LONG_TERMS, rows), term)
     burden = payment_to_income(loan, term, income)
     score = (
         -2.2
@@ -80,6 +93,7 @@ def generate(rows: int = ROWS, seed: int = SEED, shift: float = 0.0) -> pd.DataF
         - 0.04 * np.where(history_known, history, 0.0)
         + 0.5 * ~history_known
         + 0.012 * (avg_spend(total_spend, orders) - 35)
+        + LONG_TERM_RISK_PER_MONTH * np.maximum(term - 120, 0)
         + rng.logistic(0, 0.6, rows)
     )
     outcome = np.where(score < 0.0, "repaid", np.where(score < 1.1, "late", "default"))

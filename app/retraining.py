@@ -1,0 +1,374 @@
+"""Retraining jobs: requested (by a person, the CLI, new labels or a schedule), run once per
+task at a time, gated against the LIVE release, recorded with their lineage.
+
+A job row is the source of truth. ``request_retrain`` writes it with its
+``training.run`` outbox message in one transaction, or joins the task's active job.
+``run_job`` claims it by compare-and-set, so a duplicate message or a second worker does
+nothing, and a job whose worker died (no heartbeat) is taken over by the next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.db.pagination import Page, check_page_size, paginate
+from app.db.tables import Release, TrainingJob, TrainingLabel, TrainingSnapshot
+from app.db.types import utcnow
+from app.errors import ArbiterError, NotFoundError
+from app.ml import gate
+from app.ml.task import TaskSpec
+from app.outbox import enqueue
+from app.releases import Lineage, live_release, release_members, store_release
+from app.snapshots import take_snapshot
+
+log = logging.getLogger("arbiter.retraining")
+
+RUN_ACTOR = "training.run"
+HEARTBEAT_SECONDS = 2.0
+# A RUNNING job whose heartbeat is older than this lost its worker: it may be taken over.
+STALE_SECONDS = 60.0
+
+
+class JobStatus:
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    ACTIVE = (QUEUED, RUNNING)
+
+
+class Trigger:
+    MANUAL = "manual"
+    CLI = "cli"
+    LABELS = "labels"
+    SCHEDULE = "schedule"
+    DRIFT = "drift"
+
+
+async def _active(session: AsyncSession, task: str) -> TrainingJob | None:
+    return (
+        await session.exec(
+            select(TrainingJob).where(
+                TrainingJob.task == task, col(TrainingJob.status).in_(JobStatus.ACTIVE)
+            )
+        )
+    ).first()
+
+
+async def request_retrain(
+    sessions: async_sessionmaker[AsyncSession],
+    task: TaskSpec,
+    trigger: str,
+    actor: str,
+    reason: str = "",
+) -> tuple[TrainingJob, bool]:
+    """The task's new job (and True), or its active one that this request joins (False).
+    A partial unique index keeps two concurrent requests from both creating a job."""
+    for _attempt in range(3):
+        try:
+            async with sessions() as session, session.begin():
+                active = await _active(session, task.name)
+                if active is not None:
+                    active.requests += 1
+                    session.add(active)
+                    return active, False
+                job = TrainingJob(
+                    id=str(uuid.uuid4()),
+                    task=task.name,
+                    status=JobStatus.QUEUED,
+                    trigger=trigger,
+                    requested_by=actor,
+                    reason=reason,
+                    message="queued",
+                )
+                session.add(job)
+                enqueue(session, RUN_ACTOR, {"job_id": job.id})
+                return job, True
+        except IntegrityError:
+            continue  # a concurrent request created the active job first: join it
+    raise ArbiterError(f"could not request a retraining of {task.name}; try again")
+
+
+async def get_job(session: AsyncSession, job_id: str) -> TrainingJob:
+    job = await session.get(TrainingJob, job_id)
+    if job is None:
+        raise NotFoundError(f"no training job {job_id!r}")
+    return job
+
+
+async def list_jobs(
+    session: AsyncSession, task: str, first: int, after: str | None, page_size_max: int
+) -> Page[TrainingJob]:
+    check_page_size(first, page_size_max)
+    return await paginate(session, TrainingJob, [TrainingJob.task == task], first, after)
+
+
+async def _claim(sessions: async_sessionmaker[AsyncSession], job_id: str) -> bool:
+    """QUEUED -> RUNNING, or take over a RUNNING job whose worker stopped beating."""
+    now = utcnow()
+    stale = now - timedelta(seconds=STALE_SECONDS)
+    async with sessions() as session, session.begin():
+        result = await session.exec(
+            update(TrainingJob)
+            .where(
+                col(TrainingJob.id) == job_id,
+                or_(
+                    col(TrainingJob.status) == JobStatus.QUEUED,
+                    (col(TrainingJob.status) == JobStatus.RUNNING)
+                    & (col(TrainingJob.heartbeat_at) < stale),
+                ),
+            )
+            .values(
+                status=JobStatus.RUNNING,
+                started_at=now,
+                heartbeat_at=now,
+                attempts=TrainingJob.attempts + 1,
+                progress=0.0,
+                message="starting",
+            )
+        )
+        return bool(result.rowcount)
+
+
+async def _report(
+    sessions: async_sessionmaker[AsyncSession], job_id: str, progress: float, message: str
+) -> None:
+    async with sessions() as session, session.begin():
+        await session.exec(
+            update(TrainingJob)
+            .where(col(TrainingJob.id) == job_id, col(TrainingJob.status) == JobStatus.RUNNING)
+            .values(progress=progress, message=message[:500], heartbeat_at=utcnow())
+        )
+
+
+async def _fail(sessions: async_sessionmaker[AsyncSession], job_id: str, error: str) -> None:
+    async with sessions() as session, session.begin():
+        await session.exec(
+            update(TrainingJob)
+            .where(col(TrainingJob.id) == job_id)
+            .values(status=JobStatus.FAILED, error=error[:2000], message="failed",
+                    finished_at=utcnow())
+        )
+
+
+# Called with (job, progress, message) each time the job's progress is written.
+Announce = Callable[[TrainingJob], Awaitable[None]]
+
+
+async def _silent(_: TrainingJob) -> None:
+    return None
+
+
+@dataclass
+class JobContext:
+    """What running a job needs: sessions, the tasks, where artifacts live, and how to
+    promote a release that passed the gate (``app.stages`` in the server and workers)."""
+
+    sessions: async_sessionmaker[AsyncSession]
+    tasks: dict[str, TaskSpec]
+    artifacts_dir: Path
+    announce: Announce = _silent
+    promote: Callable[[AsyncSession, TaskSpec, Release, str], Awaitable[Any]] | None = None
+
+
+class _ProgressPump:
+    """The fit runs in a thread and reports into this; the event loop writes the latest
+    report (and a heartbeat) to the job row every ``HEARTBEAT_SECONDS``."""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start, self.end = start, end
+        self.latest: tuple[float, str] = (start, "fitting")
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.latest = (self.start + (self.end - self.start) * fraction, message)
+
+
+async def _step(ctx: JobContext, job_id: str, progress: float, message: str) -> None:
+    await _report(ctx.sessions, job_id, progress, message)
+    async with ctx.sessions() as session:
+        await ctx.announce(await get_job(session, job_id))
+
+
+async def _fit_with_heartbeat(ctx: JobContext, job_id: str, work: Callable[[], Any],
+                              pump: _ProgressPump) -> Any:
+    fit = asyncio.ensure_future(anyio.to_thread.run_sync(work))
+    last: tuple[float, str] | None = None
+    while not fit.done():
+        await asyncio.wait([fit], timeout=HEARTBEAT_SECONDS)
+        if pump.latest != last and not fit.done():
+            last = pump.latest
+            await _step(ctx, job_id, *last)
+        elif not fit.done():
+            await _report(ctx.sessions, job_id, *pump.latest)  # heartbeat
+    return fit.result()
+
+
+async def _baseline(
+    ctx: JobContext, task: TaskSpec
+) -> tuple[Release | None, Any]:
+    """The LIVE release and its loaded ensemble, or why there is nothing to compare with."""
+    from app.registry import build_ensemble  # loads artifacts: only when a job runs
+
+    async with ctx.sessions() as session:
+        live = await live_release(session, task.name)
+        if live is None:
+            return None, "the task has no LIVE release"
+        if live.contract_hash != task.contract_hash():
+            return live, f"LIVE v{live.version} has another feature contract"
+        members = await release_members(session, live.id or 0)
+    ensemble = await anyio.to_thread.run_sync(
+        build_ensemble, task, live, members, ctx.artifacts_dir
+    )
+    return live, ensemble
+
+
+async def run_job(ctx: JobContext, job_id: str) -> Release | None:
+    """Snapshot, fit, gate, store; the new release, or None when there was nothing to do
+    (the job is done, failed, or running elsewhere). Expected failures (bad data, a task
+    that no longer exists) fail the job; others propagate so the broker retries."""
+    from app.ml.training import fit_release  # SHAP is slow to import: only when training
+
+    if not await _claim(ctx.sessions, job_id):
+        return None
+    async with ctx.sessions() as session:
+        job = await get_job(session, job_id)
+    task = ctx.tasks.get(job.task)
+    if task is None:
+        await _fail(ctx.sessions, job_id, f"task {job.task!r} is no longer declared")
+        return None
+    try:
+        await _step(ctx, job_id, 0.02, "taking the training snapshot")
+        snapshot, data = await take_snapshot(
+            ctx.sessions, task, ctx.artifacts_dir, job.requested_by
+        )
+        await _step(ctx, job_id, 0.1, f"snapshot {snapshot.id[:12]}: {snapshot.source_rows} "
+                    f"source rows, {snapshot.reviewed_rows} reviewed rows")
+        pump = _ProgressPump(0.1, 0.85)
+        trained = await _fit_with_heartbeat(
+            ctx, job_id,
+            lambda: fit_release(task, data.X[: data.source_rows], data.y[: data.source_rows],
+                                reviewed=data.reviewed, progress=pump),
+            pump,
+        )
+        await _step(ctx, job_id, 0.9, "comparing with the LIVE release")
+        live, baseline = await _baseline(ctx, task)
+        assert trained.holdout is not None
+        if live is None or isinstance(baseline, str):
+            decision = gate.no_baseline(task.gate, str(baseline))
+        else:
+            proba = await anyio.to_thread.run_sync(baseline.probabilities, trained.holdout.X)
+            decision = gate.decide(task.gate, trained.holdout, proba, live.version)
+    except ArbiterError as exc:
+        await _fail(ctx.sessions, job_id, str(exc))
+        async with ctx.sessions() as session:
+            await ctx.announce(await get_job(session, job_id))
+        return None
+
+    async def finish(session: AsyncSession, release: Release) -> None:
+        row = await get_job(session, job_id)
+        row.status, row.progress, row.finished_at = JobStatus.SUCCEEDED, 1.0, utcnow()
+        row.release_id = release.id
+        row.message = f"release {release.version}: gate {decision['decision']}"
+        session.add(row)
+        if decision["passed"] and ctx.promote is not None:
+            await ctx.promote(session, task, release, decision["promoteTo"])
+
+    lineage = Lineage(snapshot.id, live.id if live else None, job_id, decision)
+    release = await store_release(
+        ctx.sessions, ctx.artifacts_dir, trained, job.requested_by, lineage, finish
+    )
+    log.info("%s: job %s made release %s (%s)", task.name, job_id, release.version,
+             decision["decision"])
+    async with ctx.sessions() as session:
+        await ctx.announce(await get_job(session, job_id))
+    return release
+
+
+async def _labels_since_last_snapshot(session: AsyncSession, task: str) -> int:
+    last = (
+        await session.exec(
+            select(func.max(TrainingSnapshot.labels_until)).where(TrainingSnapshot.task == task)
+        )
+    ).one()
+    query = select(func.count()).select_from(TrainingLabel).where(TrainingLabel.task == task)
+    if last is not None:
+        query = query.where(col(TrainingLabel.created_at) > last)
+    return int((await session.exec(query)).one())
+
+
+async def _hours_since_last_job(session: AsyncSession, task: str) -> float | None:
+    last = (
+        await session.exec(
+            select(func.max(TrainingJob.created_at)).where(TrainingJob.task == task)
+        )
+    ).one()
+    if last is None:
+        return None
+    return (utcnow() - last).total_seconds() / 3600
+
+
+async def due_trigger(session: AsyncSession, task: TaskSpec) -> tuple[str, str] | None:
+    """(trigger, reason) when the task's own settings call for a retraining now."""
+    s = task.training
+    if s.retrain_after_labels:
+        new = await _labels_since_last_snapshot(session, task.name)
+        if new >= s.retrain_after_labels:
+            return Trigger.LABELS, f"{new} new labels (threshold {s.retrain_after_labels})"
+    if s.retrain_every_hours:
+        hours = await _hours_since_last_job(session, task.name)
+        if hours is None or hours >= s.retrain_every_hours:
+            since = "never trained by a job" if hours is None else f"{hours:.1f} h since"
+            return Trigger.SCHEDULE, f"every {s.retrain_every_hours:g} h ({since})"
+    return None
+
+
+async def check_triggers(
+    sessions: async_sessionmaker[AsyncSession], tasks: dict[str, TaskSpec]
+) -> list[TrainingJob]:
+    """Request the retrainings that labels or schedules call for (joined when active)."""
+    requested = []
+    for task in tasks.values():
+        async with sessions() as session:
+            if await _active(session, task.name) is not None:
+                continue
+            due = await due_trigger(session, task)
+        if due is not None:
+            job, _ = await request_retrain(sessions, task, due[0], "system:trigger", due[1])
+            requested.append(job)
+    return requested
+
+
+async def resend_stalled(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
+    """Send ``training.run`` again for jobs a lost message or a dead worker left behind:
+    QUEUED or RUNNING without a heartbeat for ``STALE_SECONDS``. The claim makes it safe."""
+    stale = utcnow() - timedelta(seconds=STALE_SECONDS)
+    async with sessions() as session, session.begin():
+        jobs = (
+            await session.exec(
+                select(TrainingJob).where(
+                    or_(
+                        (col(TrainingJob.status) == JobStatus.QUEUED)
+                        & (col(TrainingJob.created_at) < stale),
+                        (col(TrainingJob.status) == JobStatus.RUNNING)
+                        & (col(TrainingJob.heartbeat_at) < stale),
+                    )
+                )
+            )
+        ).all()
+        for job in jobs:
+            enqueue(session, RUN_ACTOR, {"job_id": job.id})
+    return [j.id for j in jobs]
