@@ -222,7 +222,11 @@ def example_inputs(task: TaskSpec, n: int, seed: int = 5) -> list[dict[str, Any]
     """Real rows of the task's own data as JSON inputs (missing optional values left out)."""
     from app.ml.data import load_frame
 
-    frame = load_frame(task).drop(columns=[task.data.target]).sample(n, random_state=seed)
+    return frame_inputs(task, load_frame(task).sample(n, random_state=seed))
+
+
+def frame_inputs(task: TaskSpec, frame: Any) -> list[dict[str, Any]]:
+    """The rows of a data frame as JSON inputs of the task (target and NaNs left out)."""
     rows = []
     for record in frame.to_dict(orient="records"):
         row: dict[str, Any] = {}

@@ -24,6 +24,9 @@ class Decision:
     NO_BASELINE = "NO_BASELINE"  # nothing LIVE (or of the same contract) to compare with
 
 
+TOLERANCE = 1e-9  # metrics are ratios of counts: equal to the bound is within it
+
+
 def _gain(metric: str, candidate: float, live: float) -> float:
     """How much better the candidate is (positive: better), whatever the metric's sense."""
     return live - candidate if metric in LOWER_IS_BETTER else candidate - live
@@ -55,6 +58,7 @@ def comparison_table(holdout: Holdout, live_proba: np.ndarray) -> list[dict[str,
 def _rule(settings: GateSettings) -> dict[str, Any]:
     return {
         "primaryMetric": settings.primary_metric.value,
+        "improveOn": settings.improve_on,
         "minImprovement": settings.min_improvement,
         "maxRegression": settings.max_regression,
         "promoteTo": settings.promote_to,
@@ -69,30 +73,33 @@ def no_baseline(settings: GateSettings, why: str) -> dict[str, Any]:
 def decide(
     settings: GateSettings, holdout: Holdout, live_proba: np.ndarray, live_version: int
 ) -> dict[str, Any]:
-    """PASSED when the primary metric gains at least ``min_improvement`` on all held-out
-    rows and loses no more than ``max_regression`` on any slice; else REJECTED, with why."""
+    """PASSED when the primary metric gains at least ``min_improvement`` on the
+    ``improve_on`` rows and loses no more than ``max_regression`` on any slice; else
+    REJECTED, with why."""
     metric = settings.primary_metric.value
     table = comparison_table(holdout, live_proba)
     primary = {r["slice"]: r for r in table if r["metric"] == metric}
     reasons, passed = [], True
-    overall = primary.get("all")
-    if overall is None:
-        return {**no_baseline(settings, f"{metric} cannot be computed on the held-out rows"),
+    judged = primary.get(settings.improve_on)
+    if judged is None:
+        return {**no_baseline(settings, f"{metric} cannot be computed on the "
+                              f"{settings.improve_on} held-out rows (none, or too few classes)"),
                 "table": table, "liveVersion": live_version}
-    if overall["gain"] < settings.min_improvement:
+    where = f"{metric} on the {judged['rows']} {settings.improve_on} held-out rows"
+    if judged["gain"] < settings.min_improvement - TOLERANCE:
         passed = False
         reasons.append(
-            f"{metric} on all {overall['rows']} held-out rows gains {overall['gain']:+.4f} "
-            f"over LIVE v{live_version}, less than the required {settings.min_improvement:.4f}"
+            f"{where} gains {judged['gain']:+.4f} over LIVE v{live_version}, less than the "
+            f"required {settings.min_improvement:.4f}"
         )
     else:
         reasons.append(
-            f"{metric} on all {overall['rows']} held-out rows gains {overall['gain']:+.4f} "
-            f"over LIVE v{live_version} (at least {settings.min_improvement:.4f} required)"
+            f"{where} gains {judged['gain']:+.4f} over LIVE v{live_version} "
+            f"(at least {settings.min_improvement:.4f} required)"
         )
     for name in ("source", "reviewed"):
         row = primary.get(name)
-        if row is not None and row["gain"] < -settings.max_regression:
+        if row is not None and row["gain"] < -settings.max_regression - TOLERANCE:
             passed = False
             reasons.append(
                 f"{metric} on the {row['rows']} {name} held-out rows loses "

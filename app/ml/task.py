@@ -175,8 +175,14 @@ class GateSettings(_Strict):
     happens to it when it passes, and when a canary is rolled back automatically."""
 
     primary_metric: GateMetric = GateMetric.ACCURACY
+    improve_on: Literal["all", "reviewed"] = Field(
+        default="all",
+        description="Held-out rows the improvement is measured on: all of them (source rows "
+        "dominate until many labels arrive), or the reviewed ones only (recent traffic, for "
+        "tasks whose data shift).",
+    )
     min_improvement: float = Field(
-        default=0.001, ge=0, description="Beat LIVE by at least this on all held-out rows."
+        default=0.001, ge=0, description="Beat LIVE by at least this on `improve_on` rows."
     )
     max_regression: float = Field(
         default=0.01, ge=0, description="No held-out slice (source, reviewed) worse by more."
