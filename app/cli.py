@@ -153,6 +153,8 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
         "roc auc",
         "coverage",
         "set size",
+        "gate",
+        "snapshot",
         title=f"releases of {task}",
     )
     for r in rows:
@@ -167,6 +169,8 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
             f"{m.get('roc_auc', float('nan')):.3f}",
             f"{m['conformal_coverage']:.3f}",
             f"{m['conformal_mean_set_size']:.2f}",
+            r.gate.get("decision", "-"),
+            (r.snapshot_id or "-")[:12],
         )
     console.print(table if rows else f"{task} has no releases; run `arbiter train {task}`")
 

@@ -82,9 +82,13 @@ async def request_retrain(
         try:
             async with sessions() as session, session.begin():
                 active = await _active(session, task.name)
-                if active is not None:
-                    active.requests += 1
-                    session.add(active)
+                if active is not None:  # join it (counted in SQL: no lost updates)
+                    await session.exec(
+                        update(TrainingJob)
+                        .where(col(TrainingJob.id) == active.id)
+                        .values(requests=TrainingJob.requests + 1)
+                    )
+                    await session.refresh(active)
                     return active, False
                 job = TrainingJob(
                     id=str(uuid.uuid4()),

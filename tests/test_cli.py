@@ -59,8 +59,10 @@ def test_train_lists_releases_and_makes_keys(env: dict[str, str]) -> None:
     assert "release 1 → LIVE" in first.stdout
     second = arbiter(env, "train", "breast_cancer")
     assert "release 2 → CANDIDATE" in second.stdout
+    # the same data again: no better than LIVE, so the gate keeps it a candidate
+    assert "gate: REJECTED" in second.stdout and "less than the required" in second.stdout
     listing = arbiter(env, "releases", "breast_cancer")
-    assert re.search(r"│ 2\s+│ CANDIDATE", listing.stdout) and re.search(r"│ 1\s+│ LIVE",
+    assert re.search(r"│ 2\s+│ CANDIDATE.*│ REJECTED", listing.stdout) and re.search(r"│ 1\s+│ LIVE",
                                                                           listing.stdout)
     key = arbiter(env, "keys", "create", "--role", "admin", "--name", "ops")
     assert re.fullmatch(r"arb_[A-Za-z0-9_-]{43}", key.stdout.strip().splitlines()[-1])
