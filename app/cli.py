@@ -101,7 +101,8 @@ def _train(settings: Settings, name: str, actor: str) -> None:
                 sessions, tasks[name], retraining.Trigger.CLI, actor)
             if not created:
                 bar.update(shown, message=f"joined running job {job.id[:8]}")
-            ctx = retraining.JobContext(sessions, tasks, settings.artifacts_dir, announce=show)
+            ctx = retraining.JobContext(sessions, tasks, settings.artifacts_dir, announce=show,
+                                        stale_seconds=settings.training_stale_seconds)
             await retraining.run_job(ctx, job.id)
             while True:  # finished here, or follow the worker that runs it
                 async with sessions() as session:

@@ -39,8 +39,6 @@ log = logging.getLogger("arbiter.retraining")
 
 RUN_ACTOR = "training.run"
 HEARTBEAT_SECONDS = 2.0
-# A RUNNING job whose heartbeat is older than this lost its worker: it may be taken over.
-STALE_SECONDS = 60.0
 
 
 class JobStatus:
@@ -121,10 +119,12 @@ async def list_jobs(
     return await paginate(session, TrainingJob, [TrainingJob.task == task], first, after)
 
 
-async def _claim(sessions: async_sessionmaker[AsyncSession], job_id: str) -> bool:
+async def _claim(
+    sessions: async_sessionmaker[AsyncSession], job_id: str, stale_seconds: float
+) -> bool:
     """QUEUED -> RUNNING, or take over a RUNNING job whose worker stopped beating."""
     now = utcnow()
-    stale = now - timedelta(seconds=STALE_SECONDS)
+    stale = now - timedelta(seconds=stale_seconds)
     async with sessions() as session, session.begin():
         result = await session.exec(
             update(TrainingJob)
@@ -186,6 +186,8 @@ class JobContext:
     tasks: dict[str, TaskSpec]
     artifacts_dir: Path
     announce: Announce = _silent
+    # a RUNNING job without a heartbeat for this long lost its worker: it may be taken over
+    stale_seconds: float = 60.0
     promote: Callable[[AsyncSession, TaskSpec, Release, str], Awaitable[Any]] | None = None
 
 
@@ -246,7 +248,7 @@ async def run_job(ctx: JobContext, job_id: str) -> Release | None:
     that no longer exists) fail the job; others propagate so the broker retries."""
     from app.ml.training import fit_release  # SHAP is slow to import: only when training
 
-    if not await _claim(ctx.sessions, job_id):
+    if not await _claim(ctx.sessions, job_id, ctx.stale_seconds):
         return None
     async with ctx.sessions() as session:
         job = await get_job(session, job_id)
@@ -356,10 +358,12 @@ async def check_triggers(
     return requested
 
 
-async def resend_stalled(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
+async def resend_stalled(
+    sessions: async_sessionmaker[AsyncSession], stale_seconds: float
+) -> list[str]:
     """Send ``training.run`` again for jobs a lost message or a dead worker left behind:
-    QUEUED or RUNNING without a heartbeat for ``STALE_SECONDS``. The claim makes it safe."""
-    stale = utcnow() - timedelta(seconds=STALE_SECONDS)
+    QUEUED, or RUNNING without a heartbeat, for ``stale_seconds``. The claim makes it safe."""
+    stale = utcnow() - timedelta(seconds=stale_seconds)
     async with sessions() as session, session.begin():
         jobs = (
             await session.exec(

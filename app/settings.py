@@ -26,6 +26,12 @@ class Settings(BaseSettings):
     lease_sweep_seconds: float = Field(
         default=30.0, gt=0, description="How often lapsed review leases are swept back."
     )
+    training_stale_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A running training job without a heartbeat for this long lost its "
+        "worker and is taken over.",
+    )
     tasks_dir: Path = Field(default=EXAMPLE_TASKS_DIR, description="Folder of task TOML files.")
     release_refresh_seconds: float = Field(
         default=2.0, ge=0, description="How often a process re-reads which release is LIVE."

@@ -120,9 +120,9 @@ def test_a_job_whose_worker_died_is_taken_over(settings: Settings) -> None:
 
         await set_running(1)  # alive elsewhere: leave it alone
         assert await retraining.run_job(w.context(), job.id) is None
-        assert await retraining.resend_stalled(w.sessions) == []
-        await set_running(retraining.STALE_SECONDS + 5)  # its worker stopped beating
-        assert await retraining.resend_stalled(w.sessions) == [job.id]
+        assert await retraining.resend_stalled(w.sessions, 60.0) == []
+        await set_running(65)  # its worker stopped beating
+        assert await retraining.resend_stalled(w.sessions, 60.0) == [job.id]
         release = await retraining.run_job(w.context(), job.id)
         assert release is not None
         [done] = await w.jobs()

@@ -48,7 +48,7 @@ def _check_training(make_context: MakeContext) -> Callable[..., Awaitable[None]]
         ctx = make_context()
         for job in await retraining.check_triggers(ctx.sessions, ctx.tasks):
             log.info("requested retraining %s of %s (%s)", job.id, job.task, job.trigger)
-        for job_id in await retraining.resend_stalled(ctx.sessions):
+        for job_id in await retraining.resend_stalled(ctx.sessions, ctx.stale_seconds):
             log.warning("training job %s stalled; sent again", job_id)
     return check
 

@@ -33,7 +33,8 @@ class JobRuntime:
         tasks = load_tasks(settings.tasks_dir)
 
         def job_context() -> JobContext:
-            return JobContext(self._worker_sessions(), tasks, settings.artifacts_dir)
+            return JobContext(self._worker_sessions(), tasks, settings.artifacts_dir,
+                              stale_seconds=settings.training_stale_seconds)
 
         self.actors = register(self.broker, self._worker_sessions, job_context)
         self.relay = OutboxRelay(sessions, self.actors, sweep_seconds=settings.lease_sweep_seconds)

@@ -46,12 +46,13 @@ def scaled(settings: Settings) -> Iterator[Settings]:
         client.delete(key)
 
 
-def start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings,
+                 extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     env = {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
            "ARBITER_DATABASE_URL": settings.resolved_database_url,
            "ARBITER_REDIS_URL": str(settings.redis_url),
            "ARBITER_REDIS_NAMESPACE": settings.redis_namespace,
-           "ARBITER_LEASE_SWEEP_SECONDS": "1"}
+           "ARBITER_LEASE_SWEEP_SECONDS": "1", **(extra or {})}
     return subprocess.Popen([ARBITER, "worker"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 

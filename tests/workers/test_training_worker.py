@@ -1,0 +1,57 @@
+"""Retraining in `arbiter worker` processes over Redis: a worker killed with SIGKILL in the
+middle of fitting loses nothing; another worker takes the job over and finishes it once."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import httpx
+
+from app.settings import Settings
+from tests.conftest import Api, LiveServer, make_key
+from tests.graphql_schema.test_learning_loop import JOB, RETRAIN, data, wait_for_job
+from tests.workers.test_redis_worker import scaled, start_worker  # noqa: F401 (fixture)
+
+FIT_WAIT_SECONDS = 600  # an upper bound on waiting for the fit to start, not a requirement
+
+
+def wait_until_fitting(admin: Api, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + FIT_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = data(admin(JOB, id=job_id))["trainingJob"]
+        if job["status"] == "RUNNING" and job["message"].startswith("fitting member"):
+            return job
+        assert job["status"] in ("QUEUED", "RUNNING"), job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} never started fitting")
+
+
+def test_a_worker_killed_while_training_loses_nothing(scaled: Settings) -> None:  # noqa: F811
+    stale = scaled.model_copy(update={"training_stale_seconds": 5.0})
+    worker = start_worker(stale, {"ARBITER_TRAINING_STALE_SECONDS": "5"})
+    try:
+        with LiveServer(stale) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+            admin = Api(c, make_key(stale, "admin", "ops"))
+            job = data(admin(RETRAIN, r="nightly"))["retrain"]
+            wait_until_fitting(admin, job["id"])
+            worker.send_signal(signal.SIGKILL)  # in the middle of the fit
+            worker.wait(timeout=30)
+            killed = data(admin(JOB, id=job["id"]))["trainingJob"]
+            assert killed["status"] == "RUNNING" and killed["release"] is None
+            joined = data(admin(RETRAIN, r="again"))["retrain"]  # joins the stalled job
+            assert joined["id"] == job["id"] and joined["requests"] == 2
+
+            worker = start_worker(stale, {"ARBITER_TRAINING_STALE_SECONDS": "5"})
+            finished = wait_for_job(admin, job["id"])
+            assert finished["status"] == "SUCCEEDED", finished
+            assert finished["release"]["version"] == 2
+            releases = data(admin('{ releases(task: "loan_default") { version } }'))
+            assert [r["version"] for r in releases["releases"]] == [2, 1]  # made once
+            attempts = admin('query($id: ID!) { trainingJob(id: $id) { attempts } }',
+                             id=job["id"])
+            assert data(attempts)["trainingJob"]["attempts"] == 2
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
