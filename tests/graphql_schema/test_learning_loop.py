@@ -179,3 +179,19 @@ def test_reviews_of_shifted_inputs_make_a_better_release(
     assert finished["release"]["gate"]["decision"] == "REJECTED"
     assert finished["release"]["stage"] == "CANDIDATE"
     assert any("less than the required" in r for r in finished["release"]["gate"]["reasons"])
+
+
+def test_only_admins_retrain_and_requests_join_the_active_job(team: Team) -> None:
+    for who in (team.predictor, team.reviewer):
+        refused = who(RETRAIN, r="please")
+        assert refused["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+    first = data(team.admin(RETRAIN, r="first"))["retrain"]
+    second = data(team.admin(RETRAIN, r="second"))["retrain"]
+    # a training takes seconds: the second request, milliseconds later, joins the first
+    assert second["id"] == first["id"] and second["requests"] == 2
+    assert second["status"] in ("QUEUED", "RUNNING")
+    jobs = data(team.admin('{ trainingJobs(task: "loan_default") { totalCount '
+                           'edges { node { id requestedBy reason } } } }'))["trainingJobs"]
+    assert jobs["totalCount"] == 1
+    assert jobs["edges"][-1]["node"]["reason"] == "first"
+    assert jobs["edges"][-1]["node"]["requestedBy"].endswith(":ops")
