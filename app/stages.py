@@ -1,0 +1,214 @@
+"""Release stages: promotion, rollback, and the record of who moved which release, when, why.
+
+Each change runs inside the caller's transaction and returns the ``StageChange`` rows it
+wrote; the caller commits, then hands them to ``announce``. Every move is a compare-and-set
+on the stage that was read, and the partial unique index keeps one LIVE release per task,
+so of two conflicting promotions one fails with ``StageConflictError`` and writes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.db.tables import Release, StageChange
+from app.errors import NoLiveReleaseError, StageChangeError, StageConflictError
+from app.releases import Stage, live_release
+
+# Every SHADOW scores every LIVE-answered input off the response path: each costs inference.
+SHADOW_LIMIT = 3
+DEPLOYED = (Stage.LIVE, Stage.CANARY, Stage.SHADOW)
+
+log = logging.getLogger("arbiter.stages")
+
+
+async def find_release(session: AsyncSession, task: str, version: int) -> Release:
+    found = (
+        await session.exec(select(Release).where(Release.task == task, Release.version == version))
+    ).first()
+    if found is None:
+        raise StageChangeError(f"task {task!r} has no release {version}")
+    return found
+
+
+async def releases_in(session: AsyncSession, task: str, *stages: Stage) -> list[Release]:
+    """The task's releases in any of ``stages``, oldest version first."""
+    return list(
+        (
+            await session.exec(
+                select(Release)
+                .where(Release.task == task, col(Release.stage).in_([s.value for s in stages]))
+                .order_by(col(Release.version))
+            )
+        ).all()
+    )
+
+
+async def stage_history(session: AsyncSession, release_id: int) -> list[StageChange]:
+    """Every stage a release went through, oldest first."""
+    return list(
+        (
+            await session.exec(
+                select(StageChange)
+                .where(StageChange.release_id == release_id)
+                .order_by(col(StageChange.id))
+            )
+        ).all()
+    )
+
+
+async def _move(
+    session: AsyncSession, release: Release, to: Stage, percent: float, actor: str, reason: str
+) -> StageChange:
+    """Compare-and-set the stage: it must still be the one we read, else another change of
+    the task committed in between."""
+    before = release.stage
+    what = f"release {release.version} of {release.task!r}"
+    try:
+        result = await session.exec(
+            update(Release)
+            .where(col(Release.id) == release.id, col(Release.stage) == before)
+            .values(stage=to.value, traffic_percent=percent)
+        )
+    except IntegrityError as exc:  # the one-LIVE index: another release became LIVE first
+        raise StageConflictError(
+            f"{what} cannot become {to}: another stage change of the task committed first"
+        ) from exc
+    except OperationalError as exc:  # SQLite: another writer holds or changed the database
+        if "locked" not in str(exc):
+            raise
+        raise StageConflictError(f"{what}: another stage change is being written") from exc
+    if result.rowcount != 1:
+        raise StageConflictError(
+            f"{what} is no longer {before}: another stage change committed first"
+        )
+    release.stage, release.traffic_percent = to.value, percent
+    change = StageChange(
+        release_id=release.id or 0,
+        task=release.task,
+        from_stage=before,
+        to_stage=to.value,
+        traffic_percent=percent,
+        actor=actor,
+        reason=reason,
+    )
+    session.add(change)
+    return change
+
+
+def _check_percent(stage: Stage, percent: float | None) -> float:
+    if stage is Stage.CANARY:
+        if percent is None or not 0 < percent < 100:
+            raise StageChangeError(
+                f"CANARY needs trafficPercent strictly between 0 and 100, got {percent}"
+            )
+        return percent
+    expected = 100.0 if stage is Stage.LIVE else 0.0
+    if percent is not None and percent != expected:
+        raise StageChangeError(
+            f"{stage} takes {expected:g} % of traffic; omit trafficPercent (got {percent:g})"
+        )
+    return expected
+
+
+async def promote(
+    session: AsyncSession,
+    task: str,
+    version: int,
+    stage: Stage | str,
+    traffic_percent: float | None,
+    actor: str,
+    reason: str,
+) -> list[StageChange]:
+    """Move a release to ``stage``. LIVE retires the old LIVE release; CANARY sends the
+    previous canary back to CANDIDATE; at most ``SHADOW_LIMIT`` SHADOWs; the LIVE release
+    itself is never demoted (a task always keeps one LIVE release: promote another or
+    roll back)."""
+    target = Stage(stage)
+    percent = _check_percent(target, traffic_percent)
+    release = await find_release(session, task, version)
+    what = f"release {version} of {task!r}"
+    if release.stage == Stage.LIVE:
+        raise StageChangeError(
+            f"{what} is LIVE and a task always keeps one LIVE release; "
+            "promote another release to LIVE, or roll back"
+        )
+    if release.stage == target and (target is not Stage.CANARY
+                                    or release.traffic_percent == percent):
+        raise StageChangeError(f"{what} is already {target}; nothing to change")
+    changes: list[StageChange] = []
+    if target is Stage.LIVE:
+        old = await live_release(session, task)
+        if old is not None:
+            changes.append(await _move(session, old, Stage.RETIRED, 0.0, actor,
+                                       f"replaced by release {version}: {reason}"))
+    elif target is Stage.CANARY:
+        for other in await releases_in(session, task, Stage.CANARY):
+            if other.id != release.id:
+                changes.append(await _move(session, other, Stage.CANDIDATE, 0.0, actor,
+                                           f"replaced as canary by release {version}: {reason}"))
+    elif target is Stage.SHADOW:
+        shadows = [r.version for r in await releases_in(session, task, Stage.SHADOW)]
+        if len(shadows) >= SHADOW_LIMIT:
+            raise StageChangeError(
+                f"task {task!r} already has {len(shadows)} SHADOW releases "
+                f"({', '.join(map(str, shadows))}), the most allowed; demote one first"
+            )
+    changes.append(await _move(session, release, target, percent, actor, reason))
+    await session.flush()
+    return changes
+
+
+async def _previous_live(session: AsyncSession, task: str, current_id: int) -> Release | None:
+    """The release that most recently left LIVE, other than the current LIVE one."""
+    return (
+        await session.exec(
+            select(Release)
+            .join(StageChange, col(StageChange.release_id) == col(Release.id))
+            .where(
+                StageChange.task == task,
+                StageChange.from_stage == Stage.LIVE.value,
+                col(Release.id) != current_id,
+            )
+            .order_by(col(StageChange.id).desc())
+            .limit(1)
+        )
+    ).first()
+
+
+async def rollback(session: AsyncSession, task: str, actor: str, reason: str) -> list[StageChange]:
+    """Make the previous LIVE release LIVE again and retire the current one. A CANARY goes
+    back to CANDIDATE too: it was being judged against the release that is rolled back,
+    and a rollback means "only what was known to be good answers". SHADOWs stay (they
+    never answer). Rolling back twice undoes the first rollback."""
+    current = await live_release(session, task)
+    if current is None:
+        raise NoLiveReleaseError(task)
+    previous = await _previous_live(session, task, current.id or 0)
+    if previous is None:
+        raise StageChangeError(
+            f"task {task!r} has no earlier LIVE release to roll back to "
+            f"(release {current.version} is the only one that was ever LIVE)"
+        )
+    changes = [await _move(session, current, Stage.RETIRED, 0.0, actor,
+                           f"rolled back to release {previous.version}: {reason}")]
+    for canary in await releases_in(session, task, Stage.CANARY):
+        if canary.id != previous.id:
+            changes.append(await _move(session, canary, Stage.CANDIDATE, 0.0, actor,
+                                       f"canary withdrawn by rollback: {reason}"))
+    changes.append(await _move(session, previous, Stage.LIVE, 100.0, actor, reason))
+    await session.flush()
+    return changes
+
+
+async def announce(changes: Sequence[StageChange]) -> None:
+    """Tell the world about committed stage changes. Today a log line per change; the
+    ``releaseEvents`` subscription hooks in here (see ``Services.announce``)."""
+    for c in changes:
+        log.info("release #%s of %s: %s -> %s (%g %%) by %s: %s", c.release_id, c.task,
+                 c.from_stage, c.to_stage, c.traffic_percent, c.actor, c.reason)
