@@ -15,12 +15,13 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from app import stages
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.errors import ArbiterError
 from app.keys import create_key
 from app.ml.task import load_tasks
-from app.releases import list_releases, live_release, store_release
+from app.releases import Stage, list_releases, live_release, store_release
 from app.roles import Role
 from app.settings import Settings
 
@@ -127,6 +128,47 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
             f"{m['conformal_mean_set_size']:.2f}",
         )
     console.print(table if rows else f"{task} has no releases; run `arbiter train {task}`")
+
+
+def _change_stage(settings: Settings, work: Callable[[Any], Awaitable[list[Any]]]) -> None:
+    """Run one stage change in a transaction, announce it after commit, print what moved."""
+
+    async def transact(sessions: Any) -> list[Any]:
+        async with sessions() as session, session.begin():
+            changes = await work(session)
+        await stages.announce(changes)
+        async with sessions() as session:
+            versions = {r.id: r.version for r in await list_releases(session, changes[0].task)}
+        return [(versions[c.release_id], c) for c in changes]
+
+    for version, c in _run(settings, transact):
+        percent = f" ({c.traffic_percent:g} %)" if c.to_stage == Stage.CANARY else ""
+        console.print(f"[bold]{c.task}[/] release {version}: {c.from_stage} → {c.to_stage}"
+                      f"{percent}")
+
+
+@cli.command()
+def promote(
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    version: Annotated[int, typer.Argument(help="Release version.")],
+    stage: Annotated[Stage, typer.Option(help="Target stage.", case_sensitive=False)],
+    traffic: Annotated[float | None, typer.Option(help="Canary share of traffic, 0-100.")] = None,
+    reason: Annotated[str, typer.Option(help="Why; kept in the stage history.")] = "",
+) -> None:
+    """Move release VERSION of TASK to a stage (LIVE, CANARY --traffic P, SHADOW, ...)."""
+    why = reason or "promoted from the command line"
+    _change_stage(_prepare(), lambda s: stages.promote(s, task, version, stage, traffic, "cli",
+                                                       why))
+
+
+@cli.command()
+def rollback(
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the stage history.")] = "",
+) -> None:
+    """Make TASK's previous LIVE release LIVE again (the current one is retired)."""
+    why = reason or "rolled back from the command line"
+    _change_stage(_prepare(), lambda s: stages.rollback(s, task, "cli", why))
 
 
 @keys_cli.command("create")

@@ -55,6 +55,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "claimReview": frozenset({Role.REVIEWER, Role.ADMIN}),
     "submitReview": frozenset({Role.REVIEWER, Role.ADMIN}),
     "releaseReview": frozenset({Role.REVIEWER, Role.ADMIN}),
+    "releaseComparison": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "promoteRelease": frozenset({Role.ADMIN}),
+    "rollback": frozenset({Role.ADMIN}),
 }
 
 

@@ -36,6 +36,14 @@ async def find_release(session: AsyncSession, task: str, version: int) -> Releas
     return found
 
 
+async def live_of(session: AsyncSession, task: str) -> Release:
+    """The task's LIVE release; an error when it has none."""
+    found = await live_release(session, task)
+    if found is None:
+        raise NoLiveReleaseError(task)
+    return found
+
+
 async def releases_in(session: AsyncSession, task: str, *stages: Stage) -> list[Release]:
     """The task's releases in any of ``stages``, oldest version first."""
     return list(
@@ -62,11 +70,12 @@ async def stage_history(session: AsyncSession, release_id: int) -> list[StageCha
     )
 
 
-async def _move(
+async def change_stage(
     session: AsyncSession, release: Release, to: Stage, percent: float, actor: str, reason: str
 ) -> StageChange:
-    """Compare-and-set the stage: it must still be the one we read, else another change of
-    the task committed in between."""
+    """Move one release and record it. A compare-and-set on the stage: it must still be the
+    one we read, else another change of the task committed in between. No checks of the
+    transition itself: ``promote`` and ``rollback`` make those."""
     before = release.stage
     what = f"release {release.version} of {release.task!r}"
     try:
@@ -145,12 +154,12 @@ async def promote(
     if target is Stage.LIVE:
         old = await live_release(session, task)
         if old is not None:
-            changes.append(await _move(session, old, Stage.RETIRED, 0.0, actor,
+            changes.append(await change_stage(session, old, Stage.RETIRED, 0.0, actor,
                                        f"replaced by release {version}: {reason}"))
     elif target is Stage.CANARY:
         for other in await releases_in(session, task, Stage.CANARY):
             if other.id != release.id:
-                changes.append(await _move(session, other, Stage.CANDIDATE, 0.0, actor,
+                changes.append(await change_stage(session, other, Stage.CANDIDATE, 0.0, actor,
                                            f"replaced as canary by release {version}: {reason}"))
     elif target is Stage.SHADOW:
         shadows = [r.version for r in await releases_in(session, task, Stage.SHADOW)]
@@ -159,7 +168,7 @@ async def promote(
                 f"task {task!r} already has {len(shadows)} SHADOW releases "
                 f"({', '.join(map(str, shadows))}), the most allowed; demote one first"
             )
-    changes.append(await _move(session, release, target, percent, actor, reason))
+    changes.append(await change_stage(session, release, target, percent, actor, reason))
     await session.flush()
     return changes
 
@@ -186,22 +195,20 @@ async def rollback(session: AsyncSession, task: str, actor: str, reason: str) ->
     back to CANDIDATE too: it was being judged against the release that is rolled back,
     and a rollback means "only what was known to be good answers". SHADOWs stay (they
     never answer). Rolling back twice undoes the first rollback."""
-    current = await live_release(session, task)
-    if current is None:
-        raise NoLiveReleaseError(task)
+    current = await live_of(session, task)
     previous = await _previous_live(session, task, current.id or 0)
     if previous is None:
         raise StageChangeError(
             f"task {task!r} has no earlier LIVE release to roll back to "
             f"(release {current.version} is the only one that was ever LIVE)"
         )
-    changes = [await _move(session, current, Stage.RETIRED, 0.0, actor,
+    changes = [await change_stage(session, current, Stage.RETIRED, 0.0, actor,
                            f"rolled back to release {previous.version}: {reason}")]
     for canary in await releases_in(session, task, Stage.CANARY):
         if canary.id != previous.id:
-            changes.append(await _move(session, canary, Stage.CANDIDATE, 0.0, actor,
+            changes.append(await change_stage(session, canary, Stage.CANDIDATE, 0.0, actor,
                                        f"canary withdrawn by rollback: {reason}"))
-    changes.append(await _move(session, previous, Stage.LIVE, 100.0, actor, reason))
+    changes.append(await change_stage(session, previous, Stage.LIVE, 100.0, actor, reason))
     await session.flush()
     return changes
 
