@@ -9,6 +9,7 @@ Only pairs with the current LIVE release count, so every number compares the sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -82,32 +83,25 @@ def tally(agreeing: list[Pair], reviewed: list[Pair]) -> Tally:
     )
 
 
-async def _as_shadow(session: AsyncSession, release_id: int, live_id: int) -> list[Pair]:
-    rows = await session.exec(
-        select(ShadowOutput.label, Prediction.label, TrainingLabel.label)
-        .join(Prediction, col(Prediction.id) == col(ShadowOutput.prediction_id))
-        .outerjoin(TrainingLabel, col(TrainingLabel.prediction_id) == col(Prediction.id))
-        .where(ShadowOutput.release_id == release_id, Prediction.release_id == live_id)
-    )
-    return [Pair(mine, live, reviewed) for mine, live, reviewed in rows.all()]
-
-
-async def _as_canary(session: AsyncSession, release_id: int, live_id: int) -> list[Pair]:
+async def _scored(session: AsyncSession, answered_by: int, scored_by: int) -> list[Any]:
+    """(label answered, label scored off the path, reviewed label or None) per prediction."""
     rows = await session.exec(
         select(Prediction.label, ShadowOutput.label, TrainingLabel.label)
         .join(ShadowOutput, col(ShadowOutput.prediction_id) == col(Prediction.id))
         .outerjoin(TrainingLabel, col(TrainingLabel.prediction_id) == col(Prediction.id))
-        .where(Prediction.release_id == release_id, ShadowOutput.release_id == live_id)
+        .where(Prediction.release_id == answered_by, ShadowOutput.release_id == scored_by)
     )
-    return [Pair(mine, live, reviewed) for mine, live, reviewed in rows.all()]
+    return list(rows.all())
 
 
 async def paired_outputs(session: AsyncSession, release: Release, live: Release) -> list[Pair]:
     """Every pair of ``release`` with ``live``, whether it shadowed or answered (a release
     may have been SHADOW, then CANARY)."""
     assert release.id is not None and live.id is not None
-    return (await _as_shadow(session, release.id, live.id)
-            + await _as_canary(session, release.id, live.id))
+    shadowed = await _scored(session, live.id, release.id)
+    answered = await _scored(session, release.id, live.id)
+    return ([Pair(mine, theirs, reviewed) for theirs, mine, reviewed in shadowed]
+            + [Pair(mine, theirs, reviewed) for mine, theirs, reviewed in answered])
 
 
 async def compare_release(
