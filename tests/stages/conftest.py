@@ -10,13 +10,16 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from app.db.tables import Release, StageChange
+from app import stages
+from app.db.tables import Release, StageChange, TrainingLabel
 from app.main import build_services
+from app.ml.contract import to_matrix, validate_inputs
 from app.ml.data import load_frame
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease, fit_release
 from app.predictions import Services
-from app.releases import store_release
+from app.registry import build_ensemble
+from app.releases import release_members, store_release
 from app.settings import Settings
 from tests.conftest import example_inputs
 
@@ -70,3 +73,26 @@ def labelled_inputs(task: TaskSpec, n: int, seed: int = 5) -> list[tuple[dict[st
     """Real rows of the task's data as JSON inputs, each with its true class."""
     labels = load_frame(task).sample(n, random_state=seed)[task.data.target].tolist()
     return list(zip(example_inputs(task, n, seed), labels, strict=True))
+
+
+async def promote(services: Services, version: int, stage: str,
+                  percent: float | None = None, reason: str = "test") -> list[StageChange]:
+    async with services.sessions() as session, session.begin():
+        return await stages.promote(session, TASK, version, stage, percent, "tester", reason)
+
+
+async def settle(services: Services, labels: dict[str, str]) -> None:
+    """Labels people settled, by prediction id (what a resolved review item leaves behind)."""
+    async with services.sessions() as session, session.begin():
+        session.add_all([TrainingLabel(prediction_id=pid, task=TASK, label=label,
+                                       source="review") for pid, label in labels.items()])
+
+
+async def labels_of(services: Services, release: Release, raws: list[dict[str, Any]]) -> list[str]:
+    """What ``release`` says for each input, computed apart from the serving path."""
+    task = services.registry.task(TASK)
+    async with services.sessions() as session:
+        members = await release_members(session, release.id or 0)
+    ensemble = build_ensemble(task, release, members, services.settings.artifacts_dir)
+    proba = ensemble.probabilities(to_matrix(task, validate_inputs(task, raws, batch=True)))
+    return [task.classes[int(q.argmax())] for q in proba]

@@ -13,13 +13,14 @@ from app.ml.training import TrainedRelease
 from app.predictions import Services
 from app.releases import Stage
 from app.settings import Settings
-from tests.stages.conftest import TASK, add_release, change_count, run_with, stages_of
-
-
-async def promote(services: Services, version: int, stage: str, percent: float | None = None,
-                  reason: str = "test") -> list[Any]:
-    async with services.sessions() as session, session.begin():
-        return await stages.promote(session, TASK, version, stage, percent, "tester", reason)
+from tests.stages.conftest import (
+    TASK,
+    add_release,
+    change_count,
+    promote,
+    run_with,
+    stages_of,
+)
 
 
 async def rollback(services: Services, reason: str = "bad release") -> list[Any]:
