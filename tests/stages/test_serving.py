@@ -9,6 +9,7 @@ from sqlmodel import select
 from app.db.tables import ShadowOutput
 from app.ml.training import TrainedRelease
 from app.predictions import Services, predict, predict_batch
+from app.releases import release_members
 from app.settings import Settings
 from tests.conftest import example_inputs
 from tests.stages.conftest import TASK, add_release, labels_of, promote, run_with
@@ -112,5 +113,25 @@ def test_shadow_work_beyond_the_bound_is_dropped_and_counted(
         await services.shadows.drain()
         assert len(answered) == 5 and services.shadows.dropped == 5
         assert await shadow_outputs(services) == {}
+
+    run_with(settings, work)
+
+
+def test_a_shadow_that_cannot_load_does_not_stop_live(
+    settings: Settings, trained: dict[str, TrainedRelease]
+) -> None:
+    async def work(services: Services) -> None:
+        shadow = await add_release(services, trained[TASK])
+        async with services.sessions() as session:
+            [first, *_] = await release_members(session, shadow.id or 0)
+        artifact = services.settings.artifacts_dir / first.artifact_path
+        artifact.write_bytes(artifact.read_bytes()[:-1] + b"!")  # tampered: hash mismatch
+        await promote(services, 2, "SHADOW")
+        answered = await predict_batch(
+            services, None, TASK, example_inputs(services.registry.task(TASK), 5))
+        await services.shadows.drain()
+        assert {p.release_version for p in answered} == {1}
+        assert await shadow_outputs(services) == {}
+        assert services.registry.readiness()[TASK] == "ready"
 
     run_with(settings, work)
