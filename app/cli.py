@@ -133,17 +133,14 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
 def _change_stage(settings: Settings, work: Callable[[Any], Awaitable[list[Any]]]) -> None:
     """Run one stage change in a transaction, announce it after commit, print what moved."""
 
-    async def transact(sessions: Any) -> list[Any]:
+    async def transact(sessions: Any) -> list[stages.StageNotice]:
         async with sessions() as session, session.begin():
             changes = await work(session)
-        await stages.announce(changes)
-        async with sessions() as session:
-            versions = {r.id: r.version for r in await list_releases(session, changes[0].task)}
-        return [(versions[c.release_id], c) for c in changes]
+        return await stages.announce(sessions, changes)
 
-    for version, c in _run(settings, transact):
-        percent = f" ({c.traffic_percent:g} %)" if c.to_stage == Stage.CANARY else ""
-        console.print(f"[bold]{c.task}[/] release {version}: {c.from_stage} → {c.to_stage}"
+    for n in _run(settings, transact):
+        percent = f" ({n.traffic_percent:g} %)" if n.to_stage == Stage.CANARY else ""
+        console.print(f"[bold]{n.task}[/] release {n.version}: {n.from_stage} → {n.to_stage}"
                       f"{percent}")
 
 

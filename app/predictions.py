@@ -9,7 +9,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -57,12 +57,15 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     registry: Registry
     wake_relay: Callable[[], None] = lambda: None  # called after committing outbox rows
-    # called with committed stage changes; releaseEvents publishes from here
-    announce: Callable[[Sequence[StageChange]], Awaitable[None]] = stages.announce
     shadows: ShadowScorer = field(init=False)
 
     def __post_init__(self) -> None:
         self.shadows = ShadowScorer(self.sessions)
+
+    async def announce(self, changes: Sequence[StageChange]) -> None:
+        """Tell the world about committed stage changes (``releaseEvents`` publishes the
+        notices from here)."""
+        await stages.announce(self.sessions, changes)
 
 
 def input_hash(raw: dict[str, Any]) -> str:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -213,9 +216,35 @@ async def rollback(session: AsyncSession, task: str, actor: str, reason: str) ->
     return changes
 
 
-async def announce(changes: Sequence[StageChange]) -> None:
-    """Tell the world about committed stage changes. Today a log line per change; the
-    ``releaseEvents`` subscription hooks in here (see ``Services.announce``)."""
-    for c in changes:
-        log.info("release #%s of %s: %s -> %s (%g %%) by %s: %s", c.release_id, c.task,
-                 c.from_stage, c.to_stage, c.traffic_percent, c.actor, c.reason)
+@dataclass(frozen=True)
+class StageNotice:
+    """A committed stage change as the world hears of it (fields named as the
+    ``releaseEvents`` payload takes them: ``release_event(STAGE_CHANGED, **asdict(n))``)."""
+
+    task: str
+    version: int
+    from_stage: str | None
+    to_stage: str
+    traffic_percent: float
+    actor: str
+    reason: str
+    at: datetime
+
+
+async def announce(
+    sessions: async_sessionmaker[AsyncSession], changes: Sequence[StageChange]
+) -> list[StageNotice]:
+    """Call after commit with what ``promote``, ``rollback`` or the canary guard returned:
+    logs each change and returns the notices to publish."""
+    if not changes:
+        return []
+    ids = {c.release_id for c in changes}
+    async with sessions() as session:
+        rows = (await session.exec(select(Release).where(col(Release.id).in_(ids)))).all()
+    versions = {r.id: r.version for r in rows}
+    notices = [StageNotice(c.task, versions[c.release_id], c.from_stage, c.to_stage,
+                           c.traffic_percent, c.actor, c.reason, c.at) for c in changes]
+    for n in notices:
+        log.info("release %s of %s: %s -> %s (%g %%) by %s: %s", n.version, n.task,
+                 n.from_stage, n.to_stage, n.traffic_percent, n.actor, n.reason)
+    return notices

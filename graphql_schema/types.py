@@ -310,7 +310,7 @@ class Release:
     calibration: JSON = strawberry.field(description="Conformal level and threshold.")
     routing: JSON = strawberry.field(
         description="Review-policy fields this release overrides (empty: the task's policy).")
-    release_id: strawberry.Private[int]
+    id: strawberry.Private[int]
 
     @classmethod
     def from_row(cls, r: ReleaseRow) -> Release:
@@ -324,14 +324,13 @@ class Release:
             metrics=_json(r.metrics),
             calibration=_json(calibration_summary(r.calibration)),
             routing=_json(r.routing),
-            release_id=r.id or 0,
+            id=r.id or 0,
         )
 
     @strawberry.field(description="Every stage it went through, oldest first: who, when, why.")
     async def stage_history(self, info: Info) -> list[StageChange]:
         async with info.context.services.sessions() as session:
-            return [StageChange.from_row(c) for c in await stage_history(session,
-                                                                           self.release_id)]
+            return [StageChange.from_row(c) for c in await stage_history(session, self.id)]
 
 
 @strawberry.type(description="One move of a release from one stage to another.")

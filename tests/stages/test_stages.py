@@ -169,3 +169,19 @@ def test_concurrent_promotions_leave_exactly_one_live_release(
         assert await change_count(services) == before + 2 * successes
 
     run_with(settings, work)
+
+
+def test_announce_names_versions_of_committed_changes(
+    settings: Settings, trained: dict[str, TrainedRelease]
+) -> None:
+    async def work(services: Services) -> None:
+        await add_release(services, trained[TASK])
+        changes = await promote(services, 2, "LIVE", reason="better")
+        notices = await stages.announce(services.sessions, changes)
+        assert [(n.version, n.from_stage, n.to_stage, n.traffic_percent, n.actor)
+                for n in notices] == [(1, "LIVE", "RETIRED", 0, "tester"),
+                                      (2, "CANDIDATE", "LIVE", 100, "tester")]
+        assert notices[1].reason == "better" and notices[1].at == changes[1].at
+        assert await stages.announce(services.sessions, []) == []
+
+    run_with(settings, work)
