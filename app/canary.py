@@ -16,7 +16,7 @@ from app.comparison import Pair, paired_outputs
 from app.db.tables import StageChange
 from app.ml.task import TaskSpec
 from app.releases import Stage, live_release
-from app.stages import change_stage, releases_in
+from app.stages import change_stage, lock_task, releases_in
 
 CANARY_GUARD_ACTOR = "system:canary-guard"
 
@@ -35,6 +35,7 @@ async def check_canary(session: AsyncSession, task: TaskSpec) -> list[StageChang
     """Judge the task's CANARY, if any; retire it (actor ``system:canary-guard``) when its
     accuracy on reviewed predictions trails LIVE's on the same ones by more than the gate's
     margin. Returns the stage changes written (none when the canary stays)."""
+    await lock_task(session, task.name)
     canaries = await releases_in(session, task.name, Stage.CANARY)
     live = await live_release(session, task.name)
     if not canaries or live is None:

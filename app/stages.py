@@ -73,12 +73,34 @@ async def stage_history(session: AsyncSession, release_id: int) -> list[StageCha
     )
 
 
+async def lock_task(session: AsyncSession, task: str) -> None:
+    """Serialise the stage changes of a task. The first statement of each writes the LIVE
+    row (to itself), so a concurrent change waits until this one commits and then reads
+    what it wrote; one whose LIVE release was replaced meanwhile fails with a conflict."""
+    try:
+        result = await session.exec(
+            update(Release)
+            .where(col(Release.task) == task, col(Release.stage) == Stage.LIVE.value)
+            .values(stage=Stage.LIVE.value)
+            .execution_options(synchronize_session=False)
+        )
+    except OperationalError as exc:  # SQLite: waited longer than the busy timeout
+        if "locked" not in str(exc):
+            raise
+        raise StageConflictError(f"another stage change of {task!r} is being written") from exc
+    if result.rowcount == 0 and await live_release(session, task) is not None:
+        raise StageConflictError(
+            f"the LIVE release of {task!r} changed while this change waited; read the "
+            "stages again and retry"
+        )
+
+
 async def change_stage(
     session: AsyncSession, release: Release, to: Stage, percent: float, actor: str, reason: str
 ) -> StageChange:
     """Move one release and record it. A compare-and-set on the stage: it must still be the
     one we read, else another change of the task committed in between. No checks of the
-    transition itself: ``promote`` and ``rollback`` make those."""
+    transition itself: ``promote`` and ``rollback`` make those. Call ``lock_task`` first."""
     before = release.stage
     what = f"release {release.version} of {release.task!r}"
     try:
@@ -143,6 +165,7 @@ async def promote(
     roll back)."""
     target = Stage(stage)
     percent = _check_percent(target, traffic_percent)
+    await lock_task(session, task)
     release = await find_release(session, task, version)
     what = f"release {version} of {task!r}"
     if release.stage == Stage.LIVE:
@@ -198,6 +221,7 @@ async def rollback(session: AsyncSession, task: str, actor: str, reason: str) ->
     back to CANDIDATE too: it was being judged against the release that is rolled back,
     and a rollback means "only what was known to be good answers". SHADOWs stay (they
     never answer). Rolling back twice undoes the first rollback."""
+    await lock_task(session, task)
     current = await live_of(session, task)
     previous = await _previous_live(session, task, current.id or 0)
     if previous is None:

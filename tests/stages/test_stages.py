@@ -185,3 +185,18 @@ def test_announce_names_versions_of_committed_changes(
         assert await stages.announce(services.sessions, []) == []
 
     run_with(settings, work)
+
+
+def test_concurrent_canary_promotions_leave_one_canary(
+    settings: Settings, trained: dict[str, TrainedRelease]
+) -> None:
+    async def work(services: Services) -> None:
+        for _ in range(3):
+            await add_release(services, trained[TASK])
+        outcomes = await asyncio.gather(
+            *(promote(services, v, "CANARY", 10.0 * v) for v in (2, 3, 4, 2, 3, 4)),
+            return_exceptions=True)
+        assert all(isinstance(o, list | ArbiterError) for o in outcomes), outcomes
+        assert list((await stages_of(services)).values()).count("CANARY") == 1
+
+    run_with(settings, work)
