@@ -23,13 +23,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from app import stages
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.db.tables import Release
 from app.errors import ArbiterError
 from app.keys import create_key
 from app.ml.task import load_tasks
-from app.releases import list_releases, live_release
+from app.releases import Stage, list_releases, live_release
 from app.roles import Role
 from app.settings import Settings
 
@@ -174,6 +175,44 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
             (r.snapshot_id or "-")[:12],
         )
     console.print(table if rows else f"{task} has no releases; run `arbiter train {task}`")
+
+
+def _change_stage(settings: Settings, work: Callable[[Any], Awaitable[list[Any]]]) -> None:
+    """Run one stage change in a transaction, announce it after commit, print what moved."""
+
+    async def transact(sessions: Any) -> list[stages.StageNotice]:
+        async with sessions() as session, session.begin():
+            changes = await work(session)
+        return await stages.announce(sessions, changes)
+
+    for n in _run(settings, transact):
+        percent = f" ({n.traffic_percent:g} %)" if n.to_stage == Stage.CANARY else ""
+        console.print(f"[bold]{n.task}[/] release {n.version}: {n.from_stage} → {n.to_stage}"
+                      f"{percent}")
+
+
+@cli.command()
+def promote(
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    version: Annotated[int, typer.Argument(help="Release version.")],
+    stage: Annotated[Stage, typer.Option(help="Target stage.", case_sensitive=False)],
+    traffic: Annotated[float | None, typer.Option(help="Canary share of traffic, 0-100.")] = None,
+    reason: Annotated[str, typer.Option(help="Why; kept in the stage history.")] = "",
+) -> None:
+    """Move release VERSION of TASK to a stage (LIVE, CANARY --traffic P, SHADOW, ...)."""
+    why = reason or "promoted from the command line"
+    _change_stage(_prepare(), lambda s: stages.promote(s, task, version, stage, traffic, "cli",
+                                                       why))
+
+
+@cli.command()
+def rollback(
+    task: Annotated[str, typer.Argument(help="Task name.")],
+    reason: Annotated[str, typer.Option(help="Why; kept in the stage history.")] = "",
+) -> None:
+    """Make TASK's previous LIVE release LIVE again (the current one is retired)."""
+    why = reason or "rolled back from the command line"
+    _change_stage(_prepare(), lambda s: stages.rollback(s, task, "cli", why))
 
 
 @keys_cli.command("create")

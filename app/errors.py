@@ -132,3 +132,16 @@ class ReviewConflictError(ArbiterError):
     """The reviewer already reviewed this item (reviews are independent and counted once)."""
 
     code = "REVIEW_CONFLICT"
+
+
+class StageChangeError(ArbiterError):
+    """A stage change that cannot be made (unknown version, bad traffic percent, no-op,
+    demoting the LIVE release, no previous LIVE release to roll back to)."""
+
+    code = "STAGE_CHANGE_INVALID"
+
+
+class StageConflictError(ArbiterError):
+    """Another stage change of the same task committed first; read the stages and retry."""
+
+    code = "STAGE_CONFLICT"

@@ -99,6 +99,7 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             loading.cancel()
             await jobs.stop()
+            await services.shadows.drain()  # finish shadow scoring before the engine goes
             await engine.dispose()
 
     graphql = ApiKeyAuth(ArbiterGraphQL(services), verifier.verify)

@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -21,8 +21,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import stages
 from app.db.pagination import Page, check_page_size, paginate
-from app.db.tables import Prediction, ReviewItem
+from app.db.tables import Prediction, ReviewItem, StageChange
+from app.deployment import Deployment
 from app.errors import (
     AllMembersFailedError,
     BadRequestError,
@@ -36,6 +38,7 @@ from app.ml.task import ReviewPolicy, TaskSpec
 from app.registry import Registry
 from app.roles import Principal
 from app.settings import Settings
+from app.shadows import ShadowScorer
 
 IDEMPOTENCY_KEY_MAX = 200
 
@@ -54,6 +57,15 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     registry: Registry
     wake_relay: Callable[[], None] = lambda: None  # called after committing outbox rows
+    shadows: ShadowScorer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shadows = ShadowScorer(self.sessions)
+
+    async def announce(self, changes: Sequence[StageChange]) -> None:
+        """Tell the world about committed stage changes (``releaseEvents`` publishes the
+        notices from here)."""
+        await stages.announce(self.sessions, changes)
 
 
 def input_hash(raw: dict[str, Any]) -> str:
@@ -145,6 +157,16 @@ def _to_record(
     )
 
 
+@dataclass
+class _Inference:
+    """Records (not yet stored), and what is needed to store and observe them."""
+
+    records: list[Prediction]
+    policies: dict[int, ReviewPolicy]  # release id -> review policy of the release
+    deployment: Deployment
+    X: np.ndarray
+
+
 async def _infer(
     services: Services,
     task: TaskSpec,
@@ -152,19 +174,38 @@ async def _infer(
     caller: Principal | None,
     key: str | None,
     started: float,
-) -> tuple[list[Prediction], ReviewPolicy]:
-    """Records (not yet stored) and the review policy of the release that made them."""
-    ensemble = await services.registry.live(task.name)
+    traffic_keys: Sequence[str | None] | None,
+) -> _Inference:
+    """Each row answered by the LIVE release or, by sticky assignment on its traffic key,
+    the CANARY; ``traffic_keys=None`` asks LIVE alone (dry runs)."""
+    deployment = await services.registry.deployment(task.name)
     X = to_matrix(task, rows)
-    results, errors = await anyio.to_thread.run_sync(ensemble.predict, X)
-    if not results:
-        raise AllMembersFailedError(task.name, errors)
-    latency_ms = (time.perf_counter() - started) * 1000
-    records = [
-        _to_record(task, ensemble, r, raw, X[i], caller, key, latency_ms)
-        for i, (r, raw) in enumerate(zip(results, rows, strict=True))
-    ]
-    return records, ensemble.policy
+    chosen = ([deployment.live] * len(rows) if traffic_keys is None
+              else [deployment.assign(k) for k in traffic_keys])
+    records: list[Prediction | None] = [None] * len(rows)
+    for ensemble in {e.release_id: e for e in chosen}.values():
+        indices = [i for i, e in enumerate(chosen) if e is ensemble]
+        results, errors = await anyio.to_thread.run_sync(ensemble.predict, X[indices])
+        if not results:
+            raise AllMembersFailedError(task.name, errors)
+        latency_ms = (time.perf_counter() - started) * 1000
+        for i, r in zip(indices, results, strict=True):
+            records[i] = _to_record(task, ensemble, r, rows[i], X[i], caller, key, latency_ms)
+    policies = {e.release_id: e.policy for e in chosen}
+    return _Inference([r for r in records if r is not None], policies, deployment, X)
+
+
+def _observe(services: Services, inference: _Inference) -> None:
+    """After the store: SHADOWs score LIVE-answered rows, LIVE scores canary-answered rows."""
+    d = inference.deployment
+    for answered in {d.live, *([d.canary] if d.canary else [])}:
+        indices = [i for i, p in enumerate(inference.records)
+                   if p.release_id == answered.release_id]
+        if not indices:
+            continue
+        ids = [inference.records[i].id for i in indices]
+        for observer in d.observers(answered):
+            services.shadows.submit(observer, ids, inference.X[indices])
 
 
 async def _find_by_key(
@@ -194,20 +235,24 @@ async def predict(
     task_name: str,
     raw: Any,
     idempotency_key: str | None = None,
+    entity_key: str | None = None,
 ) -> Prediction:
-    """One explained, routed, stored prediction; a repeated key returns the stored one."""
+    """One explained, routed, stored prediction; a repeated key returns the stored one.
+    The entity key (else the idempotency key) keeps canary assignment sticky."""
     started = time.perf_counter()
     task = services.registry.task(task_name)
     [row] = validate_inputs(task, [raw])
     key = _check_key(idempotency_key)
+    entity = _check_key(entity_key, "entityKey")
     if key is not None:
         async with services.sessions() as session:
             existing = await _find_by_key(session, caller, task.name, key)
         if existing is not None:
             return _replay(existing, row, key)
-    [record], policy = await _infer(services, task, [row], caller, key, started)
+    inference = await _infer(services, task, [row], caller, key, started, [entity or key])
+    [record] = inference.records
     try:
-        await _store(services, policy, [record])
+        await _store(services, inference.policies, [record])
     except IntegrityError:
         # A concurrent request with the same key stored first: answer with its prediction.
         if key is None:
@@ -217,13 +262,19 @@ async def predict(
         if existing is None:
             raise
         return _replay(existing, row, key)
+    _observe(services, inference)
     return record
 
 
 async def predict_batch(
-    services: Services, caller: Principal | None, task_name: str, raws: Sequence[Any]
+    services: Services,
+    caller: Principal | None,
+    task_name: str,
+    raws: Sequence[Any],
+    entity_keys: Sequence[str | None] | None = None,
 ) -> list[Prediction]:
-    """All inputs validated first (every problem listed), then stored in one transaction."""
+    """All inputs validated first (every problem listed), then stored in one transaction.
+    ``entity_keys`` (one per input, or none) keep canary assignment sticky per row."""
     started = time.perf_counter()
     task = services.registry.task(task_name)
     if not raws:
@@ -232,17 +283,25 @@ async def predict_batch(
     if len(raws) > limit:
         raise BadRequestError(f"predictBatch takes at most {limit} inputs, got {len(raws)}")
     rows = validate_inputs(task, raws, batch=True)
-    records, policy = await _infer(services, task, rows, caller, None, started)
-    await _store(services, policy, records)
-    return records
+    if entity_keys is None:
+        entity_keys = [None] * len(rows)
+    if len(entity_keys) != len(rows):
+        raise BadRequestError(
+            f"entityKeys must have one key per input: {len(entity_keys)} keys, {len(rows)} inputs"
+        )
+    keys = [_check_key(k, "entityKeys") for k in entity_keys]
+    inference = await _infer(services, task, rows, caller, None, started, keys)
+    await _store(services, inference.policies, inference.records)
+    _observe(services, inference)
+    return inference.records
 
 
-def _check_key(key: str | None) -> str | None:
+def _check_key(key: str | None, name: str = "idempotencyKey") -> str | None:
     if key is None:
         return None
     if not key.strip() or len(key) > IDEMPOTENCY_KEY_MAX:
         raise BadRequestError(
-            f"idempotencyKey must be 1 to {IDEMPOTENCY_KEY_MAX} characters, got {len(key)}"
+            f"{name} must be 1 to {IDEMPOTENCY_KEY_MAX} characters, got {len(key)}"
         )
     return key
 
@@ -271,12 +330,15 @@ def open_review_item(policy: ReviewPolicy, p: Prediction) -> ReviewItem:
     )
 
 
-async def _store(services: Services, policy: ReviewPolicy, records: list[Prediction]) -> None:
+async def _store(
+    services: Services, policies: dict[int, ReviewPolicy], records: list[Prediction]
+) -> None:
     """Predictions and the review items of the routed ones, in one transaction."""
     async with services.sessions() as session, session.begin():
         session.add_all(records)
         await session.flush()
-        session.add_all([open_review_item(policy, p) for p in records if p.route == Route.REVIEW])
+        session.add_all([open_review_item(policies[p.release_id], p)
+                         for p in records if p.route == Route.REVIEW])
 
 
 async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:
@@ -340,9 +402,8 @@ async def preview_routing(
             f"routingPreview takes at most {services.settings.max_batch_size} "
             f"inputs, got {len(raws)}"
         )
-    records, _ = await _infer(
-        services, task, validate_inputs(task, raws, batch=True), None, None, time.perf_counter()
-    )
+    records = (await _infer(services, task, validate_inputs(task, raws, batch=True), None, None,
+                            time.perf_counter(), None)).records
     reasons: dict[str, int] = {}
     sole: dict[str, int] = {}
     for p in records:

@@ -1,15 +1,18 @@
-"""The model registry of a process: which release of each task is LIVE, loaded and ready.
+"""The model registry of a process: each task's deployed releases (LIVE, CANARY, SHADOW),
+loaded and ready.
 
 It knows nothing of HTTP or GraphQL (as in MLServer, the runtime is apart from the protocol).
-Other processes may promote releases, so the LIVE pointer is re-read at most every
-``refresh_seconds``; loading happens off the event loop.
+Other processes may promote releases, so the stages are re-read at most every
+``refresh_seconds``; loading happens off the event loop, and a release already loaded is
+reused when only its stage or traffic share changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import Release, ReleaseMember
+from app.deployment import Deployment
 from app.errors import ArbiterError, ConfigurationError, NoLiveReleaseError, UnknownTaskError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import load_pipeline
@@ -27,7 +31,10 @@ from app.ml.ensemble import Ensemble, LoadedMember, ReleaseCalibration
 from app.ml.explain import MemberExplainer
 from app.ml.pipeline import fold_matrix
 from app.ml.task import TaskSpec, release_policy
-from app.releases import live_release, release_members
+from app.releases import Stage, release_members
+from app.stages import DEPLOYED, releases_in
+
+log = logging.getLogger("arbiter.registry")
 
 
 def build_ensemble(
@@ -60,14 +67,17 @@ def build_ensemble(
 
 @dataclass
 class _Slot:
-    ensemble: Ensemble | None = None
+    deployment: Deployment | None = None
     checked_at: float = float("-inf")
     error: str | None = None
-    routing: dict[str, Any] | None = None  # the overrides the loaded ensemble was built with
+    # release id -> (routing overrides it was built with, ensemble): reused across refreshes
+    loaded: dict[int, tuple[dict[str, Any], Ensemble]] = field(default_factory=dict)
+    # release id -> why a CANARY or SHADOW could not be loaded (not retried until it changes)
+    failed: dict[int, tuple[dict[str, Any], str]] = field(default_factory=dict)
 
 
 class Registry:
-    """LIVE ensembles by task name."""
+    """Deployed ensembles by task name."""
 
     def __init__(
         self,
@@ -91,34 +101,58 @@ class Registry:
 
     async def live(self, name: str) -> Ensemble:
         """The task's LIVE ensemble, reloaded when another release became LIVE."""
+        return (await self.deployment(name)).live
+
+    async def deployment(self, name: str) -> Deployment:
+        """The task's LIVE, CANARY and SHADOW ensembles, as of the last refresh."""
         task = self.task(name)
         slot = self._slots[name]
-        if time.monotonic() - slot.checked_at < self.refresh_seconds and slot.ensemble:
-            return slot.ensemble
+        if time.monotonic() - slot.checked_at < self.refresh_seconds and slot.deployment:
+            return slot.deployment
         async with self._locks[name]:
-            if time.monotonic() - slot.checked_at >= self.refresh_seconds or not slot.ensemble:
+            if time.monotonic() - slot.checked_at >= self.refresh_seconds or not slot.deployment:
                 await self._refresh(task, slot)
-        if slot.ensemble is None:
+        if slot.deployment is None:
             raise NoLiveReleaseError(name)
-        return slot.ensemble
+        return slot.deployment
 
     async def _refresh(self, task: TaskSpec, slot: _Slot) -> None:
         async with self.sessions() as session:
-            release = await live_release(session, task.name)
-            if release is None:
-                slot.ensemble, slot.error = None, "no LIVE release"
-                slot.checked_at = time.monotonic()
-                return
-            if (slot.ensemble is not None and slot.ensemble.release_id == release.id
-                    and slot.routing == release.routing):
-                slot.checked_at = time.monotonic()
-                return
-            members = await release_members(session, release.id or 0)
-        slot.ensemble = await anyio.to_thread.run_sync(
-            build_ensemble, task, release, members, self.artifacts_dir
+            deployed = await releases_in(session, task.name, *DEPLOYED)
+            todo = [r for r in deployed if not _current(slot, r)]
+            members = {r.id: await release_members(session, r.id or 0) for r in todo}
+        live = next((r for r in deployed if r.stage == Stage.LIVE), None)
+        if live is None:
+            slot.deployment, slot.error = None, "no LIVE release"
+            slot.checked_at = time.monotonic()
+            return
+        fresh = {r.id for r in todo}
+        ensembles = {r.id: slot.loaded[r.id or 0][1] for r in deployed
+                     if r.id not in fresh and (r.id or 0) in slot.loaded}
+        for r in todo:
+            try:
+                ensembles[r.id] = await anyio.to_thread.run_sync(
+                    build_ensemble, task, r, members[r.id], self.artifacts_dir
+                )
+            except ArbiterError as exc:
+                if r.id == live.id:
+                    raise
+                # A broken canary or shadow must not stop LIVE from serving.
+                log.error("release %s of %s (%s) is not deployed: %s",
+                          r.version, task.name, r.stage, exc)
+                slot.failed[r.id or 0] = (dict(r.routing), str(exc))
+        slot.loaded = {r.id or 0: (dict(r.routing), ensembles[r.id]) for r in deployed
+                       if r.id in ensembles}
+        canary = next((r for r in deployed if r.stage == Stage.CANARY and r.id in ensembles),
+                      None)
+        slot.deployment = Deployment(
+            live=ensembles[live.id],
+            canary=ensembles[canary.id] if canary else None,
+            canary_percent=canary.traffic_percent if canary else 0.0,
+            shadows=tuple(ensembles[r.id] for r in deployed
+                          if r.stage == Stage.SHADOW and r.id in ensembles),
         )
         slot.error = None
-        slot.routing = dict(release.routing)
         slot.checked_at = time.monotonic()
 
     async def load_all(self) -> None:
@@ -132,6 +166,13 @@ class Registry:
     def readiness(self) -> dict[str, str]:
         """Task name -> "ready" or what is wrong."""
         return {
-            name: "ready" if slot.ensemble else (slot.error or "not loaded")
+            name: "ready" if slot.deployment else (slot.error or "not loaded")
             for name, slot in self._slots.items()
         }
+
+
+def _current(slot: _Slot, release: Release) -> bool:
+    """Loaded (or, unless LIVE, known broken) with the routing overrides it has now."""
+    rid = release.id or 0
+    known = (slot.loaded,) if release.stage == Stage.LIVE else (slot.loaded, slot.failed)
+    return any(rid in k and k[rid][0] == release.routing for k in known)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -25,8 +25,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import stages
 from app.db.pagination import Page, check_page_size, paginate
-from app.db.tables import Release, TrainingJob, TrainingLabel, TrainingSnapshot
+from app.db.tables import Release, StageChange, TrainingJob, TrainingLabel, TrainingSnapshot
 from app.db.types import utcnow
 from app.errors import ArbiterError, NotFoundError
 from app.ml import gate
@@ -169,26 +170,31 @@ async def _fail(sessions: async_sessionmaker[AsyncSession], job_id: str, error: 
         )
 
 
-# Called with (job, progress, message) each time the job's progress is written.
+# Called with the job each time its progress or status is written (after commit).
 Announce = Callable[[TrainingJob], Awaitable[None]]
+# Called with stage changes after they committed.
+AnnounceStages = Callable[[Sequence[StageChange]], Awaitable[None]]
 
 
-async def _silent(_: TrainingJob) -> None:
+async def _silent(_: Any) -> None:
     return None
+
+
+GATE_ACTOR = "system:gate"
 
 
 @dataclass
 class JobContext:
-    """What running a job needs: sessions, the tasks, where artifacts live, and how to
-    promote a release that passed the gate (``app.stages`` in the server and workers)."""
+    """What running a job needs: sessions, the tasks, where artifacts live, and whom to
+    tell about progress and stage changes (``releaseEvents`` in servers and workers)."""
 
     sessions: async_sessionmaker[AsyncSession]
     tasks: dict[str, TaskSpec]
     artifacts_dir: Path
     announce: Announce = _silent
+    announce_stages: AnnounceStages = _silent
     # a RUNNING job without a heartbeat for this long lost its worker: it may be taken over
     stale_seconds: float = 60.0
-    promote: Callable[[AsyncSession, TaskSpec, Release, str], Awaitable[Any]] | None = None
 
 
 class _ProgressPump:
@@ -285,13 +291,15 @@ async def run_job(ctx: JobContext, job_id: str) -> Release | None:
         return None
 
     async def finish(session: AsyncSession, release: Release) -> None:
+        """In the release's transaction: the job is done, and a passing release moves to
+        the stage the task's gate names."""
         row = await get_job(session, job_id)
         row.status, row.progress, row.finished_at = JobStatus.SUCCEEDED, 1.0, utcnow()
         row.release_id = release.id
         row.message = f"release {release.version}: gate {decision['decision']}"
         session.add(row)
-        if decision["passed"] and ctx.promote is not None:
-            await ctx.promote(session, task, release, decision["promoteTo"])
+        if decision["passed"] and decision["promoteTo"] != stages.Stage.CANDIDATE:
+            await _promote(session, task, release, decision)
 
     lineage = Lineage(snapshot.id, live.id if live else None, job_id, decision)
     release = await store_release(
@@ -301,7 +309,24 @@ async def run_job(ctx: JobContext, job_id: str) -> Release | None:
              decision["decision"])
     async with ctx.sessions() as session:
         await ctx.announce(await get_job(session, job_id))
+        changes = await stages.stage_history(session, release.id or 0)
+    await ctx.announce_stages(changes)
     return release
+
+
+async def _promote(
+    session: AsyncSession, task: TaskSpec, release: Release, decision: dict[str, Any]
+) -> None:
+    """Promote per the gate's rule; a refusal (say, the SHADOW limit) leaves the release a
+    CANDIDATE and says why on its gate record, without failing the training."""
+    target = decision["promoteTo"]
+    percent = task.gate.canary_percent if target == stages.Stage.CANARY else None
+    try:
+        await stages.promote(session, task.name, release.version, target, percent,
+                             GATE_ACTOR, f"passed the evaluation gate: {decision['reasons'][0]}")
+    except ArbiterError as exc:
+        release.gate = {**decision, "promotion": f"not promoted to {target}: {exc}"}
+        session.add(release)
 
 
 async def _labels_since_last_snapshot(session: AsyncSession, task: str) -> int:

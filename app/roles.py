@@ -59,6 +59,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "trainingJob": frozenset({Role.AUDITOR, Role.ADMIN}),
     "trainingJobs": frozenset({Role.AUDITOR, Role.ADMIN}),
     "retrain": frozenset({Role.ADMIN}),
+    "releaseComparison": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "promoteRelease": frozenset({Role.ADMIN}),
+    "rollback": frozenset({Role.ADMIN}),
 }
 
 

@@ -12,6 +12,7 @@ from app.releases import list_releases, set_routing
 from graphql_schema.context import Info
 from graphql_schema.errors import DomainErrors
 from graphql_schema.permissions import Allowed
+from graphql_schema.releases import ReleaseMutation, ReleaseQuery
 from graphql_schema.review import ReviewMutation, ReviewQuery
 from graphql_schema.training import TrainingMutation, TrainingQuery
 from graphql_schema.types import (
@@ -31,7 +32,7 @@ QUERY_CACHE_SIZE = 256
 
 
 @strawberry.type
-class Query(ReviewQuery, TrainingQuery):
+class Query(ReviewQuery, ReleaseQuery, TrainingQuery):
     @strawberry.field(permission_classes=GUARDED, description="Every declared task.")
     def tasks(self, info: Info) -> list[Task]:
         return [Task.from_spec(t) for t in info.context.services.registry.tasks.values()]
@@ -127,15 +128,19 @@ class RoutingPreview:
 
 
 @strawberry.type
-class Mutation(ReviewMutation, TrainingMutation):
+class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation):
     @strawberry.mutation(
-        permission_classes=GUARDED, description="Explain, route and store one prediction."
+        permission_classes=GUARDED,
+        description="Explain, route and store one prediction. entityKey (else "
+        "idempotencyKey) keeps the caller on the same side of a canary.",
     )
     async def predict(
-        self, info: Info, task: str, input: JSON, idempotency_key: str | None = None
+        self, info: Info, task: str, input: JSON, idempotency_key: str | None = None,
+        entity_key: str | None = None,
     ) -> Prediction:
         ctx = info.context
-        row = await predictions.predict(ctx.services, ctx.caller(), task, input, idempotency_key)
+        row = await predictions.predict(ctx.services, ctx.caller(), task, input, idempotency_key,
+                                        entity_key)
         return Prediction.from_row(row)
 
     @strawberry.mutation(
@@ -153,11 +158,14 @@ class Mutation(ReviewMutation, TrainingMutation):
 
     @strawberry.mutation(
         permission_classes=GUARDED,
-        description="Many predictions, validated together, stored together.",
+        description="Many predictions, validated together, stored together; entityKeys "
+        "(one per input) keep each entity on the same side of a canary.",
     )
-    async def predict_batch(self, info: Info, task: str, inputs: list[JSON]) -> list[Prediction]:
+    async def predict_batch(self, info: Info, task: str, inputs: list[JSON],
+                            entity_keys: list[str | None] | None = None) -> list[Prediction]:
         ctx = info.context
-        rows = await predictions.predict_batch(ctx.services, ctx.caller(), task, inputs)
+        rows = await predictions.predict_batch(ctx.services, ctx.caller(), task, inputs,
+                                               entity_keys)
         return [Prediction.from_row(r) for r in rows]
 
 

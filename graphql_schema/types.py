@@ -13,15 +13,17 @@ from strawberry.scalars import JSON
 from app.db.pagination import Page, check_page_size
 from app.db.tables import Prediction as PredictionRow
 from app.db.tables import Release as ReleaseRow
+from app.db.tables import StageChange as StageChangeRow
 from app.db.tables import TrainingJob as TrainingJobRow
 from app.db.tables import TrainingSnapshot as SnapshotRow
 from app.lineage import releases_using_label
+from app.ml.task import TaskSpec
 from app.snapshots import label_splits, learned_predictions
+from app.stages import stage_history
 from graphql_schema.context import Info
 
 if TYPE_CHECKING:
     from graphql_schema.training import Snapshot, TrainingJob
-from app.ml.task import TaskSpec
 
 
 @strawberry.enum(description="How a feature's values are written.")
@@ -321,7 +323,9 @@ class Release:
     task: str
     version: int
     stage: ReleaseStage
-    traffic_percent: float
+    traffic_percent: float = strawberry.field(
+        description="Share of traffic it answers: 100 when LIVE, the canary's share when "
+        "CANARY, else 0.")
     created_at: datetime
     created_by: str
     metrics: JSON = strawberry.field(description="Evaluation on the held-out test split.")
@@ -408,6 +412,32 @@ class Release:
             metrics=_json(r.metrics),
             calibration=_json(calibration_summary(r.calibration)),
             routing=_json(r.routing),
+        )
+
+    @strawberry.field(description="Every stage it went through, oldest first: who, when, why.")
+    async def stage_history(self, info: Info) -> list[StageChange]:
+        async with info.context.services.sessions() as session:
+            return [StageChange.from_row(c) for c in await stage_history(session, self.id)]
+
+
+@strawberry.type(description="One move of a release from one stage to another.")
+class StageChange:
+    from_stage: ReleaseStage | None
+    to_stage: ReleaseStage
+    traffic_percent: float
+    actor: str = strawberry.field(description="The API key, `cli`, or a system job.")
+    reason: str
+    at: datetime
+
+    @classmethod
+    def from_row(cls, c: StageChangeRow) -> StageChange:
+        return cls(
+            from_stage=ReleaseStage(c.from_stage) if c.from_stage else None,
+            to_stage=ReleaseStage(c.to_stage),
+            traffic_percent=c.traffic_percent,
+            actor=c.actor,
+            reason=c.reason,
+            at=c.at,
         )
 
 

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import col, select
 
+from app.db.engine import make_engine, make_sessionmaker
+from app.db.tables import StageChange
+from app.ml.training import TrainedRelease
+from app.releases import store_release
+from app.settings import Settings
 from tests.conftest import free_port
 
 ARBITER = str(Path(sys.executable).parent / "arbiter")
@@ -113,3 +120,51 @@ def test_serve_does_not_train(env: dict[str, str], started: list[subprocess.Pope
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert ready.status_code == 503
+
+
+def with_sessions(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            return await work(make_sessionmaker(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+async def cli_stage_changes(sessions: Any) -> list[StageChange]:
+    async with sessions() as session:
+        return list((await session.exec(select(StageChange).where(
+            StageChange.actor == "cli").order_by(col(StageChange.id)))).all())
+
+
+def test_promote_and_rollback(env: dict[str, str], settings: Settings,
+                              trained: dict[str, TrainedRelease]) -> None:
+    with_sessions(settings, lambda sessions: store_release(  # release 2, beside LIVE 1
+        sessions, settings.artifacts_dir, trained["breast_cancer"], "tests"))
+    canary = arbiter(env, "promote", "breast_cancer", "2", "--stage", "canary",
+                     "--traffic", "25", "--reason", "try it")
+    assert canary.returncode == 0, canary.stderr
+    assert "release 2: CANDIDATE → CANARY (25 %)" in canary.stdout
+    missing = arbiter(env, "promote", "breast_cancer", "2", "--stage", "SHADOW",
+                      "--traffic", "5")
+    assert missing.returncode == 2 and "SHADOW takes 0 % of traffic" in missing.stderr
+    live = arbiter(env, "promote", "breast_cancer", "2", "--stage", "LIVE")
+    assert "release 1: LIVE → RETIRED" in live.stdout
+    assert "release 2: CANARY → LIVE" in live.stdout
+    back = arbiter(env, "rollback", "breast_cancer", "--reason", "alarms")
+    assert back.returncode == 0, back.stderr
+    assert "release 2: LIVE → RETIRED" in back.stdout
+    assert "release 1: RETIRED → LIVE" in back.stdout
+    listing = arbiter(env, "releases", "breast_cancer")
+    assert re.search(r"│ 2\s+│ RETIRED", listing.stdout) and re.search(r"│ 1\s+│ LIVE",
+                                                                        listing.stdout)
+    history = with_sessions(settings, cli_stage_changes)
+    assert [(c.from_stage, c.to_stage, c.reason) for c in history] == [
+        ("CANDIDATE", "CANARY", "try it"),
+        ("LIVE", "RETIRED", "replaced by release 2: promoted from the command line"),
+        ("CANARY", "LIVE", "promoted from the command line"),
+        ("LIVE", "RETIRED", "rolled back to release 1: alarms"),
+        ("RETIRED", "LIVE", "alarms"),
+    ]

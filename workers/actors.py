@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import retraining
+from app.canary import check_canary
 from review import queue
 
 log = logging.getLogger("arbiter.workers")
@@ -53,6 +54,17 @@ def _check_training(make_context: MakeContext) -> Callable[..., Awaitable[None]]
     return check
 
 
+def _check_canaries(make_context: MakeContext) -> Callable[..., Awaitable[None]]:
+    async def check(**_: Any) -> None:
+        """Retire every canary whose reviewed answers trail LIVE's by the task's margin."""
+        ctx = make_context()
+        for task in ctx.tasks.values():
+            async with ctx.sessions() as session, session.begin():
+                changes = await check_canary(session, task)
+            await ctx.announce_stages(changes)
+    return check
+
+
 MakeContext = Callable[[], retraining.JobContext]
 
 ACTORS: dict[str, Callable[[Sessions], Callable[..., Awaitable[None]]]] = {
@@ -62,6 +74,7 @@ ACTORS: dict[str, Callable[[Sessions], Callable[..., Awaitable[None]]]] = {
 TRAINING_ACTORS: dict[str, Callable[[MakeContext], Callable[..., Awaitable[None]]]] = {
     retraining.RUN_ACTOR: _train,
     "training.check": _check_training,
+    "releases.check_canaries": _check_canaries,
 }
 TRAINING_TIME_LIMIT_MS = 3_600_000  # Dramatiq's default (10 min) is too short to train
 

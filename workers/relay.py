@@ -26,8 +26,9 @@ log = logging.getLogger("arbiter.relay")
 BATCH = 100
 POLL_SECONDS = 1.0
 SWEEP_SECONDS = 30.0
-# Sent every sweep: lapsed leases back to the queue; retraining triggers and stalled jobs.
-PERIODIC = ("review.expire_leases", "training.check")
+# Sent every sweep: lapsed leases back to the queue; retraining triggers and stalled jobs;
+# the canary guard.
+PERIODIC = ("review.expire_leases", "training.check", "releases.check_canaries")
 
 
 class OutboxRelay:

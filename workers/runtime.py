@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 import anyio
 import dramatiq
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import stages
 from app.db.engine import SessionsPerLoop
+from app.db.tables import StageChange
 from app.ml.task import load_tasks
 from app.retraining import JobContext
 from app.settings import Settings
@@ -33,7 +36,13 @@ class JobRuntime:
         tasks = load_tasks(settings.tasks_dir)
 
         def job_context() -> JobContext:
-            return JobContext(self._worker_sessions(), tasks, settings.artifacts_dir,
+            sessions = self._worker_sessions()
+
+            async def announce_stages(changes: Sequence[StageChange]) -> None:
+                await stages.announce(sessions, changes)
+
+            return JobContext(sessions, tasks, settings.artifacts_dir,
+                              announce_stages=announce_stages,
                               stale_seconds=settings.training_stale_seconds)
 
         self.actors = register(self.broker, self._worker_sessions, job_context)

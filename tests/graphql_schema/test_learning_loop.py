@@ -6,6 +6,7 @@ a worse one, and lineage answers both ways."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +43,13 @@ RELEASE = """query($v: Int!) { release(task: "loan_default", version: $v) {
   version stage gate rows parent { version } job { id status }
   snapshot { id sourceRows reviewedRows labelsUntil }
   learnedFrom(first: 500) { totalCount edges { node { split label prediction { id } } } } } }"""
+PROMOTE = """mutation($v: Int!, $s: ReleaseStage!, $p: Float) { promoteRelease(
+  task: "loan_default", version: $v, stage: $s, trafficPercent: $p, reason: "test") {
+  version stage trafficPercent } }"""
+HISTORY = """query($v: Int!) { release(task: "loan_default", version: $v) {
+  stageHistory { fromStage toStage actor } } }"""
+COMPARE = """{ releaseComparison(task: "loan_default", version: 2) { stage liveVersion
+  overall { paired agreement reviewed releaseAccuracy liveAccuracy } } }"""
 TRAINED_INTO = "query($id: ID!) { prediction(id: $id) { trainedInto { version split } } }"
 
 
@@ -72,6 +80,17 @@ def wait_for_job(api: Api, job_id: str) -> dict[str, Any]:
             return job
         time.sleep(0.5)
     raise AssertionError(f"training job {job_id} did not finish: {job}")
+
+
+def wait_for_comparison(api: Api, paired: int) -> dict[str, Any]:
+    """Shadow scoring runs after the response: wait until it has scored ``paired`` inputs."""
+    deadline = time.monotonic() + JOB_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        comparison: dict[str, Any] = data(api(COMPARE))["releaseComparison"]
+        if comparison["overall"]["paired"] >= paired:
+            return comparison
+        time.sleep(0.5)
+    raise AssertionError(f"shadow scored only {comparison['overall']['paired']} inputs")
 
 
 def review_everything(team: Team, truth: dict[str, str]) -> int:
@@ -136,6 +155,7 @@ def test_reviews_of_shifted_inputs_make_a_better_release(
     gate = finished["release"]["gate"]
     assert finished["release"]["version"] == 2
     assert gate["decision"] == "PASSED", gate["reasons"]
+    assert finished["release"]["stage"] == "SHADOW"  # the task's gate: promote_to = SHADOW
     table = {(r["metric"], r["slice"]): r for r in gate["table"]}
     assert table[("accuracy", "reviewed")]["gain"] > 0.05
     assert table[("accuracy", "all")]["rows"] == (
@@ -167,6 +187,33 @@ def test_reviews_of_shifted_inputs_make_a_better_release(
     for pid, split in list(splits.items())[:20]:
         used = data(team.admin(TRAINED_INTO, id=pid))["prediction"]["trainedInto"]
         assert used == ([] if split == "holdout" else [{"version": 2, "split": split}])
+
+    # As a SHADOW it scores new traffic off the response path; people review that traffic.
+    more = generate(rows=120, seed=78, long_terms=0.5)
+    stored = data(team.predictor(BATCH, i=frame_inputs(task, more)))["predictBatch"]
+    truth.update({p["id"]: o for p, o in zip(stored, more["outcome"], strict=True)})
+    assert review_everything(team, truth) == 120
+    comparison = wait_for_comparison(team.admin, paired=120)
+    overall = comparison["overall"]
+    assert comparison["stage"] == "SHADOW" and overall["reviewed"] == 120
+    assert overall["releaseAccuracy"] > overall["liveAccuracy"] + 0.05, overall
+
+    # Canary, then LIVE, then a rollback restores release 1.
+    promoted = data(team.admin(PROMOTE, v=2, s="CANARY", p=50.0))["promoteRelease"]
+    assert (promoted["stage"], promoted["trafficPercent"]) == ("CANARY", 50.0)
+    data(team.admin(PROMOTE, v=2, s="LIVE", p=None))
+    assert data(team.admin(RELEASE, v=1))["release"]["stage"] == "RETIRED"
+    rolled = data(team.admin('mutation { rollback(task: "loan_default", reason: "test") '
+                             '{ version stage } }'))["rollback"]
+    assert rolled == {"version": 1, "stage": "LIVE"}
+    history = data(team.admin(HISTORY, v=2))["release"]["stageHistory"]
+    def who(actor: str) -> str:
+        return "ops" if re.fullmatch(r"key:\d+:ops", actor) else actor
+
+    admin = "ops"
+    assert [(h["fromStage"], h["toStage"], who(h["actor"])) for h in history] == [
+        (None, "CANDIDATE", admin), ("CANDIDATE", "SHADOW", "system:gate"),
+        ("SHADOW", "CANARY", admin), ("CANARY", "LIVE", admin), ("LIVE", "RETIRED", admin)]
 
     # A candidate that is worse (starved members, same feature contract) is rejected.
     worse = settings.model_copy(update={"tasks_dir": crippled_tasks(tmp_path / "tasks")})
