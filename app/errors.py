@@ -132,3 +132,19 @@ class ReviewConflictError(ArbiterError):
     """The reviewer already reviewed this item (reviews are independent and counted once)."""
 
     code = "REVIEW_CONFLICT"
+
+
+class SubscriberTooSlowError(ArbiterError):
+    """A subscriber fell a whole buffer behind; its subscription ends instead of growing."""
+
+    code = "SUBSCRIBER_TOO_SLOW"
+
+    def __init__(self, dropped: int, buffer: int) -> None:
+        super().__init__(
+            f"this subscription fell {buffer} events behind and {dropped} events were dropped; "
+            "subscribe again and read what you missed with the matching query")
+        self.dropped = dropped
+        self.buffer = buffer
+
+    def extensions(self) -> dict[str, Any]:
+        return {"dropped": self.dropped, "buffer": self.buffer}

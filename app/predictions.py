@@ -10,7 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +29,7 @@ from app.errors import (
     IdempotencyConflictError,
     NotFoundError,
 )
+from app.events import EventBus, LocalBus, publish_stored
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.ensemble import Ensemble, Explained, RowResult
 from app.ml.routing import Route, decide_route
@@ -54,6 +55,7 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     registry: Registry
     wake_relay: Callable[[], None] = lambda: None  # called after committing outbox rows
+    events: EventBus = field(default_factory=LocalBus)  # notices for subscriptions
 
 
 def input_hash(raw: dict[str, Any]) -> str:
@@ -273,10 +275,12 @@ def open_review_item(policy: ReviewPolicy, p: Prediction) -> ReviewItem:
 
 async def _store(services: Services, policy: ReviewPolicy, records: list[Prediction]) -> None:
     """Predictions and the review items of the routed ones, in one transaction."""
+    opened = [open_review_item(policy, p) for p in records if p.route == Route.REVIEW]
     async with services.sessions() as session, session.begin():
         session.add_all(records)
         await session.flush()
-        session.add_all([open_review_item(policy, p) for p in records if p.route == Route.REVIEW])
+        session.add_all(opened)
+    await publish_stored(services.events, records, opened)  # only once committed
 
 
 async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:

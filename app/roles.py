@@ -55,6 +55,9 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "claimReview": frozenset({Role.REVIEWER, Role.ADMIN}),
     "submitReview": frozenset({Role.REVIEWER, Role.ADMIN}),
     "releaseReview": frozenset({Role.REVIEWER, Role.ADMIN}),
+    # subscriptions (``predictions`` shares the query's rule: predictors follow their own)
+    "reviewEvents": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
+    "releaseEvents": frozenset({Role.AUDITOR, Role.ADMIN}),
 }
 
 

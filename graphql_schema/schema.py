@@ -13,6 +13,7 @@ from graphql_schema.context import Info
 from graphql_schema.errors import DomainErrors
 from graphql_schema.permissions import Allowed
 from graphql_schema.review import ReviewMutation, ReviewQuery
+from graphql_schema.subscriptions import Subscription
 from graphql_schema.types import (
     Me,
     Prediction,
@@ -164,6 +165,7 @@ def build_schema() -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         # Factories: a fresh extension per request; the parse/validation LRU caches are module
         # level in Strawberry, so they are shared across requests all the same.
         extensions=[

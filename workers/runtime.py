@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.engine import SessionsPerLoop
+from app.events import EventBus, build_bus
 from app.settings import Settings
 from workers.actors import register
 from workers.broker import build_broker
@@ -25,10 +26,13 @@ class JobRuntime:
     """Start with ``start()`` inside the process's event loop; ``stop()`` at shutdown."""
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession],
-                 consume: bool) -> None:
+                 consume: bool, events: EventBus | None = None) -> None:
         self.broker = build_broker(settings.redis_url, settings.redis_namespace)
         self._worker_sessions = SessionsPerLoop(settings.resolved_database_url)
-        self.actors = register(self.broker, self._worker_sessions)
+        # A worker process only publishes; a server passes the bus its subscribers use.
+        self._owns_events = events is None
+        self.events = events if events is not None else build_bus(settings, listen=False)
+        self.actors = register(self.broker, self._worker_sessions, self.events)
         self.relay = OutboxRelay(sessions, self.actors, sweep_seconds=settings.lease_sweep_seconds)
         self.worker = (dramatiq.Worker(self.broker, worker_threads=WORKER_THREADS)
                        if consume else None)
@@ -48,3 +52,5 @@ class JobRuntime:
             worker = self.worker
             await anyio.to_thread.run_sync(lambda: worker.stop(timeout=WORKER_STOP_MS))
         self.broker.close()
+        if self._owns_events:
+            await self.events.stop()
