@@ -284,3 +284,33 @@ def test_a_subscriber_that_falls_a_buffer_behind_is_told_and_can_subscribe_again
             await ws.close()
 
     asyncio.run(scenario())
+
+
+@SQLITE_ONLY
+def test_embedded_worker_threads_publish_expiries_to_subscribers(
+        settings: Settings, example_tasks: dict[str, TaskSpec]) -> None:
+    reviewer = make_key(settings, "reviewer", "rita")
+    predictor = make_key(settings, "predictor", "app")
+    rows = example_inputs(example_tasks["loan_default"], 40)
+    fast_sweep = settings.model_copy(update={"lease_sweep_seconds": 1.0})
+
+    with LiveServer(fast_sweep, {"lease_seconds": 1.0}) as live:
+        def claim() -> str:
+            with httpx.Client(base_url=live.url, timeout=120) as http:
+                Api(http, predictor)(BATCH, i=rows)
+                return str(Api(http, reviewer)(CLAIM)["data"]["claimReview"]["item"]["id"])
+
+        async def scenario() -> None:
+            seen: list[dict[str, Any]] = []
+            async with client(live.url, reviewer) as session:
+                following = asyncio.create_task(follow(session, REVIEW_EVENTS, seen))
+                await subscribed(live, 1)
+                item = await asyncio.to_thread(claim)
+                # The in-process Dramatiq worker expires the lease on a thread of its own.
+                await until(lambda: any(e["reviewEvents"]["itemId"] == item and e[
+                    "reviewEvents"]["change"] == "EXPIRED" for e in seen), "the expiry")
+                following.cancel()
+            expired = [e["reviewEvents"] for e in seen if e["reviewEvents"]["change"] == "EXPIRED"]
+            assert [(e["itemId"], e["status"]) for e in expired] == [(item, "PENDING")]
+
+        asyncio.run(scenario())
