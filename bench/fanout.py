@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -212,6 +213,7 @@ def main() -> int:
     rows = input_rows(task)
     servers = []
     with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, data_dir, ignore_errors=True)
         for name in ("a", "b"):
             port = free_port()
             server = start_server(name, [arbiter_exe(), "serve", "--port", str(port)], port,

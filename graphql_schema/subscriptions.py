@@ -21,6 +21,7 @@ from graphql_schema.review import ReviewStatus
 from graphql_schema.types import Prediction
 
 GUARDED: list[type[BasePermission]] = [Allowed]
+_converted = feeds.Recent(Prediction.from_row)  # one GraphQL object per event and process
 
 ReleaseEventKind = strawberry.enum(
     _ReleaseEventKind, description="What happened to a task's releases.")
@@ -93,7 +94,7 @@ class Subscription:
         ctx.services.registry.task(task)  # an unknown task is an error, not silence
         async for row in feeds.prediction_feed(ctx.services.events, task, ctx.caller(),
                                                only_review):
-            yield Prediction.from_row(row)
+            yield _converted.get(row.id, row)
 
     @strawberry.subscription(permission_classes=GUARDED,
                              description="Changes of a task's review queue.")
