@@ -179,7 +179,7 @@ def render(results: list[dict[str, float]], args: argparse.Namespace) -> None:
                   f"over servers A and B (Redis)")
     for col in ("subscribers", "pred/s", "vs 0 subs", "delivered", "p50 ms", "p99 ms",
                 "events/s"):
-        table.add_column(col, justify="right")
+        table.add_column(col, justify="right", no_wrap=True)
     for r in results:
         table.add_row(f"{r['subscribers']:.0f}", f"{r['pred_s']:.1f}",
                       f"{r['pred_s'] / base:.2f}x", f"{r['delivered']:.0f}/{r['expected']:.0f}",
