@@ -17,6 +17,19 @@ Two buses share one API:
 
 Each subscriber has a bounded buffer: a subscriber that falls ``buffer`` events behind gets
 ``SubscriberTooSlowError`` after the events it already has, and the bus never blocks on it.
+
+Publishing, after the change committed (``Services.events`` in a server; the ``events``
+argument of ``workers.actors.register`` in actors)::
+
+    await events.publish(releases_topic(task), release_event(
+        ReleaseEventKind.STAGE_CHANGED, task, version=3, from_stage="CANARY",
+        to_stage="LIVE", traffic_percent=100.0, actor=caller.actor, reason="gate passed"))
+    events.publish_sync(releases_topic(task), release_event(       # from a plain thread
+        "TRAINING_PROGRESS", task, job_id=job_id, status="RUNNING", progress=0.4))
+
+``publish`` works on any event loop (off the server's loop, Redis is reached through a
+thread); ``publish_sync`` blocks for one Redis round trip at most. Neither raises when
+Redis is down. The keys of a release event are ``RELEASE_EVENT_KEYS``.
 """
 
 from __future__ import annotations
