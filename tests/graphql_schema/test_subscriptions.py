@@ -19,6 +19,7 @@ from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.conftest import Api, LiveServer, example_inputs, make_key
 from tests.graphql_schema.test_review_api import BATCH, CLAIM
+from tests.redis_server import RedisServer
 from tests.subscriber import client, follow, take, until, ws_url
 
 PREDICTIONS = """subscription($task: String!, $only: Boolean!) {
@@ -314,3 +315,51 @@ def test_embedded_worker_threads_publish_expiries_to_subscribers(
             assert [(e["itemId"], e["status"]) for e in expired] == [(item, "PENDING")]
 
         asyncio.run(scenario())
+
+
+@pytest.mark.redis
+@SQLITE_ONLY
+def test_a_subscription_rides_through_a_redis_restart(
+        settings: Settings, example_tasks: dict[str, TaskSpec]) -> None:
+    redis_server = RedisServer().start()
+    scaled = settings.model_copy(update={"redis_url": redis_server.url,
+                                         "redis_namespace": "restart"})
+    admin, predictor = make_key(settings, "admin", "ops"), make_key(settings, "predictor", "app")
+    rows = example_inputs(example_tasks["loan_default"], 3)
+
+    def predict(row: dict[str, Any]) -> str:
+        with httpx.Client(base_url=live.url, timeout=120) as http:
+            return str(Api(http, predictor)(PREDICT, i=row)["data"]["predict"]["id"])
+
+    async def scenario() -> None:
+        seen: list[dict[str, Any]] = []
+        async with client(live.url, admin) as session:
+            following = asyncio.create_task(follow(session, PREDICTIONS, seen,
+                                                   task="loan_default", only=False))
+            await subscribed(live, 1)
+            bus = live.services.events
+            await until(lambda: bus.connected.is_set(), "the server's Redis subscription")
+            before = await asyncio.to_thread(predict, rows[0])
+            await until(lambda: len(seen) == 1, "the event before the restart")
+
+            redis_server.kill()
+            await until(lambda: not bus.connected.is_set(), "the server notices")
+            during = await asyncio.to_thread(predict, rows[1])  # stored; its event is lost
+            await asyncio.to_thread(redis_server.start)
+            await until(lambda: bus.connected.is_set(), "the server subscribes again")
+
+            # The publisher skips Redis for a second after a failure: retry until it is back.
+            after: list[str] = []
+            while not any(p["predictions"]["id"] in after for p in seen):
+                after.append(await asyncio.to_thread(predict, rows[2]))
+                await asyncio.sleep(0.5)
+            following.cancel()
+        assert seen[0]["predictions"]["id"] == before
+        assert during not in [p["predictions"]["id"] for p in seen]
+        assert seen[-1]["predictions"]["id"] in after  # the same subscription, never reopened
+
+    try:
+        with LiveServer(scaled) as live:
+            asyncio.run(scenario())
+    finally:
+        redis_server.kill()
