@@ -28,6 +28,7 @@ from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.db.tables import Release
 from app.errors import ArbiterError
+from app.events import build_bus
 from app.keys import create_key
 from app.ml.task import load_tasks
 from app.releases import Stage, list_releases, live_release
@@ -102,7 +103,8 @@ def _train(settings: Settings, name: str, actor: str) -> None:
                 sessions, tasks[name], retraining.Trigger.CLI, actor)
             if not created:
                 bar.update(shown, message=f"joined running job {job.id[:8]}")
-            ctx = retraining.JobContext(sessions, tasks, settings.artifacts_dir, announce=show,
+            ctx = retraining.JobContext(sessions, tasks, settings.artifacts_dir,
+                                        build_bus(settings, listen=False), watch=show,
                                         stale_seconds=settings.training_stale_seconds)
             await retraining.run_job(ctx, job.id)
             while True:  # finished here, or follow the worker that runs it

@@ -145,3 +145,17 @@ class StageConflictError(ArbiterError):
     """Another stage change of the same task committed first; read the stages and retry."""
 
     code = "STAGE_CONFLICT"
+class SubscriberTooSlowError(ArbiterError):
+    """A subscriber fell a whole buffer behind; its subscription ends instead of growing."""
+
+    code = "SUBSCRIBER_TOO_SLOW"
+
+    def __init__(self, dropped: int, buffer: int) -> None:
+        super().__init__(
+            f"this subscription fell {buffer} events behind and {dropped} events were dropped; "
+            "subscribe again and read what you missed with the matching query")
+        self.dropped = dropped
+        self.buffer = buffer
+
+    def extensions(self) -> dict[str, Any]:
+        return {"dropped": self.dropped, "buffer": self.buffer}

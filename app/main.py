@@ -13,13 +13,15 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.types.unset import UNSET, UnsetType
 from threadpoolctl import threadpool_limits
 
 from app.authn import ApiKeyAuth
 from app.db.engine import make_engine, make_sessionmaker
+from app.events import build_bus
 from app.keys import KeyVerifier
 from app.ml.task import load_tasks
 from app.predictions import Services
@@ -27,6 +29,7 @@ from app.registry import Registry
 from app.settings import Settings
 from graphql_schema.context import Context
 from graphql_schema.schema import build_schema
+from graphql_schema.websocket import KeepAliveHandler, Verify, authenticate, websocket_options
 from workers.runtime import JobRuntime
 
 log = logging.getLogger("arbiter")
@@ -35,10 +38,16 @@ log = logging.getLogger("arbiter")
 class ArbiterGraphQL(GraphQL[Context, None]):
     """Strawberry's ASGI app with our context (services + the authenticated caller)."""
 
-    def __init__(self, services: Services) -> None:
-        # Subscriptions arrive with their own connection-time authentication.
-        super().__init__(build_schema(), subscription_protocols=())
+    graphql_transport_ws_handler_class = KeepAliveHandler
+
+    def __init__(self, services: Services, verify: Verify) -> None:
+        super().__init__(build_schema(), **websocket_options(services.settings))
         self.services = services
+        self.verify = verify
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        await authenticate(context, self.verify)  # subscriptions authenticate at connect
+        return UNSET
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         principal = request.scope.get("state", {}).get("principal")
@@ -60,7 +69,7 @@ def build_services(settings: Settings) -> tuple[Services, Any]:
         settings.artifacts_dir,
         settings.release_refresh_seconds,
     )
-    return Services(settings, sessions, registry), engine
+    return Services(settings, sessions, registry, events=build_bus(settings)), engine
 
 
 def build_app(settings: Settings) -> Starlette:
@@ -87,12 +96,14 @@ def build_app(settings: Settings) -> Starlette:
 
     # Embedded (no Redis): this process also consumes the jobs. With Redis, `arbiter worker`
     # processes do, and this one only relays its outbox.
-    jobs = JobRuntime(settings, services.sessions, consume=settings.redis_url is None)
+    jobs = JobRuntime(settings, services.sessions, consume=settings.redis_url is None,
+                      events=services.events)
     services.wake_relay = jobs.relay.wake
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         loading = asyncio.create_task(services.registry.load_all())
+        await services.events.start()
         await jobs.start()
         try:
             yield
@@ -100,12 +111,14 @@ def build_app(settings: Settings) -> Starlette:
             loading.cancel()
             await jobs.stop()
             await services.shadows.drain()  # finish shadow scoring before the engine goes
+            await services.events.stop()
             await engine.dispose()
 
-    graphql = ApiKeyAuth(ArbiterGraphQL(services), verifier.verify)
+    graphql = ApiKeyAuth(ArbiterGraphQL(services, verifier.verify), verifier.verify)
     app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
         ],

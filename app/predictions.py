@@ -31,6 +31,7 @@ from app.errors import (
     IdempotencyConflictError,
     NotFoundError,
 )
+from app.events import EventBus, LocalBus, publish_stored
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.ensemble import Ensemble, Explained, RowResult
 from app.ml.routing import Route, decide_route
@@ -57,15 +58,15 @@ class Services:
     sessions: async_sessionmaker[AsyncSession]
     registry: Registry
     wake_relay: Callable[[], None] = lambda: None  # called after committing outbox rows
+    events: EventBus = field(default_factory=LocalBus)  # notices for subscriptions
     shadows: ShadowScorer = field(init=False)
 
     def __post_init__(self) -> None:
         self.shadows = ShadowScorer(self.sessions)
 
     async def announce(self, changes: Sequence[StageChange]) -> None:
-        """Tell the world about committed stage changes (``releaseEvents`` publishes the
-        notices from here)."""
-        await stages.announce(self.sessions, changes)
+        """Publish committed stage changes on ``releaseEvents`` (and log them)."""
+        await stages.publish(self.events, self.sessions, changes)
 
 
 def input_hash(raw: dict[str, Any]) -> str:
@@ -334,11 +335,13 @@ async def _store(
     services: Services, policies: dict[int, ReviewPolicy], records: list[Prediction]
 ) -> None:
     """Predictions and the review items of the routed ones, in one transaction."""
+    opened = [open_review_item(policies[p.release_id], p)
+              for p in records if p.route == Route.REVIEW]
     async with services.sessions() as session, session.begin():
         session.add_all(records)
         await session.flush()
-        session.add_all([open_review_item(policies[p.release_id], p)
-                         for p in records if p.route == Route.REVIEW])
+        session.add_all(opened)
+    await publish_stored(services.events, records, opened)  # only once committed
 
 
 async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,9 +27,17 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import stages
 from app.db.pagination import Page, check_page_size, paginate
-from app.db.tables import Release, StageChange, TrainingJob, TrainingLabel, TrainingSnapshot
+from app.db.tables import Release, TrainingJob, TrainingLabel, TrainingSnapshot
 from app.db.types import utcnow
 from app.errors import ArbiterError, NotFoundError
+from app.events import (
+    Event,
+    EventBus,
+    LocalBus,
+    ReleaseEventKind,
+    release_event,
+    releases_topic,
+)
 from app.ml import gate
 from app.ml.task import TaskSpec
 from app.outbox import enqueue
@@ -120,6 +128,19 @@ async def list_jobs(
     return await paginate(session, TrainingJob, [TrainingJob.task == task], first, after)
 
 
+def job_event(job: TrainingJob) -> Event:
+    """A job's progress as a ``releaseEvents`` payload; TRAINING_FINISHED once it ended."""
+    finished = job.status not in JobStatus.ACTIVE
+    kind = ReleaseEventKind.TRAINING_FINISHED if finished else ReleaseEventKind.TRAINING_PROGRESS
+    return release_event(kind, job.task, job_id=job.id, status=job.status,
+                         progress=min(max(job.progress, 0.0), 1.0),
+                         message=job.error or job.message, actor=job.requested_by)
+
+
+async def publish_job(bus: EventBus, job: TrainingJob) -> None:
+    await bus.publish(releases_topic(job.task), job_event(job))
+
+
 async def _claim(
     sessions: async_sessionmaker[AsyncSession], job_id: str, stale_seconds: float
 ) -> bool:
@@ -172,11 +193,9 @@ async def _fail(sessions: async_sessionmaker[AsyncSession], job_id: str, error: 
 
 # Called with the job each time its progress or status is written (after commit).
 Announce = Callable[[TrainingJob], Awaitable[None]]
-# Called with stage changes after they committed.
-AnnounceStages = Callable[[Sequence[StageChange]], Awaitable[None]]
 
 
-async def _silent(_: Any) -> None:
+async def _silent(_: TrainingJob) -> None:
     return None
 
 
@@ -185,16 +204,21 @@ GATE_ACTOR = "system:gate"
 
 @dataclass
 class JobContext:
-    """What running a job needs: sessions, the tasks, where artifacts live, and whom to
-    tell about progress and stage changes (``releaseEvents`` in servers and workers)."""
+    """What running a job needs: sessions, the tasks, where artifacts live, the bus its
+    progress, gate decision and stage changes are published on (``releaseEvents``), and an
+    optional watcher of its progress (the CLI's progress bar)."""
 
     sessions: async_sessionmaker[AsyncSession]
     tasks: dict[str, TaskSpec]
     artifacts_dir: Path
-    announce: Announce = _silent
-    announce_stages: AnnounceStages = _silent
+    events: EventBus = field(default_factory=LocalBus)
+    watch: Announce = _silent
     # a RUNNING job without a heartbeat for this long lost its worker: it may be taken over
     stale_seconds: float = 60.0
+
+    async def announce(self, job: TrainingJob) -> None:
+        await self.watch(job)
+        await publish_job(self.events, job)
 
 
 class _ProgressPump:
@@ -310,7 +334,11 @@ async def run_job(ctx: JobContext, job_id: str) -> Release | None:
     async with ctx.sessions() as session:
         await ctx.announce(await get_job(session, job_id))
         changes = await stages.stage_history(session, release.id or 0)
-    await ctx.announce_stages(changes)
+    await ctx.events.publish(releases_topic(task.name), release_event(
+        ReleaseEventKind.GATE_DECISION, task.name, version=release.version, job_id=job_id,
+        status=decision["decision"], reason="; ".join(decision["reasons"]),
+        actor=GATE_ACTOR))
+    await stages.publish(ctx.events, ctx.sessions, changes)
     return release
 
 

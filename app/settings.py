@@ -41,6 +41,15 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(default=10_000, ge=1, description="Largest predictBatch.")
     page_size_max: int = Field(default=500, ge=1, description="Largest page of a connection.")
+    subscription_buffer: int = Field(
+        default=256, ge=1, description="Events a subscriber may fall behind before it is cut off."
+    )
+    ws_max_subscriptions: int = Field(
+        default=20, ge=1, description="Subscriptions one websocket connection may hold."
+    )
+    ws_keepalive_seconds: float = Field(
+        default=15.0, gt=0, description="Interval of the server's pings on a websocket."
+    )
 
     @property
     def resolved_database_url(self) -> str:

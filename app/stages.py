@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from sqlalchemy import update
@@ -21,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import Release, StageChange
 from app.errors import NoLiveReleaseError, StageChangeError, StageConflictError
+from app.events import EventBus, ReleaseEventKind, release_event, releases_topic
 from app.releases import Stage, live_release
 
 # Every SHADOW scores every LIVE-answered input off the response path: each costs inference.
@@ -272,3 +273,14 @@ async def announce(
         log.info("release %s of %s: %s -> %s (%g %%) by %s: %s", n.version, n.task,
                  n.from_stage, n.to_stage, n.traffic_percent, n.actor, n.reason)
     return notices
+
+
+async def publish(
+    bus: EventBus, sessions: async_sessionmaker[AsyncSession], changes: Sequence[StageChange]
+) -> None:
+    """Announce committed changes and publish them on their tasks' ``releaseEvents``."""
+    notices = await announce(sessions, changes)
+    await bus.publish_many([
+        (releases_topic(n.task), release_event(ReleaseEventKind.STAGE_CHANGED, **asdict(n)))
+        for n in notices
+    ])

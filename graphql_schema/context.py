@@ -20,6 +20,7 @@ class Context:
     principal: Principal | None
     request: Any = None
     response: Any = None
+    connection_params: dict[str, Any] | None = None  # a websocket's connection_init payload
 
     def caller(self) -> Principal:
         if self.principal is None:

@@ -14,11 +14,12 @@ from strawberry.scalars import JSON
 from app.db.pagination import check_page_size
 from app.db.tables import Prediction as PredictionRow
 from app.db.tables import ReviewItem as ReviewItemRow
+from app.events import ReviewChange
 from app.roles import Role
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.types import PageInfo, Prediction, relay_page_info
-from review import queue
+from review import notices, queue
 from review.history import agreement_report
 
 GUARDED: list[type[BasePermission]] = [Allowed]
@@ -142,6 +143,8 @@ class ReviewMutation:
         if lease is None:
             return None
         ctx.services.wake_relay()
+        await notices.announce(ctx.services.events, ctx.services.sessions, lease.item,
+                               ReviewChange.CLAIMED)
         return ReviewLease(lease_token=lease.token, expires_at=lease.expires_at,
                            item=ReviewItem.from_row(lease.item))
 
@@ -154,10 +157,14 @@ class ReviewMutation:
         registry = ctx.services.registry
         item = await queue.submit(ctx.services.sessions, lease_token, ctx.caller(), label,
                                   comment, lambda task: registry.task(task).classes)
+        await notices.announce(ctx.services.events, ctx.services.sessions, item,
+                               ReviewChange.REVIEWED)
         return ReviewItem.from_row(item)
 
     @strawberry.mutation(permission_classes=GUARDED,
                          description="Give the leased item back to the queue unreviewed.")
     async def release_review(self, info: Info, lease_token: str) -> ReviewItem:
-        return ReviewItem.from_row(await queue.release(info.context.services.sessions,
-                                                       lease_token))
+        services = info.context.services
+        item = await queue.release(services.sessions, lease_token)
+        await notices.announce(services.events, services.sessions, item, ReviewChange.RELEASED)
+        return ReviewItem.from_row(item)

@@ -14,6 +14,7 @@ from graphql_schema.errors import DomainErrors
 from graphql_schema.permissions import Allowed
 from graphql_schema.releases import ReleaseMutation, ReleaseQuery
 from graphql_schema.review import ReviewMutation, ReviewQuery
+from graphql_schema.subscriptions import Subscription
 from graphql_schema.training import TrainingMutation, TrainingQuery
 from graphql_schema.types import (
     Me,
@@ -173,6 +174,7 @@ def build_schema() -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         # Factories: a fresh extension per request; the parse/validation LRU caches are module
         # level in Strawberry, so they are shared across requests all the same.
         extensions=[

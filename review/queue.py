@@ -249,11 +249,11 @@ async def expire_lease(sessions: async_sessionmaker[AsyncSession], item_id: str,
     return bool(result.rowcount == 1)
 
 
-async def expire_leases(sessions: async_sessionmaker[AsyncSession]) -> int:
-    """Return every lapsed lease's item to the queue (the periodic safety net)."""
+async def expire_leases(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
+    """Return every lapsed lease's item to the queue (the periodic safety net); their ids."""
     async with sessions() as session, session.begin():
-        result = await session.exec(_expire())
-    return int(result.rowcount)
+        result = await session.exec(_expire().returning(col(ReviewItem.id)))
+        return list(result.scalars().all())
 
 
 def _expire() -> Any:

@@ -147,6 +147,7 @@ class LiveServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         app = build_app(settings)
+        self.services = app.state.services
         if review:  # override review-policy fields of every task, e.g. lease_seconds
             tasks = app.state.services.registry.tasks
             for name, task in tasks.items():

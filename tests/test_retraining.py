@@ -85,7 +85,7 @@ def test_a_job_runs_once_and_records_its_lineage(settings: Settings) -> None:
         async def watch(j: TrainingJob) -> None:
             seen.append(j.progress)
         ctx = w.context()
-        ctx.announce = watch
+        ctx.watch = watch
         release = await retraining.run_job(ctx, job.id)
         assert release is not None and release.version == 2
         assert await retraining.run_job(w.context(), job.id) is None  # a duplicate message

@@ -10,29 +10,32 @@ import dramatiq
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import retraining
+from app import retraining, stages
 from app.canary import check_canary
-from review import queue
+from app.events import EventBus
+from review import notices, queue
 
 log = logging.getLogger("arbiter.workers")
 
 Sessions = Callable[[], async_sessionmaker[AsyncSession]]
 
 
-def _expire_lease(sessions: Sessions) -> Callable[..., Awaitable[None]]:
+def _expire_lease(sessions: Sessions, events: EventBus) -> Callable[..., Awaitable[None]]:
     async def expire_lease(item_id: str, lease_version: int, **_: Any) -> None:
         """Return the item to the queue if this very lease is still unsettled."""
         if await queue.expire_lease(sessions(), item_id, lease_version):
             log.info("lease %s of item %s expired", lease_version, item_id)
+            await notices.announce_expired(events, sessions(), [item_id])
     return expire_lease
 
 
-def _expire_leases(sessions: Sessions) -> Callable[..., Awaitable[None]]:
+def _expire_leases(sessions: Sessions, events: EventBus) -> Callable[..., Awaitable[None]]:
     async def expire_leases(**_: Any) -> None:
         """Sweep every lapsed lease back to the queue (safety net for lost messages)."""
-        count = await queue.expire_leases(sessions())
-        if count:
-            log.info("returned %d lapsed leases to the queue", count)
+        expired = await queue.expire_leases(sessions())
+        if expired:
+            log.info("returned %d lapsed leases to the queue", len(expired))
+            await notices.announce_expired(events, sessions(), expired)
     return expire_leases
 
 
@@ -61,13 +64,13 @@ def _check_canaries(make_context: MakeContext) -> Callable[..., Awaitable[None]]
         for task in ctx.tasks.values():
             async with ctx.sessions() as session, session.begin():
                 changes = await check_canary(session, task)
-            await ctx.announce_stages(changes)
+            await stages.publish(ctx.events, ctx.sessions, changes)
     return check
 
 
 MakeContext = Callable[[], retraining.JobContext]
 
-ACTORS: dict[str, Callable[[Sessions], Callable[..., Awaitable[None]]]] = {
+ACTORS: dict[str, Callable[[Sessions, EventBus], Callable[..., Awaitable[None]]]] = {
     "review.expire_lease": _expire_lease,
     "review.expire_leases": _expire_leases,
 }
@@ -79,16 +82,17 @@ TRAINING_ACTORS: dict[str, Callable[[MakeContext], Callable[..., Awaitable[None]
 TRAINING_TIME_LIMIT_MS = 3_600_000  # Dramatiq's default (10 min) is too short to train
 
 
-def register(broker: dramatiq.Broker, sessions: Sessions,
+def register(broker: dramatiq.Broker, sessions: Sessions, events: EventBus,
              make_context: MakeContext) -> dict[str, dramatiq.Actor[Any, Any]]:
     """Declare every actor on ``broker``; ``sessions`` gives the calling loop's sessions,
-    ``make_context`` what a training job needs, on the calling loop."""
+    ``events`` is where actors publish what they changed, ``make_context`` what a training
+    job needs, on the calling loop."""
     def declare(name: str, fn: Callable[..., Awaitable[None]],
                 **options: Any) -> dramatiq.Actor[Any, Any]:
         return dramatiq.actor(actor_name=name, broker=broker, queue_name="arbiter",
                               max_retries=5, **options)(fn)
 
-    actors = {name: declare(name, make(sessions)) for name, make in ACTORS.items()}
+    actors = {name: declare(name, make(sessions, events)) for name, make in ACTORS.items()}
     actors.update({name: declare(name, make(make_context), time_limit=TRAINING_TIME_LIMIT_MS)
                    for name, make in TRAINING_ACTORS.items()})
     return actors

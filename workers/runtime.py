@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
 
 import anyio
 import dramatiq
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import stages
 from app.db.engine import SessionsPerLoop
-from app.db.tables import StageChange
+from app.events import EventBus, build_bus
 from app.ml.task import load_tasks
 from app.retraining import JobContext
 from app.settings import Settings
@@ -30,22 +28,19 @@ class JobRuntime:
     """Start with ``start()`` inside the process's event loop; ``stop()`` at shutdown."""
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession],
-                 consume: bool) -> None:
+                 consume: bool, events: EventBus | None = None) -> None:
         self.broker = build_broker(settings.redis_url, settings.redis_namespace)
         self._worker_sessions = SessionsPerLoop(settings.resolved_database_url)
+        # A worker process only publishes; a server passes the bus its subscribers use.
+        self._owns_events = events is None
+        self.events = bus = events if events is not None else build_bus(settings, listen=False)
         tasks = load_tasks(settings.tasks_dir)
 
         def job_context() -> JobContext:
-            sessions = self._worker_sessions()
-
-            async def announce_stages(changes: Sequence[StageChange]) -> None:
-                await stages.announce(sessions, changes)
-
-            return JobContext(sessions, tasks, settings.artifacts_dir,
-                              announce_stages=announce_stages,
+            return JobContext(self._worker_sessions(), tasks, settings.artifacts_dir, bus,
                               stale_seconds=settings.training_stale_seconds)
 
-        self.actors = register(self.broker, self._worker_sessions, job_context)
+        self.actors = register(self.broker, self._worker_sessions, self.events, job_context)
         self.relay = OutboxRelay(sessions, self.actors, sweep_seconds=settings.lease_sweep_seconds)
         self.worker = (dramatiq.Worker(self.broker, worker_threads=WORKER_THREADS)
                        if consume else None)
@@ -65,3 +60,5 @@ class JobRuntime:
             worker = self.worker
             await anyio.to_thread.run_sync(lambda: worker.stop(timeout=WORKER_STOP_MS))
         self.broker.close()
+        if self._owns_events:
+            await self.events.stop()

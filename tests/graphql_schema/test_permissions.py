@@ -9,7 +9,8 @@ from graphql_schema.schema import build_schema
 
 def _operations() -> set[str]:
     schema = build_schema()._schema
-    return {name for root in (schema.query_type, schema.mutation_type) if root
+    roots = (schema.query_type, schema.mutation_type, schema.subscription_type)
+    return {name for root in roots if root
             for name in root.fields}
 
 

@@ -129,7 +129,7 @@ def test_expired_lease_is_refused_and_returns_the_item(
         with pytest.raises(LeaseExpiredError):
             await queue.submit(services.sessions, lease.token, alice, "late", "",
                                lambda _: example_tasks[TASK].classes)
-        assert await queue.expire_leases(services.sessions) == 1
+        assert len(await queue.expire_leases(services.sessions)) == 1
         item = next(i for i in await items(services) if i.id == lease.item.id)
         assert item.status == "PENDING" and item.lease_token_hash is None
         again = await queue.claim(services.sessions, TASK, bob, 60, item_id=lease.item.id)

@@ -1,0 +1,386 @@
+"""The event bus: live notices of stored predictions, review-queue changes and release
+changes, for subscriptions.
+
+Events are notices, not records: the database stays the source of truth, delivery is at
+most once, and nothing a caller relies on fails because an event was lost. Every event is
+a JSON-ready ``dict`` published on a topic (``predictions.<task>``, ``review.<task>``,
+``releases.<task>``; build them with the ``*_topic`` helpers).
+
+Two buses share one API:
+
+- ``LocalBus`` (embedded): events reach the subscribers of this process. ``publish`` is for
+  coroutines, ``publish_sync`` for plain threads such as Dramatiq's worker threads; both
+  hand the event to the loop the subscribers live on, thread-safely.
+- ``RedisBus`` (``ARBITER_REDIS_URL`` set): events go to Redis channels
+  ``<namespace>:events:<topic>``; each server process holds one pattern subscription and
+  fans what arrives out to its own subscribers, reconnecting by itself when Redis restarts.
+
+Each subscriber has a bounded buffer: a subscriber that falls ``buffer`` events behind gets
+``SubscriberTooSlowError`` after the events it already has, and the bus never blocks on it.
+
+Publishing, after the change committed (``Services.events`` in a server; the ``events``
+argument of ``workers.actors.register`` in actors)::
+
+    await events.publish(releases_topic(task), release_event(
+        ReleaseEventKind.STAGE_CHANGED, task, version=3, from_stage="CANARY",
+        to_stage="LIVE", traffic_percent=100.0, actor=caller.actor, reason="gate passed"))
+    events.publish_sync(releases_topic(task), release_event(       # from a plain thread
+        "TRAINING_PROGRESS", task, job_id=job_id, status="RUNNING", progress=0.4))
+
+``publish`` works on any event loop (off the server's loop, Redis is reached through a
+thread); ``publish_sync`` blocks for one Redis round trip at most. Neither raises when
+Redis is down. The keys of a release event are ``RELEASE_EVENT_KEYS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import redis
+import redis.asyncio as aredis
+
+from app.db.tables import Prediction, ReviewItem
+from app.errors import SubscriberTooSlowError
+from app.settings import Settings
+
+log = logging.getLogger("arbiter.events")
+
+Event = dict[str, Any]
+
+RECONNECT_MIN_SECONDS = 0.1
+RECONNECT_MAX_SECONDS = 2.0
+# After a failed publish, publishers skip Redis this long instead of waiting on every call.
+PUBLISH_BACKOFF_SECONDS = 1.0
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
+def predictions_topic(task: str) -> str:
+    return f"predictions.{task}"
+
+
+def review_topic(task: str) -> str:
+    return f"review.{task}"
+
+
+def releases_topic(task: str) -> str:
+    return f"releases.{task}"
+
+
+class ReleaseEventKind(StrEnum):
+    STAGE_CHANGED = "STAGE_CHANGED"
+    TRAINING_PROGRESS = "TRAINING_PROGRESS"
+    TRAINING_FINISHED = "TRAINING_FINISHED"
+    GATE_DECISION = "GATE_DECISION"
+
+
+class ReviewChange(StrEnum):
+    OPENED = "OPENED"
+    CLAIMED = "CLAIMED"
+    RELEASED = "RELEASED"
+    REVIEWED = "REVIEWED"
+    EXPIRED = "EXPIRED"
+
+
+# The keys of a release event (all but kind and task may be None); ReleaseEvent in GraphQL.
+RELEASE_EVENT_KEYS = ("kind", "task", "version", "fromStage", "toStage", "trafficPercent",
+                      "actor", "reason", "at", "jobId", "status", "progress", "message")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def release_event(kind: ReleaseEventKind | str, task: str, *, version: int | None = None,
+                  from_stage: str | None = None, to_stage: str | None = None,
+                  traffic_percent: float | None = None, actor: str | None = None,
+                  reason: str | None = None, job_id: str | None = None,
+                  status: str | None = None, progress: float | None = None,
+                  message: str | None = None, at: datetime | None = None) -> Event:
+    """A release event (publish it on ``releases_topic(task)``); ``progress`` is 0..1."""
+    kind = ReleaseEventKind(kind)
+    if progress is not None and not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress must be within 0..1, got {progress}")
+    return {"kind": kind.value, "task": task, "version": version, "fromStage": from_stage,
+            "toStage": to_stage, "trafficPercent": traffic_percent, "actor": actor,
+            "reason": reason, "at": (at.isoformat() if at else _now()), "jobId": job_id,
+            "status": status, "progress": progress, "message": message}
+
+
+def prediction_event(row: Prediction) -> Event:
+    """The stored prediction itself, as JSON (subscribers need no database read)."""
+    return row.model_dump(mode="json")
+
+
+def review_event(item: ReviewItem, change: ReviewChange, waiting: int | None = None) -> Event:
+    """A review item's new state after ``change``; ``waiting`` = items open in its task."""
+    return {"itemId": item.id, "predictionId": item.prediction_id, "task": item.task,
+            "change": ReviewChange(change).value, "status": item.status,
+            "priority": item.priority, "reviewsDone": item.reviews_done,
+            "requiredReviews": item.required_reviews, "finalLabel": item.final_label,
+            "waiting": waiting, "at": _now()}
+
+
+class Subscription:
+    """One subscriber's bounded buffer of events from some topics; iterate it, close it."""
+
+    def __init__(self, bus: _Fanout, topics: frozenset[str], buffer: int) -> None:
+        self.topics = topics
+        self.buffer = buffer
+        self.dropped = 0
+        self._bus = bus
+        self._events: collections.deque[Event] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def offer(self, event: Event) -> None:
+        """Called on the subscribers' loop; never blocks. A full buffer marks the gap."""
+        if self.dropped or len(self._events) >= self.buffer:
+            self.dropped += 1
+        else:
+            self._events.append(event)
+        self._ready.set()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._events:
+            if self.dropped:
+                self.close()
+                raise SubscriberTooSlowError(self.dropped, self.buffer)
+            self._ready.clear()
+            await self._ready.wait()
+        return self._events.popleft()
+
+    def close(self) -> None:
+        self._bus.remove(self)
+
+
+class _Fanout:
+    """The subscribers of one process by topic; touched only on their event loop."""
+
+    def __init__(self, buffer: int) -> None:
+        self.buffer = buffer
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._by_topic: dict[str, set[Subscription]] = collections.defaultdict(set)
+
+    def add(self, topics: Iterable[str], buffer: int | None) -> Subscription:
+        self.loop = asyncio.get_running_loop()
+        sub = Subscription(self, frozenset(topics), buffer or self.buffer)
+        for topic in sub.topics:
+            self._by_topic[topic].add(sub)
+        return sub
+
+    def remove(self, sub: Subscription) -> None:
+        for topic in sub.topics:
+            subs = self._by_topic.get(topic)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._by_topic[topic]
+
+    def deliver(self, topic: str, event: Event) -> None:
+        for sub in list(self._by_topic.get(topic, ())):
+            sub.offer(event)
+
+    def count(self) -> int:
+        return len({s for subs in self._by_topic.values() for s in subs})
+
+    def on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+
+class EventBus(Protocol):
+    """What publishers and subscribers use; ``LocalBus`` and ``RedisBus`` provide it."""
+
+    async def publish(self, topic: str, event: Event) -> None: ...
+    async def publish_many(self, messages: Sequence[tuple[str, Event]]) -> None: ...
+    def publish_sync(self, topic: str, event: Event) -> None: ...
+    def subscribe(self, topics: Iterable[str], buffer: int | None = None) -> Subscription: ...
+    def subscribers(self) -> int: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+class _Subscribers:
+    """The subscribing half both buses share: this process's subscribers."""
+
+    def __init__(self, buffer: int) -> None:
+        self._fanout = _Fanout(buffer)
+
+    def subscribe(self, topics: Iterable[str], buffer: int | None = None) -> Subscription:
+        """A bounded subscription (``buffer`` events, default the bus's) to ``topics``."""
+        return self._fanout.add(topics, buffer)
+
+    def subscribers(self) -> int:
+        return self._fanout.count()
+
+
+class LocalBus(_Subscribers):
+    """In-process delivery (embedded mode)."""
+
+    def __init__(self, buffer: int = 256) -> None:
+        super().__init__(buffer)
+
+    async def publish(self, topic: str, event: Event) -> None:
+        self.publish_sync(topic, event)
+
+    async def publish_many(self, messages: Sequence[tuple[str, Event]]) -> None:
+        for topic, event in messages:
+            self.publish_sync(topic, event)
+
+    def publish_sync(self, topic: str, event: Event) -> None:
+        """Safe from any thread or loop: delivery happens on the subscribers' loop."""
+        fanout = self._fanout
+        if fanout.loop is None:
+            return  # nobody has ever subscribed
+        if fanout.on_loop():
+            fanout.deliver(topic, event)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed: the process is stopping
+            fanout.loop.call_soon_threadsafe(fanout.deliver, topic, event)
+
+    async def start(self) -> None:
+        self._fanout.loop = asyncio.get_running_loop()
+
+    async def stop(self) -> None:
+        return None
+
+
+class RedisBus(_Subscribers):
+    """Redis pub/sub delivery (scaled out). ``listen=False`` for processes that only publish
+    (workers); servers listen with one connection whatever the number of subscribers."""
+
+    def __init__(self, url: str, namespace: str, buffer: int = 256, listen: bool = True) -> None:
+        super().__init__(buffer)
+        self.prefix = f"{namespace}:events:"
+        self._url = url
+        self._listen = listen
+        self._sync = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                          socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        self._async: aredis.Redis | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        self.connected = asyncio.Event()  # set while the listener holds its subscription
+
+    def _client(self) -> aredis.Redis:
+        if self._async is None:
+            self._async = aredis.Redis.from_url(
+                self._url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+        return self._async
+
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._down_until
+
+    def _failed(self, exc: Exception) -> None:
+        with self._lock:
+            if not self._skipping():
+                log.warning("cannot publish events to Redis (%s); dropping events for %.0f s",
+                            exc, PUBLISH_BACKOFF_SECONDS)
+            self._down_until = time.monotonic() + PUBLISH_BACKOFF_SECONDS
+
+    async def publish(self, topic: str, event: Event) -> None:
+        await self.publish_many([(topic, event)])
+
+    async def publish_many(self, messages: Sequence[tuple[str, Event]]) -> None:
+        if not messages or self._skipping():
+            return
+        if not self._fanout.on_loop():
+            # Another loop (an actor's) or none started: the async client belongs to the
+            # loop that started the bus, so use the blocking client off this loop.
+            await asyncio.to_thread(self._publish_blocking, messages)
+            return
+        try:
+            async with self._client().pipeline(transaction=False) as pipe:
+                for topic, event in messages:
+                    pipe.publish(self.prefix + topic, json.dumps(event))
+                await pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc)
+
+    def publish_sync(self, topic: str, event: Event) -> None:
+        """Blocking (one round trip to Redis); safe from any thread."""
+        if not self._skipping():
+            self._publish_blocking([(topic, event)])
+
+    def _publish_blocking(self, messages: Sequence[tuple[str, Event]]) -> None:
+        try:
+            pipe = self._sync.pipeline(transaction=False)
+            for topic, event in messages:
+                pipe.publish(self.prefix + topic, json.dumps(event))
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed(exc)
+
+    async def start(self) -> None:
+        self._fanout.loop = asyncio.get_running_loop()
+        if self._listen:
+            self._listener = asyncio.create_task(self._run_listener())
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._async is not None:
+            await self._async.aclose()
+        self._sync.close()
+
+    async def _run_listener(self) -> None:
+        """Subscribe, fan out, and on any connection failure wait and subscribe again."""
+        delay = RECONNECT_MIN_SECONDS
+        while True:
+            try:
+                await self._listen_once()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("event subscription to Redis lost (%s); retrying in %.1f s",
+                            exc, delay)
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _listen_once(self) -> None:
+        # A connection of its own, without a read timeout: a quiet channel is not a failure.
+        client = aredis.Redis.from_url(self._url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+                                       health_check_interval=10)
+        try:
+            async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.psubscribe(self.prefix + "*")
+                self.connected.set()
+                log.info("listening for events on %s*", self.prefix)
+                async for message in pubsub.listen():
+                    if message["type"] == "pmessage":
+                        topic = message["channel"].decode()[len(self.prefix):]
+                        self._fanout.deliver(topic, json.loads(message["data"]))
+        finally:
+            await client.aclose()
+
+
+def build_bus(settings: Settings, listen: bool = True) -> EventBus:
+    """Redis when ``ARBITER_REDIS_URL`` is set, else in-process."""
+    if settings.redis_url:
+        return RedisBus(settings.redis_url, settings.redis_namespace,
+                        settings.subscription_buffer, listen=listen)
+    return LocalBus(settings.subscription_buffer)
+
+
+async def publish_stored(bus: EventBus, predictions: Sequence[Prediction],
+                         opened: Sequence[ReviewItem]) -> None:
+    """After the commit of ``_store``: one event per prediction and per opened review item."""
+    messages = [(predictions_topic(p.task), prediction_event(p)) for p in predictions]
+    messages += [(review_topic(i.task), review_event(i, ReviewChange.OPENED)) for i in opened]
+    await bus.publish_many(messages)

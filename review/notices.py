@@ -1,0 +1,40 @@
+"""Review-queue events, published once a change of the queue has committed (app.events)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.db.tables import ReviewItem
+from app.events import EventBus, ReviewChange, review_event, review_topic
+from review.queue import ItemStatus
+
+
+async def waiting_items(session: AsyncSession, task: str) -> int:
+    """Items of ``task`` waiting for a reviewer (pending or escalated)."""
+    query = select(func.count()).select_from(ReviewItem).where(
+        ReviewItem.task == task,
+        col(ReviewItem.status).in_([ItemStatus.PENDING, ItemStatus.ESCALATED]))
+    return int((await session.exec(query)).one())
+
+
+async def announce(bus: EventBus, sessions: async_sessionmaker[AsyncSession],
+                   item: ReviewItem, change: ReviewChange) -> None:
+    """Publish ``item``'s committed ``change`` with the task's waiting count."""
+    async with sessions() as session:
+        waiting = await waiting_items(session, item.task)
+    await bus.publish(review_topic(item.task), review_event(item, change, waiting))
+
+
+async def announce_expired(bus: EventBus, sessions: async_sessionmaker[AsyncSession],
+                           item_ids: Sequence[str]) -> None:
+    """Publish the items whose lapsed leases were returned to the queue."""
+    for item_id in item_ids:
+        async with sessions() as session:
+            item = await session.get(ReviewItem, item_id)
+        if item is not None:
+            await announce(bus, sessions, item, ReviewChange.EXPIRED)

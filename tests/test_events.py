@@ -1,0 +1,179 @@
+"""The event bus: in-process and over real Redis, from coroutines and from plain threads;
+bounded buffers that cut off a slow subscriber without slowing anyone else; a Redis
+restart that subscribers ride through without subscribing again."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from app.errors import SubscriberTooSlowError
+from app.events import (
+    EventBus,
+    LocalBus,
+    RedisBus,
+    ReleaseEventKind,
+    Subscription,
+    release_event,
+    releases_topic,
+)
+from tests.redis_server import RedisServer
+from tests.workers.test_redis_worker import REDIS_URL, require_redis
+
+WAIT_SECONDS = 30
+
+
+async def take(sub: Subscription, n: int) -> list[dict[str, object]]:
+    return [await asyncio.wait_for(anext(sub), WAIT_SECONDS) for _ in range(n)]
+
+
+def test_release_event_has_every_documented_key_and_checks_its_values() -> None:
+    event = release_event(ReleaseEventKind.TRAINING_PROGRESS, "loan_default", version=3,
+                          job_id="j1", progress=0.5, message="fitting members")
+    assert event["kind"] == "TRAINING_PROGRESS" and event["progress"] == 0.5
+    assert set(event) == {"kind", "task", "version", "fromStage", "toStage", "trafficPercent",
+                          "actor", "reason", "at", "jobId", "status", "progress", "message"}
+    with pytest.raises(ValueError, match="not a valid ReleaseEventKind"):
+        release_event("PROMOTED", "loan_default")
+    with pytest.raises(ValueError, match=r"progress must be within 0\.\.1"):
+        release_event("TRAINING_PROGRESS", "loan_default", progress=1.5)
+
+
+def test_local_bus_delivers_from_the_loop_and_from_threads_in_order() -> None:
+    async def scenario() -> None:
+        bus = LocalBus()
+        await bus.start()
+        sub = bus.subscribe([releases_topic("a")])
+        other = bus.subscribe([releases_topic("b")])
+        await bus.publish(releases_topic("a"), {"n": 0})
+        # A Dramatiq worker thread publishes without a loop of its own.
+        thread = threading.Thread(target=lambda: [
+            bus.publish_sync(releases_topic("a"), {"n": n}) for n in range(1, 4)])
+        thread.start()
+        thread.join()
+        assert [e["n"] for e in await take(sub, 4)] == [0, 1, 2, 3]
+        await bus.publish(releases_topic("b"), {"n": "b"})
+        assert await take(other, 1) == [{"n": "b"}]
+        sub.close()
+        other.close()
+        assert bus.subscribers() == 0
+
+    asyncio.run(scenario())
+
+
+async def _slow_subscriber_is_cut_off_alone(bus: EventBus, topic: str) -> None:
+    slow = bus.subscribe([topic], buffer=3)
+    fast = bus.subscribe([topic])
+    for n in range(10):
+        await bus.publish(topic, {"n": n})
+        assert [e["n"] for e in await take(fast, 1)] == [n]  # never held back by `slow`
+    assert [e["n"] for e in await take(slow, 3)] == [0, 1, 2]  # what it had, in order
+    with pytest.raises(SubscriberTooSlowError) as cut:
+        await take(slow, 1)
+    assert cut.value.dropped == 7 and cut.value.buffer == 3
+    assert bus.subscribers() == 1  # the slow one is gone, its memory with it
+    fast.close()
+
+
+def test_a_slow_subscriber_is_told_and_dropped_while_others_keep_up() -> None:
+    async def scenario() -> None:
+        bus = LocalBus()
+        await bus.start()
+        await _slow_subscriber_is_cut_off_alone(bus, releases_topic("t"))
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def namespace() -> Iterator[str]:
+    require_redis()
+    yield f"arbiter-test-{uuid.uuid4().hex[:8]}"
+
+
+async def _started(url: str, namespace: str, listen: bool = True) -> RedisBus:
+    bus = RedisBus(url, namespace, listen=listen)
+    await bus.start()
+    if listen:
+        await asyncio.wait_for(bus.connected.wait(), WAIT_SECONDS)
+    return bus
+
+
+@pytest.mark.redis
+def test_redis_bus_fans_out_to_every_listening_process(namespace: str) -> None:
+    async def scenario() -> None:
+        servers = [await _started(REDIS_URL, namespace) for _ in range(2)]
+        worker = await _started(REDIS_URL, namespace, listen=False)
+        stranger = await _started(REDIS_URL, f"{namespace}-other")
+        subs = [s.subscribe([releases_topic("t")]) for s in servers]
+        unrelated = stranger.subscribe([releases_topic("t")], buffer=1)
+        # A worker thread publishes; an actor's own loop publishes too.
+        await asyncio.to_thread(worker.publish_sync, releases_topic("t"), {"n": 1})
+        await worker.publish(releases_topic("t"), {"n": 2})
+        await servers[0].publish_many([(releases_topic("t"), {"n": 3}),
+                                       (releases_topic("u"), {"n": "elsewhere"})])
+        for sub in subs:
+            assert [e["n"] for e in await take(sub, 3)] == [1, 2, 3]
+        await stranger.publish(releases_topic("t"), {"n": "own namespace"})
+        assert await take(unrelated, 1) == [{"n": "own namespace"}]
+        for bus in [*servers, worker, stranger]:
+            await bus.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.redis
+def test_redis_bus_cuts_off_a_slow_subscriber_alone(namespace: str) -> None:
+    async def scenario() -> None:
+        bus = await _started(REDIS_URL, namespace)
+        await _slow_subscriber_is_cut_off_alone(bus, releases_topic("t"))
+        await bus.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.redis
+def test_subscribers_ride_through_a_redis_restart(namespace: str) -> None:
+    server = RedisServer().start()
+
+    async def scenario() -> None:
+        bus = await _started(server.url, namespace)
+        sub = bus.subscribe([releases_topic("t")])
+        await bus.publish(releases_topic("t"), {"n": "before"})
+        assert await take(sub, 1) == [{"n": "before"}]
+
+        server.kill()
+        # While Redis is away publishing neither raises nor blocks: events are notices.
+        await bus.publish(releases_topic("t"), {"n": "lost"})
+        bus.publish_sync(releases_topic("t"), {"n": "lost too"})
+        while bus.connected.is_set():  # the listener notices the lost connection
+            await asyncio.sleep(0.05)
+
+        await asyncio.to_thread(server.start)
+        await asyncio.wait_for(bus.connected.wait(), WAIT_SECONDS)  # resubscribed by itself
+        publisher = await _started(server.url, namespace, listen=False)
+        await publisher.publish(releases_topic("t"), {"n": "after"})
+        assert await take(sub, 1) == [{"n": "after"}]  # the same subscription, not a new one
+        await publisher.stop()
+        await bus.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), WAIT_SECONDS * 3))
+    finally:
+        server.kill()
+
+
+def test_redis_publish_refuses_nothing_when_redis_was_never_there() -> None:
+    async def scenario() -> None:
+        bus = RedisBus("redis://127.0.0.1:1/0", "nowhere", listen=False)
+        await bus.publish(releases_topic("t"), {"n": 1})
+        bus.publish_sync(releases_topic("t"), {"n": 2})
+        await bus.stop()
+
+    asyncio.run(scenario())
+    with pytest.raises(redis.ConnectionError):  # the address really is unreachable
+        redis.Redis.from_url("redis://127.0.0.1:1/0").ping()

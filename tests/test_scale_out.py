@@ -1,0 +1,125 @@
+"""The scale-out recipe, as the README gives it: two `arbiter serve` processes and an
+`arbiter worker` process on PostgreSQL and Redis. A prediction made through one server
+reaches a GraphQL subscriber of the other; a lease expired by the worker process reaches
+it too."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from app.ml.task import TaskSpec
+from app.settings import EXAMPLE_TASKS_DIR, Settings
+from tests.conftest import Api, example_inputs, free_port, make_key
+from tests.graphql_schema.test_review_api import BATCH, CLAIM
+from tests.subscriber import client, follow, until
+from tests.test_cli import ARBITER, wait_ready
+from tests.workers.test_redis_worker import REDIS_URL, require_redis
+
+PREDICTIONS = 'subscription { predictions(task: "loan_default") { id route } }'
+REVIEW_EVENTS = """subscription { reviewEvents(task: "loan_default") {
+  itemId change status } }"""
+PREDICT = 'mutation($i: JSON!) { predict(task: "loan_default", input: $i) { id } }'
+POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+def short_leases(tmp_path: Path) -> Path:
+    """The bundled tasks with one-second leases (the review policy is not in the contract)."""
+    tasks = tmp_path / "tasks"
+    shutil.copytree(EXAMPLE_TASKS_DIR, tasks)
+    toml = tasks / "loan_default.toml"
+    toml.write_text(toml.read_text().replace("[review]\n", "[review]\nlease_seconds = 1\n", 1))
+    return tasks
+
+
+def process_env(settings: Settings, namespace: str, tasks: Path) -> dict[str, str]:
+    return {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
+            "ARBITER_DATABASE_URL": settings.resolved_database_url,
+            "ARBITER_REDIS_URL": REDIS_URL, "ARBITER_REDIS_NAMESPACE": namespace,
+            "ARBITER_TASKS_DIR": str(tasks), "ARBITER_LEASE_SWEEP_SECONDS": "1"}
+
+
+@pytest.fixture
+def cluster(settings: Settings, tmp_path: Path) -> Iterator[list[str]]:
+    """Two servers and one worker; yields the servers' URLs."""
+    require_redis()
+    env = process_env(settings, f"arbiter-test-{tmp_path.name[-12:]}", short_leases(tmp_path))
+    ports = [free_port(), free_port()]
+    procs = [subprocess.Popen([ARBITER, "serve", "--port", str(p)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in ports]
+    procs.append(subprocess.Popen([ARBITER, "worker"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL))
+    try:
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        for url, proc in zip(urls, procs, strict=False):
+            wait_ready(url, proc)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+async def subscribe_until_live(sink: list[dict[str, Any]], probe: Any) -> None:
+    """Subscriptions start asynchronously on another process: probe until one arrives."""
+    for _ in range(60):
+        await asyncio.to_thread(probe)
+        try:
+            await until(lambda: bool(sink), "a probe event")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError("the subscription never received a probe")
+
+
+@pytest.mark.redis
+@POSTGRES_ONLY
+def test_an_event_published_anywhere_reaches_subscribers_of_every_server(
+        cluster: list[str], settings: Settings, example_tasks: dict[str, TaskSpec]) -> None:
+    one, other = cluster
+    admin, reviewer = make_key(settings, "admin", "ops"), make_key(settings, "reviewer", "rita")
+    predictor = make_key(settings, "predictor", "app")
+    rows = example_inputs(example_tasks["loan_default"], 60)
+
+    def call(url: str, key: str, query: str, **variables: Any) -> dict[str, Any]:
+        with httpx.Client(base_url=url, timeout=120) as http:
+            result: dict[str, Any] = Api(http, key)(query, **variables)["data"]
+            return result
+
+    async def scenario() -> None:
+        predictions: list[dict[str, Any]] = []
+        queue: list[dict[str, Any]] = []
+        async with client(other, admin) as a, client(other, reviewer) as b:
+            following = [asyncio.create_task(follow(a, PREDICTIONS, predictions)),
+                         asyncio.create_task(follow(b, REVIEW_EVENTS, queue))]
+            await subscribe_until_live(predictions,
+                                       lambda: call(one, predictor, PREDICT, i=rows[0]))
+            seen = len(predictions)
+            batch = (await asyncio.to_thread(call, one, predictor, BATCH, i=rows[1:]))[
+                "predictBatch"]
+            await until(lambda: len(predictions) >= seen + len(batch), "the batch")
+            assert [p["predictions"]["id"] for p in predictions[seen:]] == [
+                p["id"] for p in batch]
+
+            # Claimed through one server, expired by the worker process a second later.
+            lease = (await asyncio.to_thread(call, one, reviewer, CLAIM))["claimReview"]
+            item = lease["item"]["id"]
+            await until(lambda: any(e["reviewEvents"]["itemId"] == item and
+                                    e["reviewEvents"]["change"] == "EXPIRED" for e in queue),
+                        "the worker's expiry event")
+            for task in following:
+                task.cancel()
+        mine = [e["reviewEvents"] for e in queue if e["reviewEvents"]["itemId"] == item]
+        assert [(e["change"], e["status"]) for e in mine][-2:] == [
+            ("CLAIMED", "CLAIMED"), ("EXPIRED", "PENDING")]
+
+    asyncio.run(scenario())
