@@ -82,9 +82,11 @@ def decide(
     reasons, passed = [], True
     judged = primary.get(settings.improve_on)
     if judged is None:
-        return {**no_baseline(settings, f"{metric} cannot be computed on the "
-                              f"{settings.improve_on} held-out rows (none, or too few classes)"),
-                "table": table, "liveVersion": live_version}
+        return {"decision": Decision.REJECTED, "passed": False, "table": table,
+                "liveVersion": live_version, **_rule(settings),
+                "reasons": [f"{metric} cannot be computed on the {settings.improve_on} "
+                            "held-out rows (there are none, or too few classes): nothing "
+                            "shows the candidate is better"]}
     where = f"{metric} on the {judged['rows']} {settings.improve_on} held-out rows"
     if judged["gain"] < settings.min_improvement - TOLERANCE:
         passed = False

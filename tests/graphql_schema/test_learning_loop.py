@@ -25,7 +25,9 @@ from app.ml.training import classification_metrics
 from app.registry import build_ensemble
 from app.releases import release_members
 from app.settings import EXAMPLE_TASKS_DIR, Settings
+from tests import subscriber
 from tests.conftest import Api, LiveServer, frame_inputs, make_key
+from tests.graphql_schema.test_subscriptions import RELEASE_EVENTS
 
 TASK = "loan_default"
 REVIEWED = 300  # shifted predictions people label
@@ -242,3 +244,40 @@ def test_only_admins_retrain_and_requests_join_the_active_job(team: Team) -> Non
     assert jobs["totalCount"] == 1
     assert jobs["edges"][-1]["node"]["reason"] == "first"
     assert jobs["edges"][-1]["node"]["requestedBy"].endswith(":ops")
+
+
+def test_release_events_follow_a_retraining_and_its_stage_changes(settings: Settings) -> None:
+    key = make_key(settings, "admin", "ops")
+    sink: list[dict[str, Any]] = []
+
+    def kinds() -> list[str]:
+        return [e["releaseEvents"]["kind"] for e in sink]
+
+    async def scenario(server: LiveServer, admin: Api) -> None:
+        async with subscriber.client(server.url, key) as session:
+            following = asyncio.create_task(subscriber.follow(session, RELEASE_EVENTS, sink))
+            await subscriber.until(lambda: server.services.events.subscribers() >= 1,
+                                   "the subscription")
+            job = data(await asyncio.to_thread(admin, RETRAIN, r="watch me"))["retrain"]
+            await subscriber.until(lambda: "GATE_DECISION" in kinds() and
+                                   "STAGE_CHANGED" in kinds(), "the end of the training")
+            await asyncio.to_thread(admin, PROMOTE, v=2, s="SHADOW", p=None)
+            await subscriber.until(lambda: kinds().count("STAGE_CHANGED") == 2, "the promotion")
+            following.cancel()
+        events = [e["releaseEvents"] for e in sink]
+        progress = [e for e in events if e["kind"] == "TRAINING_PROGRESS"]
+        assert len(progress) >= 3 and all(e["jobId"] == job["id"] for e in progress)
+        assert [e["progress"] for e in progress] == sorted(e["progress"] for e in progress)
+        assert kinds()[len(progress):] == [
+            "TRAINING_FINISHED", "GATE_DECISION", "STAGE_CHANGED", "STAGE_CHANGED"]
+        finished, gate, created, shadowed = events[len(progress):]
+        assert (finished["status"], finished["progress"]) == ("SUCCEEDED", 1.0)
+        assert (gate["version"], gate["status"]) == (2, "REJECTED")
+        assert "nothing shows the candidate is better" in gate["reason"]
+        assert (created["fromStage"], created["toStage"], created["version"]) == (
+            None, "CANDIDATE", 2)
+        assert (shadowed["fromStage"], shadowed["toStage"], shadowed["reason"]) == (
+            "CANDIDATE", "SHADOW", "test")
+
+    with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=120) as c:
+        asyncio.run(scenario(server, Api(c, key)))

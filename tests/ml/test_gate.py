@@ -67,9 +67,9 @@ def test_log_loss_as_primary_metric_prefers_the_lower_loss() -> None:
     assert decision["decision"] == "PASSED", decision["reasons"]
 
 
-def test_nothing_to_judge_on_is_not_a_pass() -> None:
+def test_nothing_to_judge_on_is_rejected() -> None:
     no_reviews = Holdout(np.zeros((6, 1)), Y[:6], np.zeros(6, bool), proba([True] * 10)[:6])
     decision = gate.decide(GateSettings(improve_on="reviewed"), no_reviews,
                            proba([True] * 10)[:6], 1)
-    assert decision["decision"] == "NO_BASELINE" and not decision["passed"]
+    assert decision["decision"] == "REJECTED" and not decision["passed"]
     assert "reviewed held-out rows" in decision["reasons"][0]
