@@ -63,7 +63,6 @@ class Trigger:
     CLI = "cli"
     LABELS = "labels"
     SCHEDULE = "schedule"
-    DRIFT = "drift"
 
 
 async def _active(session: AsyncSession, task: str) -> TrainingJob | None:
