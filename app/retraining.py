@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ log = logging.getLogger("arbiter.retraining")
 
 RUN_ACTOR = "training.run"
 HEARTBEAT_SECONDS = 2.0
+PROGRESS_POLL_SECONDS = 0.2
 
 
 class JobStatus:
@@ -240,15 +242,22 @@ async def _step(ctx: JobContext, job_id: str, progress: float, message: str) -> 
 
 async def _fit_with_heartbeat(ctx: JobContext, job_id: str, work: Callable[[], Any],
                               pump: _ProgressPump) -> Any:
+    """New progress is written (and announced) within ``PROGRESS_POLL_SECONDS``; without
+    news, a heartbeat every ``HEARTBEAT_SECONDS``."""
     fit = asyncio.ensure_future(anyio.to_thread.run_sync(work))
     last: tuple[float, str] | None = None
+    beat = time.monotonic()
     while not fit.done():
-        await asyncio.wait([fit], timeout=HEARTBEAT_SECONDS)
-        if pump.latest != last and not fit.done():
+        await asyncio.wait([fit], timeout=PROGRESS_POLL_SECONDS)
+        if fit.done():
+            break
+        if pump.latest != last:
             last = pump.latest
             await _step(ctx, job_id, *last)
-        elif not fit.done():
-            await _report(ctx.sessions, job_id, *pump.latest)  # heartbeat
+            beat = time.monotonic()
+        elif time.monotonic() - beat >= HEARTBEAT_SECONDS:
+            await _report(ctx.sessions, job_id, *pump.latest)
+            beat = time.monotonic()
     return fit.result()
 
 

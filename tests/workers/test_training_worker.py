@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from app.settings import Settings
+from app.settings import EXAMPLE_TASKS_DIR, Settings
 from tests.conftest import Api, LiveServer, make_key
 from tests.graphql_schema.test_learning_loop import JOB, RETRAIN, data, wait_for_job
 from tests.workers.test_redis_worker import scaled, start_worker  # noqa: F401 (fixture)
@@ -28,9 +29,26 @@ def wait_until_fitting(admin: Api, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} never started fitting")
 
 
-def test_a_worker_killed_while_training_loses_nothing(scaled: Settings) -> None:  # noqa: F811
-    stale = scaled.model_copy(update={"training_stale_seconds": 5.0})
-    worker = start_worker(stale, {"ARBITER_TRAINING_STALE_SECONDS": "5"})
+def slow_tasks(folder: Path) -> Path:
+    """The example tasks with loan_default's boosted member fitting for seconds, so that a
+    kill lands in the middle of the fit (same feature contract)."""
+    folder.mkdir()
+    for path in EXAMPLE_TASKS_DIR.glob("*.toml"):
+        text = path.read_text()
+        if path.stem == "loan_default":
+            text = text.replace("max_iter = 200, learning_rate = 0.08",
+                                "max_iter = 4000, learning_rate = 0.005")
+            assert "max_iter = 4000" in text
+        (folder / path.name).write_text(text)
+    return folder
+
+
+def test_a_worker_killed_while_training_loses_nothing(
+        scaled: Settings, tmp_path: Path) -> None:  # noqa: F811
+    tasks = slow_tasks(tmp_path / "tasks")
+    stale = scaled.model_copy(update={"training_stale_seconds": 5.0, "tasks_dir": tasks})
+    env = {"ARBITER_TRAINING_STALE_SECONDS": "5", "ARBITER_TASKS_DIR": str(tasks)}
+    worker = start_worker(stale, env)
     try:
         with LiveServer(stale) as server, httpx.Client(base_url=server.url, timeout=60) as c:
             admin = Api(c, make_key(stale, "admin", "ops"))
@@ -43,7 +61,7 @@ def test_a_worker_killed_while_training_loses_nothing(scaled: Settings) -> None:
             joined = data(admin(RETRAIN, r="again"))["retrain"]  # joins the stalled job
             assert joined["id"] == job["id"] and joined["requests"] == 2
 
-            worker = start_worker(stale, {"ARBITER_TRAINING_STALE_SECONDS": "5"})
+            worker = start_worker(stale, env)
             finished = wait_for_job(admin, job["id"])
             assert finished["status"] == "SUCCEEDED", finished
             assert finished["release"]["version"] == 2
