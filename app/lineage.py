@@ -9,16 +9,6 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import Release, SnapshotLabel, TrainingSnapshot
-from app.errors import NotFoundError
-
-
-async def release_by_version(session: AsyncSession, task: str, version: int) -> Release:
-    found = (
-        await session.exec(select(Release).where(Release.task == task, Release.version == version))
-    ).first()
-    if found is None:
-        raise NotFoundError(f"task {task!r} has no release {version}")
-    return found
 
 
 async def snapshot_of(session: AsyncSession, release: Release) -> TrainingSnapshot | None:

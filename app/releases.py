@@ -196,6 +196,15 @@ async def release_members(session: AsyncSession, release_id: int) -> list[Releas
     )
 
 
+async def release_by_version(session: AsyncSession, task: str, version: int) -> Release:
+    found = (
+        await session.exec(select(Release).where(Release.task == task, Release.version == version))
+    ).first()
+    if found is None:
+        raise NotFoundError(f"task {task!r} has no release {version}")
+    return found
+
+
 async def set_routing(session: AsyncSession, task: TaskSpec, version: int,
                       overrides: Any) -> Release:
     """Replace a release's review-policy overrides (validated against the task's policy);
@@ -203,10 +212,7 @@ async def set_routing(session: AsyncSession, task: TaskSpec, version: int,
     if not isinstance(overrides, dict):
         raise BadRequestError("policy must be a JSON object of review-policy fields")
     release_policy(task.review, overrides)
-    release = (await session.exec(select(Release).where(
-        Release.task == task.name, Release.version == version))).first()
-    if release is None:
-        raise NotFoundError(f"task {task.name!r} has no release {version}")
+    release = await release_by_version(session, task.name, version)
     release.routing = dict(overrides)
     session.add(release)
     await session.flush()

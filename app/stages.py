@@ -20,9 +20,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import Release, StageChange
-from app.errors import NoLiveReleaseError, StageChangeError, StageConflictError
+from app.errors import NoLiveReleaseError, NotFoundError, StageChangeError, StageConflictError
 from app.events import EventBus, ReleaseEventKind, release_event, releases_topic
-from app.releases import Stage, live_release
+from app.releases import Stage, live_release, release_by_version
 
 # Every SHADOW scores every LIVE-answered input off the response path: each costs inference.
 SHADOW_LIMIT = 3
@@ -32,12 +32,11 @@ log = logging.getLogger("arbiter.stages")
 
 
 async def find_release(session: AsyncSession, task: str, version: int) -> Release:
-    found = (
-        await session.exec(select(Release).where(Release.task == task, Release.version == version))
-    ).first()
-    if found is None:
-        raise StageChangeError(f"task {task!r} has no release {version}")
-    return found
+    """The release to move; a version the task lacks is an invalid stage change."""
+    try:
+        return await release_by_version(session, task, version)
+    except NotFoundError as exc:
+        raise StageChangeError(str(exc)) from None
 
 
 async def live_of(session: AsyncSession, task: str) -> Release:

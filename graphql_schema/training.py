@@ -13,7 +13,7 @@ from app import retraining
 from app.db.tables import Release as ReleaseRow
 from app.db.tables import TrainingJob as TrainingJobRow
 from app.db.tables import TrainingSnapshot as SnapshotRow
-from app.lineage import release_by_version
+from app.releases import release_by_version
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.types import PageInfo, Release, relay_page_info

@@ -18,12 +18,11 @@ import pytest
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.examples.loan import generate
-from app.lineage import release_by_version
 from app.ml.data import training_arrays
 from app.ml.task import TaskSpec
 from app.ml.training import classification_metrics
 from app.registry import build_ensemble
-from app.releases import release_members
+from app.releases import release_by_version, release_members
 from app.settings import EXAMPLE_TASKS_DIR, Settings
 from tests import subscriber
 from tests.conftest import Api, LiveServer, frame_inputs, make_key
