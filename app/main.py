@@ -97,7 +97,7 @@ def build_app(settings: Settings) -> Starlette:
     # Embedded (no Redis): this process also consumes the jobs. With Redis, `arbiter worker`
     # processes do, and this one only relays its outbox.
     jobs = JobRuntime(settings, services.sessions, consume=settings.redis_url is None,
-                      events=services.events)
+                      events=services.events, tasks=services.registry.tasks)
     services.wake_relay = jobs.relay.wake
 
     @contextlib.asynccontextmanager

@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.engine import SessionsPerLoop
 from app.events import EventBus, build_bus
-from app.ml.task import load_tasks
+from app.ml.task import TaskSpec, load_tasks
 from app.retraining import JobContext
 from app.settings import Settings
 from workers.actors import register
@@ -28,13 +28,15 @@ class JobRuntime:
     """Start with ``start()`` inside the process's event loop; ``stop()`` at shutdown."""
 
     def __init__(self, settings: Settings, sessions: async_sessionmaker[AsyncSession],
-                 consume: bool, events: EventBus | None = None) -> None:
+                 consume: bool, events: EventBus | None = None,
+                 tasks: dict[str, TaskSpec] | None = None) -> None:
         self.broker = build_broker(settings.redis_url, settings.redis_namespace)
         self._worker_sessions = SessionsPerLoop(settings.resolved_database_url)
         # A worker process only publishes; a server passes the bus its subscribers use.
         self._owns_events = events is None
         self.events = bus = events if events is not None else build_bus(settings, listen=False)
-        tasks = load_tasks(settings.tasks_dir)
+        # A server passes the tasks its registry already loaded; a worker reads them here.
+        tasks = tasks if tasks is not None else load_tasks(settings.tasks_dir)
 
         def job_context() -> JobContext:
             return JobContext(self._worker_sessions(), tasks, settings.artifacts_dir, bus,
