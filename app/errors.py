@@ -145,6 +145,14 @@ class StageConflictError(ArbiterError):
     """Another stage change of the same task committed first; read the stages and retry."""
 
     code = "STAGE_CONFLICT"
+
+
+class NoDriftReferenceError(ArbiterError):
+    """The LIVE release has nothing to measure drift against (no training snapshot)."""
+
+    code = "NO_DRIFT_REFERENCE"
+
+
 class SubscriberTooSlowError(ArbiterError):
     """A subscriber fell a whole buffer behind; its subscription ends instead of growing."""
 

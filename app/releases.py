@@ -16,6 +16,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import Release, ReleaseMember, StageChange
+from app.drift import prediction_reference
 from app.errors import ArbiterError, BadRequestError, NotFoundError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import library_versions, save_pipeline
@@ -98,6 +99,10 @@ async def _insert(
         parent_id=lineage.parent_id,
         job_id=lineage.job_id,
         gate=lineage.gate,
+        prediction_reference=(
+            None if trained.holdout is None
+            else prediction_reference(task, trained.holdout.proba)
+        ),
     )
     session.add(release)
     await session.flush()

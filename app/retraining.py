@@ -65,6 +65,7 @@ class Trigger:
     CLI = "cli"
     LABELS = "labels"
     SCHEDULE = "schedule"
+    DRIFT = "drift"
 
 
 async def _active(session: AsyncSession, task: str) -> TrainingJob | None:
@@ -89,30 +90,39 @@ async def request_retrain(
     for _attempt in range(3):
         try:
             async with sessions() as session, session.begin():
-                active = await _active(session, task.name)
-                if active is not None:  # join it (counted in SQL: no lost updates)
-                    await session.exec(
-                        update(TrainingJob)
-                        .where(col(TrainingJob.id) == active.id)
-                        .values(requests=TrainingJob.requests + 1)
-                    )
-                    await session.refresh(active)
-                    return active, False
-                job = TrainingJob(
-                    id=str(uuid.uuid4()),
-                    task=task.name,
-                    status=JobStatus.QUEUED,
-                    trigger=trigger,
-                    requested_by=actor,
-                    reason=reason,
-                    message="queued",
-                )
-                session.add(job)
-                enqueue(session, RUN_ACTOR, {"job_id": job.id})
-                return job, True
+                return await request_in(session, task, trigger, actor, reason)
         except IntegrityError:
             continue  # a concurrent request created the active job first: join it
     raise ArbiterError(f"could not request a retraining of {task.name}; try again")
+
+
+async def request_in(
+    session: AsyncSession, task: TaskSpec, trigger: str, actor: str, reason: str = ""
+) -> tuple[TrainingJob, bool]:
+    """``request_retrain`` inside the caller's transaction (which retries on
+    ``IntegrityError``), so the request commits or rolls back with what caused it."""
+    active = await _active(session, task.name)
+    if active is not None:  # join it (counted in SQL: no lost updates)
+        await session.exec(
+            update(TrainingJob)
+            .where(col(TrainingJob.id) == active.id)
+            .values(requests=TrainingJob.requests + 1)
+        )
+        await session.refresh(active)
+        return active, False
+    job = TrainingJob(
+        id=str(uuid.uuid4()),
+        task=task.name,
+        status=JobStatus.QUEUED,
+        trigger=trigger,
+        requested_by=actor,
+        reason=reason,
+        message="queued",
+    )
+    session.add(job)
+    enqueue(session, RUN_ACTOR, {"job_id": job.id})
+    await session.flush()  # a concurrent twin fails here, inside the caller's retry
+    return job, True
 
 
 async def get_job(session: AsyncSession, job_id: str) -> TrainingJob:

@@ -62,6 +62,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "releaseComparison": frozenset({Role.AUDITOR, Role.ADMIN}),
     "promoteRelease": frozenset({Role.ADMIN}),
     "rollback": frozenset({Role.ADMIN}),
+    "driftReport": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "latestDriftReport": frozenset({Role.AUDITOR, Role.ADMIN}),
     # subscriptions (``predictions`` shares the query's rule: predictors follow their own)
     "reviewEvents": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
     "releaseEvents": frozenset({Role.AUDITOR, Role.ADMIN}),

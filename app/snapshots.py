@@ -24,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.db.pagination import Page, paginate
 from app.db.tables import Prediction, SnapshotLabel, TrainingLabel, TrainingSnapshot
 from app.db.types import utcnow
+from app.drift import feature_reference
 from app.errors import ModelLoadError
 from app.ml.contract import to_matrix
 from app.ml.data import load_frame, training_arrays
@@ -161,17 +162,22 @@ async def take_snapshot(
     actor: str,
     until: datetime | None = None,
 ) -> tuple[TrainingSnapshot, SnapshotData]:
-    """Freeze the source rows and every label settled up to ``until`` (default: now).
-    The same content gives the same snapshot (it is stored once)."""
+    """Freeze the source rows and every label settled up to ``until`` (default: now), with
+    the drift reference of its input features. The same content gives the same snapshot
+    (it is stored once)."""
     until = until or utcnow()
     async with sessions() as session:
         labels = await _labels(session, task.name, until)
     data = _assemble(task, labels)
     digest = data.content_hash()
     relative = Path("snapshots") / task.name / f"{digest}.npz"
+    reference = feature_reference(task, data.X)
     async with sessions() as session, session.begin():
         existing = await session.get(TrainingSnapshot, digest)
         if existing is not None:
+            if existing.reference is None:  # taken before drift references existed
+                existing.reference = reference
+                session.add(existing)
             return existing, data
     _write(artifacts_dir / relative, data)
     source_hash = SnapshotData(
@@ -186,6 +192,7 @@ async def take_snapshot(
         reviewed_rows=len(data.prediction_ids),
         labels_until=until,
         created_by=actor,
+        reference=reference,
     )
     by_prediction = {lb.prediction_id: lb.id for lb in labels}
     async with sessions() as session, session.begin():

@@ -10,6 +10,7 @@ from strawberry.scalars import JSON
 from app import predictions
 from app.releases import list_releases, set_routing
 from graphql_schema.context import Info
+from graphql_schema.drift import DriftQuery
 from graphql_schema.errors import DomainErrors
 from graphql_schema.permissions import Allowed
 from graphql_schema.releases import ReleaseMutation, ReleaseQuery
@@ -33,7 +34,7 @@ QUERY_CACHE_SIZE = 256
 
 
 @strawberry.type
-class Query(ReviewQuery, ReleaseQuery, TrainingQuery):
+class Query(ReviewQuery, ReleaseQuery, TrainingQuery, DriftQuery):
     @strawberry.field(permission_classes=GUARDED, description="Every declared task.")
     def tasks(self, info: Info) -> list[Task]:
         return [Task.from_spec(t) for t in info.context.services.registry.tasks.values()]

@@ -10,7 +10,7 @@ import dramatiq
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import retraining, stages
+from app import drift_checks, retraining, stages
 from app.canary import check_canary
 from app.events import EventBus
 from review import notices, queue
@@ -68,6 +68,16 @@ def _check_canaries(make_context: MakeContext) -> Callable[..., Awaitable[None]]
     return check
 
 
+def _check_drift(make_context: MakeContext) -> Callable[..., Awaitable[None]]:
+    async def check(**_: Any) -> None:
+        """Store each task's drift report once per `check_every_minutes`; announce drift."""
+        for outcome in await drift_checks.check_all(make_context()):
+            report = outcome.report
+            log.info("drift of %s: %s%s", report.task, report.message,
+                     f"; requested retraining {outcome.job.id}" if outcome.job else "")
+    return check
+
+
 MakeContext = Callable[[], retraining.JobContext]
 
 ACTORS: dict[str, Callable[[Sessions, EventBus], Callable[..., Awaitable[None]]]] = {
@@ -78,6 +88,7 @@ TRAINING_ACTORS: dict[str, Callable[[MakeContext], Callable[..., Awaitable[None]
     retraining.RUN_ACTOR: _train,
     "training.check": _check_training,
     "releases.check_canaries": _check_canaries,
+    "drift.check": _check_drift,
 }
 TRAINING_TIME_LIMIT_MS = 3_600_000  # Dramatiq's default (10 min) is too short to train
 

@@ -86,6 +86,9 @@ class Release(SQLModel, table=True):
         default_factory=dict,
         sa_column=Column(JSONType, nullable=False, server_default=text("'{}'")),
     )
+    # Its predictions on its held-out rows (app.drift.prediction_reference); None when
+    # stored before drift references existed.
+    prediction_reference: dict[str, Any] | None = _json(nullable=True)
 
 
 class TrainingSnapshot(SQLModel, table=True):
@@ -102,6 +105,9 @@ class TrainingSnapshot(SQLModel, table=True):
     labels_until: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     created_at: datetime = _time()
     created_by: str
+    # Per input feature, what drift is measured against (app.drift.feature_reference);
+    # None when taken before drift references existed (computed from the file then).
+    reference: dict[str, Any] | None = _json(nullable=True)
 
 
 class SnapshotLabel(SQLModel, table=True):
@@ -322,3 +328,25 @@ class OutboxMessage(SQLModel, table=True):
     sent_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime))
     attempts: int = 0
     last_error: str | None = None
+
+
+class DriftReport(SQLModel, table=True):
+    """A task's drift report as the periodic check stored it: at most one per task and
+    check period (``bucket`` is the period's start), so a check run twice stores one."""
+
+    __tablename__ = "drift_reports"
+    __table_args__ = (
+        UniqueConstraint("task", "bucket", name="uq_drift_reports_task_bucket"),
+        Index("ix_drift_reports_task_computed", "task", "computed_at"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    task: str = Field(max_length=100)
+    release_id: int = Field(sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False))
+    release_version: int
+    window: str = Field(max_length=16)
+    bucket: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    computed_at: datetime = _time()
+    verdict: str = Field(max_length=20)
+    drifted: bool
+    share: float
+    details: dict[str, Any] = _json()

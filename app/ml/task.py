@@ -201,6 +201,85 @@ class GateSettings(_Strict):
     )
 
 
+class DriftTest(StrEnum):
+    """A statistical test of one feature's drift (see app.drift)."""
+
+    KS = "ks"  # numeric: two-sample Kolmogorov-Smirnov p-value, drift below the threshold
+    WASSERSTEIN = "wasserstein"  # numeric: distance / reference std, drift above
+    CHI2 = "chi2"  # categorical, boolean: chi-squared p-value, drift below
+    JENSEN_SHANNON = "jensenshannon"  # categorical, boolean: distance, drift above
+
+    @property
+    def numeric(self) -> bool:
+        return self in (DriftTest.KS, DriftTest.WASSERSTEIN)
+
+    @property
+    def p_value(self) -> bool:
+        """Drift when the statistic falls *below* the threshold (a p-value)."""
+        return self in (DriftTest.KS, DriftTest.CHI2)
+
+
+_WINDOW_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_WINDOW_SECONDS = 366 * 86400
+
+
+def window_seconds(window: str) -> int:
+    """``"90m"``, ``"24h"``, ``"7d"``, ``"2w"`` -> seconds; a clear error otherwise."""
+    text = window.strip()
+    unit = _WINDOW_UNITS.get(text[-1:])
+    if unit is None or not text[:-1].isdigit():
+        raise BadRequestError(
+            f"window {window!r} is not a duration; write a whole number and a unit "
+            "m, h, d or w, e.g. \"90m\", \"24h\", \"7d\""
+        )
+    seconds = int(text[:-1]) * unit
+    if not 0 < seconds <= MAX_WINDOW_SECONDS:
+        raise BadRequestError(f"window {window!r} must be longer than 0 and at most 366 days")
+    return seconds
+
+
+class FeatureDrift(_Strict):
+    """Per-feature overrides of the drift test: which test, its threshold, or none."""
+
+    test: DriftTest | None = None
+    threshold: float | None = Field(default=None, gt=0)
+    ignore: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureDrift:
+        test = self.test
+        if test is not None and test.p_value and self.threshold is not None \
+                and self.threshold >= 1:
+            raise ValueError(f"a {test.value} threshold is a p-value: it must be below 1")
+        return self
+
+
+class DriftSettings(_Strict):
+    """How recent inputs and predictions are compared with the LIVE release's training
+    data, how often the worker does it, and whether drift asks for a retraining."""
+
+    window: str = Field(default="24h", description="Recent predictions compared, e.g. 7d.")
+    share: float = Field(
+        default=0.5, gt=0, le=1, description="Drifted when this share of features drifted."
+    )
+    min_rows: int = Field(
+        default=30, ge=5, description="Fewer recent rows than this: insufficient data."
+    )
+    check_every_minutes: float = Field(
+        default=60.0, gt=0, description="The worker computes and stores a report this often."
+    )
+    retrain_on_drift: bool = False
+    features: dict[str, FeatureDrift] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> DriftSettings:
+        try:
+            window_seconds(self.window)
+        except BadRequestError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
 class TaskSpec(_Strict):
     """A whole prediction problem as declared in its TOML file."""
 
@@ -214,6 +293,7 @@ class TaskSpec(_Strict):
     data: DataSource
     training: TrainingSettings = TrainingSettings()
     gate: GateSettings = GateSettings()
+    drift: DriftSettings = DriftSettings()
     source_path: str = ""
 
     @model_validator(mode="after")
@@ -235,6 +315,7 @@ class TaskSpec(_Strict):
                 )
             if len(self.classes) > 2 and not algo.multiclass:
                 raise ValueError(f"member {m.name!r}: {m.algorithm} supports two classes only")
+        self._check_drift(inputs)
         spaces = {ALGORITHMS[m.algorithm].space for m in self.members}
         if len(spaces) > 1:
             raise ValueError(
@@ -242,6 +323,21 @@ class TaskSpec(_Strict):
                 + ", ".join(f"{m.name}={ALGORITHMS[m.algorithm].space}" for m in self.members)
             )
         return self
+
+    def _check_drift(self, inputs: set[str]) -> None:
+        for name, override in self.drift.features.items():
+            if name not in inputs:
+                raise ValueError(
+                    f"[drift.features.{name}]: {name!r} is not an input feature; "
+                    f"choose one of {sorted(inputs)}"
+                )
+            numeric = self.feature(name).type is FeatureType.NUMERIC
+            if override.test is not None and override.test.numeric != numeric:
+                allowed = "ks, wasserstein" if numeric else "chi2, jensenshannon"
+                raise ValueError(
+                    f"[drift.features.{name}]: test {override.test.value!r} does not fit a "
+                    f"{self.feature(name).type.value} feature; use one of {allowed}"
+                )
 
     @property
     def space(self) -> OutputSpace:

@@ -1,0 +1,127 @@
+"""Drift over GraphQL: thin resolvers handing off to ``app.drift_checks``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+from strawberry.permission import BasePermission
+
+from app import drift
+from app.drift_checks import compute_report, latest_report
+from graphql_schema.context import Info
+from graphql_schema.permissions import Allowed
+
+GUARDED: list[type[BasePermission]] = [Allowed]
+
+
+@strawberry.enum(description="What a drift report concluded.")
+class DriftVerdict(Enum):
+    DRIFTED = "DRIFTED"
+    NOT_DRIFTED = "NOT_DRIFTED"
+    INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+
+
+@strawberry.type(description="One feature's (or prediction output's) drift test.")
+class FeatureDrift:
+    feature: str = strawberry.field(description="The input feature, or predicted_class / "
+                                    "probability in `prediction`.")
+    kind: str = strawberry.field(description="numeric or categorical (booleans included).")
+    test: str | None = strawberry.field(
+        description="ks, wasserstein, chi2 or jensenshannon; null when not tested.")
+    statistic: float | None = strawberry.field(
+        description="The test's value: a p-value (ks, chi2) or a distance (wasserstein in "
+        "reference standard deviations, jensenshannon).")
+    value: float | None = strawberry.field(description="Same as statistic.")
+    p_value: float | None = strawberry.field(description="The p-value, for ks and chi2.")
+    threshold: float | None = strawberry.field(
+        description="Drift when a p-value is below it, or a distance above it.")
+    drifted: bool = strawberry.field(description="Whether this feature drifted.")
+    status: DriftVerdict = strawberry.field(
+        description="INSUFFICIENT_DATA when too few recent values were present to test.")
+    sample_size: int = strawberry.field(description="Recent values tested (missing excluded).")
+    reference_size: int = strawberry.field(description="Reference values compared with.")
+    current_mean: float | None = strawberry.field(description="Mean of recent values (numeric).")
+    reference_mean: float | None = strawberry.field(description="Mean of the reference sample.")
+
+    @classmethod
+    def from_result(cls, r: drift.FeatureResult) -> FeatureDrift:
+        return cls(feature=r.feature, kind=r.kind, test=r.test, statistic=r.statistic,
+                   value=r.statistic, p_value=r.p_value, threshold=r.threshold,
+                   drifted=r.drifted, status=DriftVerdict(r.status), sample_size=r.sample_size,
+                   reference_size=r.reference_size, current_mean=r.current_mean,
+                   reference_mean=r.reference_mean)
+
+
+@strawberry.type(description="A share of the predictions made in one bucket of the window.")
+class RateBucket:
+    start: datetime = strawberry.field(description="Start of the bucket (a 12th of the window).")
+    rate: float | None = strawberry.field(description="The share; null when count is 0.")
+    count: int = strawberry.field(description="Predictions the share is taken over.")
+
+
+@strawberry.type(description="A task's drift: recent inputs and predictions against what its "
+                 "LIVE release learned from, and its routing and overturn rates over time.")
+class DriftReport:
+    task: str
+    release: int = strawberry.field(description="Version of the LIVE release compared with.")
+    window: str = strawberry.field(description="How far back predictions were read, e.g. 24h.")
+    since: datetime = strawberry.field(description="Start of the window.")
+    computed_at: datetime
+    verdict: DriftVerdict
+    drifted: bool = strawberry.field(
+        description="Share of drifted features >= the task's drift.share threshold.")
+    rows: int = strawberry.field(description="Recent predictions read.")
+    share: float = strawberry.field(description="Share of tested features that drifted.")
+    share_threshold: float
+    message: str = strawberry.field(description="The verdict in words.")
+    drifted_features: list[str]
+    features: list[FeatureDrift] = strawberry.field(description="One test per input feature.")
+    prediction: list[FeatureDrift] = strawberry.field(
+        description="The LIVE release's predicted class and top probability against its "
+        "predictions on its held-out rows (empty without a prediction reference).")
+    prediction_drifted: bool
+    routing_rate: list[RateBucket] = strawberry.field(
+        description="Share of predictions routed to REVIEW, per bucket.")
+    overturn_rate: list[RateBucket] = strawberry.field(
+        description="Share of reviewed predictions whose final label differs from the "
+        "model's, per bucket.")
+
+    @classmethod
+    def from_report(cls, r: drift.DriftReport) -> DriftReport:
+        def buckets(items: list[drift.RateBucket]) -> list[RateBucket]:
+            return [RateBucket(start=b.start, rate=b.rate, count=b.count) for b in items]
+        return cls(task=r.task, release=r.release, window=r.window, since=r.since,
+                   computed_at=r.computed_at, verdict=DriftVerdict(r.verdict),
+                   drifted=r.drifted, rows=r.rows, share=r.share,
+                   share_threshold=r.share_threshold, message=r.message,
+                   drifted_features=r.drifted_features,
+                   features=[FeatureDrift.from_result(f) for f in r.features],
+                   prediction=[FeatureDrift.from_result(f) for f in r.prediction],
+                   prediction_drifted=r.prediction_drifted,
+                   routing_rate=buckets(r.routing_rate), overturn_rate=buckets(r.overturn_rate))
+
+
+@strawberry.type
+class DriftQuery:
+    @strawberry.field(
+        permission_classes=GUARDED,
+        description="Compute the task's drift now over `window` (e.g. \"90m\", \"24h\", "
+        "\"7d\"; default: the task's drift.window) against its LIVE release.")
+    async def drift_report(self, info: Info, task: str,
+                           window: str | None = None) -> DriftReport:
+        services = info.context.services
+        spec = services.registry.task(task)
+        _, report = await compute_report(services.sessions, services.settings.artifacts_dir,
+                                         spec, window)
+        return DriftReport.from_report(report)
+
+    @strawberry.field(permission_classes=GUARDED,
+                      description="The report the periodic drift check stored last, if any.")
+    async def latest_drift_report(self, info: Info, task: str) -> DriftReport | None:
+        services = info.context.services
+        services.registry.task(task)
+        async with services.sessions() as session:
+            report = await latest_report(session, task)
+        return None if report is None else DriftReport.from_report(report)
