@@ -3,6 +3,7 @@ each threshold cuts, the dataset verdict, the rates over time, and the [drift] s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,7 +94,8 @@ def test_a_category_the_reference_never_saw_is_drift_not_a_crash() -> None:
 
 
 def test_missing_values_are_left_out_and_too_few_are_not_tested() -> None:
-    values: list[float | None] = [None] * 80 + normal(20)  # type: ignore[list-item]
+    values: list[float | None] = [None] * 80
+    values += normal(20)
     result = compare("x", numeric_ref(), values, 30)
     assert result.status == Verdict.INSUFFICIENT_DATA and result.test is None
     assert result.sample_size == 20 and not result.drifted
@@ -111,10 +113,10 @@ def loan() -> TaskSpec:
 
 
 def recent(task: TaskSpec, rows: list[dict[str, Any]], routes: list[str] | None = None,
-           finals: list[str | None] | None = None) -> Recent:
+           finals: Sequence[str | None] | None = None) -> Recent:
     n = len(rows)
     return Recent(rows, [NOW - timedelta(minutes=i % 60) for i in range(n)],
-                  routes or ["AUTO"] * n, ["repaid"] * n, finals or [None] * n, [0.9] * n,
+                  routes or ["AUTO"] * n, ["repaid"] * n, list(finals or [None] * n), [0.9] * n,
                   [True] * n)
 
 
