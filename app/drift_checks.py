@@ -93,6 +93,10 @@ async def compute_report(
         live = await live_release(session, task.name)
     if live is None:
         raise NoLiveReleaseError(task.name)
+    if live.contract_hash != task.contract_hash():
+        raise NoDriftReferenceError(
+            f"LIVE release {live.version} of {task.name} was trained on another feature "
+            "contract than the task file declares; retrain to compare drift")
     features_ref, predictions_ref = await _references(sessions, artifacts_dir, task, live)
     async with sessions() as session:
         recent = await recent_predictions(session, task.name, now - timedelta(seconds=seconds),

@@ -34,7 +34,7 @@ class TrainingJob:
     id: strawberry.ID
     task: str
     status: JobStatus
-    trigger: str = strawberry.field(description="manual, cli, labels or schedule.")
+    trigger: str = strawberry.field(description="manual, cli, labels, schedule or drift.")
     requested_by: str
     reason: str
     requests: int = strawberry.field(
