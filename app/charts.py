@@ -115,7 +115,8 @@ def _value_text(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         # 55,000 rather than 5.5e+04; four significant digits below a thousand.
-        text = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+        text = (f"{value:,.2f}".rstrip("0").rstrip(".") if abs(value) >= 1000
+                else f"{value:.4g}")
         return text.replace("-", MINUS)
     return str(value)
 
@@ -142,6 +143,15 @@ def chart_rows(contributions: tuple[FeatureContribution, ...], top: int) -> list
     ]
 
 
+def probability_text(p: float) -> str:
+    """``p = 0.973``; never ``p = 1.000`` for a probability that is not one."""
+    if p >= 0.9995 and p < 1:
+        return "p > 0.999"
+    if 0 < p < 0.0005:
+        return "p < 0.001"
+    return f"p = {p:.3f}"
+
+
 def space_text(ex: ClassExplanation) -> str:
     if ex.space == "PROBABILITY":
         return "probability"
@@ -152,8 +162,9 @@ def title_text(ex: ClassExplanation) -> str:
     partial = "  [PARTIAL: a member failed]" if ex.status != "OK" else ""
     lines = [
         f"{ex.task} \u00b7 release {ex.release} \u00b7 prediction {ex.prediction_id}",
-        f"predicted {ex.label} (p = {ex.confidence:.3f}) \u00b7 explaining "
-        f"{ex.explained_class} (p = {ex.class_probability:.3f}) in {space_text(ex)}{partial}",
+        f"predicted {ex.label} ({probability_text(ex.confidence)}) \u00b7 explaining "
+        f"{ex.explained_class} ({probability_text(ex.class_probability)}) in "
+        f"{space_text(ex)}{partial}",
     ]
     return "\n".join(part for line in lines for part in textwrap.wrap(line, TITLE_CHARS))
 

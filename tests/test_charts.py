@@ -17,6 +17,7 @@ from app.charts import (
     chart_rows,
     draw,
     explanation_figure,
+    probability_text,
     row_label,
 )
 
@@ -56,6 +57,13 @@ def test_labels_wrap_and_abbreviate_instead_of_running_off() -> None:
     assert row_label(FeatureContribution("ratio", 0.25, 0.1, derived=True)) == (
         "ratio = 0.25 (derived)")
     assert row_label(FeatureContribution("income", None, 0.1)) == "income = missing"
+    assert row_label(FeatureContribution("area", 1688.4, 0.1)) == "area = 1,688.4"
+    assert row_label(FeatureContribution("delta", -0.5, 0.1)) == "delta = \u22120.5"
+
+
+def test_probabilities_near_certainty_are_not_rounded_to_it() -> None:
+    assert [probability_text(p) for p in (0.97345, 0.99996, 1.0, 0.00002, 0.0)] == [
+        "p = 0.973", "p > 0.999", "p = 1.000", "p < 0.001", "p = 0.000"]
 
 
 def test_every_text_fits_inside_the_picture() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from app.charts import probability_text
 from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.conftest import Api, example_inputs, make_key
@@ -80,7 +81,7 @@ def _check_waterfall(root: ET.Element, p: dict[str, Any], explained: dict[str, A
     title = root.find(f"{SVG}title")
     assert title is not None and title.text is not None
     assert f"{task.name} \u00b7 release 1 \u00b7 prediction {p['id']}" in title.text
-    assert f"predicted {p['label']} (p = {p['confidence']:.3f})" in title.text
+    assert f"predicted {p['label']} ({probability_text(p['confidence'])})" in title.text
     assert f"explaining {explained['class']}" in title.text
     ranked = sorted(explained["contributions"], key=lambda c: abs(c["shap"]), reverse=True)
     shown = ranked if len(ranked) <= 11 else ranked[:10]
@@ -183,8 +184,8 @@ def test_multiclass_pictures_explain_any_class(
         assert abs(output - (math.log(probs[name]) - mean_log)) <= ROUNDING, name
         values = _shown_contributions(root, len(task.model_columns))
         assert abs(_note_value(root, "base-value") + sum(values) - output) <= ROUNDING * 20
-        assert f"explaining {name} (p = {probs[name]:.3f})" in (root.findtext(f"{SVG}title")
-                                                                or "")
+        assert f"explaining {name} ({probability_text(probs[name])})" in (
+            root.findtext(f"{SVG}title") or "")
         outputs[name] = output
     assert abs(sum(outputs.values())) <= 3 * ROUNDING  # centred: the classes add to zero
 
