@@ -110,6 +110,9 @@ def picture_etag(ex: ClassExplanation, kind: ChartKind, fmt: ImageFormat, top: i
 
 
 async def render(ex: ClassExplanation, kind: ChartKind, fmt: ImageFormat,
-                 top: int = TOP_FEATURES) -> bytes:
-    """The picture's bytes, drawn on a worker thread (drawing blocks for ~0.1 s)."""
-    return await anyio.to_thread.run_sync(draw, ex, kind, fmt, top)
+                 top: int = TOP_FEATURES, limiter: anyio.CapacityLimiter | None = None
+                 ) -> bytes:
+    """The picture's bytes, drawn on a worker thread (drawing blocks for ~0.1 s). Pass a
+    limiter of one: drawings are serialised anyway, and requests should wait for it here
+    rather than each hold one of the threads predictions run on."""
+    return await anyio.to_thread.run_sync(draw, ex, kind, fmt, top, limiter=limiter)

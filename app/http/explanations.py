@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -39,6 +40,7 @@ class ExplanationPictures:
     def __init__(self, services: Services, verify: Verify) -> None:
         self.services = services
         self.verify = verify
+        self.drawing = anyio.CapacityLimiter(1)  # see app.explanations.render
 
     async def get(self, request: Request) -> Response:
         try:
@@ -51,7 +53,7 @@ class ExplanationPictures:
         headers = {**PICTURE_HEADERS, "ETag": picture_etag(ex, kind, fmt, top)}
         if headers["ETag"] in request.headers.get("if-none-match", ""):
             return Response(status_code=304, headers=headers)
-        body = await render(ex, kind, fmt, top)
+        body = await render(ex, kind, fmt, top, self.drawing)
         return Response(body, media_type=fmt.media_type, headers=headers)
 
     async def _caller(self, request: Request) -> Principal:

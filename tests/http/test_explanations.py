@@ -8,6 +8,7 @@ import io
 import math
 import struct
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -148,6 +149,11 @@ def test_pictures_show_the_stored_explanation(
         assert png.status_code == 200 and png.headers["content-type"] == "image/png"
         width, height = _png_size(png.content)
         assert width == 800 and 400 <= height <= 1200, (width, height)
+    # Several at once (drawn one at a time, off the event loop): the same bytes each time.
+    path = f"/explanations/{p['id']}.png"
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: _get(http, admin, path), range(6)))
+    assert {(r.status_code, r.content) for r in answers} == {(200, answers[0].content)}
 
 
 def test_graphql_links_to_the_pictures(
