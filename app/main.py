@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from app.authn import ApiKeyAuth
 from app.db.engine import make_engine, make_sessionmaker
 from app.events import build_bus
+from app.http.explanations import ExplanationPictures
 from app.keys import KeyVerifier
 from app.ml.task import load_tasks
 from app.predictions import Services
@@ -115,12 +116,14 @@ def build_app(settings: Settings) -> Starlette:
             await engine.dispose()
 
     graphql = ApiKeyAuth(ArbiterGraphQL(services, verifier.verify), verifier.verify)
+    pictures = ExplanationPictures(services, verifier.verify)
     app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/explanations/{name}", pictures.get),
         ],
         lifespan=lifespan,
     )

@@ -96,6 +96,24 @@ def _explanation_json(
     }
 
 
+def _with_other_classes(
+    task: TaskSpec, explanation: dict[str, Any], others: list[Explained]
+) -> dict[str, Any]:
+    """Adds a multiclass prediction's other classes, SHAP values in ``contributions`` order,
+    so a picture of any class can be drawn from what was stored."""
+    if others:
+        explanation["otherClasses"] = [
+            {
+                "class": task.classes[e.explained_class],
+                "baseValue": e.base,
+                "outputValue": e.output,
+                "shap": [float(v) for v in e.contributions],
+            }
+            for e in others
+        ]
+    return explanation
+
+
 def _probabilities(task: TaskSpec, p: np.ndarray) -> list[dict[str, Any]]:
     return [{"label": c, "probability": float(p[i])} for i, c in enumerate(task.classes)]
 
@@ -147,9 +165,9 @@ def _to_record(
         probabilities=_probabilities(task, result.probabilities),
         prediction_set=[c for i, c in enumerate(task.classes) if result.prediction_set[i]],
         members=members,
-        explanation=_explanation_json(
+        explanation=_with_other_classes(task, _explanation_json(
             task, result.explanation, raw, values, "PARTIAL" if failed else "OK", space
-        ),
+        ), result.other_classes),
         route=route.value,
         reasons=[r.to_json() for r in reasons],
         status=Status.ACCEPTED if route is Route.AUTO else Status.PENDING_REVIEW,

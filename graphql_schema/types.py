@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import strawberry
 from strawberry.scalars import JSON
 
+from app.charts import ChartKind as ChartKindValue
+from app.charts import ImageFormat
 from app.db.pagination import Page, check_page_size
 from app.db.tables import Prediction as PredictionRow
 from app.db.tables import Release as ReleaseRow
 from app.db.tables import StageChange as StageChangeRow
 from app.db.tables import TrainingJob as TrainingJobRow
 from app.db.tables import TrainingSnapshot as SnapshotRow
+from app.explanations import may_see_pictures, picture_path
 from app.lineage import releases_using_label
 from app.ml.task import TaskSpec
 from app.snapshots import label_splits, learned_predictions
@@ -37,6 +40,19 @@ class FeatureType(Enum):
 class ExplanationSpace(Enum):
     LOG_ODDS = "LOG_ODDS"
     PROBABILITY = "PROBABILITY"
+
+
+@strawberry.enum(description="File format of an explanation picture.")
+class PictureFormat(Enum):
+    SVG = "svg"
+    PNG = "png"
+
+
+@strawberry.enum(description="WATERFALL walks from the base value to the output, one feature "
+                 "at a time; BAR shows each feature's contribution from zero.")
+class ChartKind(Enum):
+    WATERFALL = "waterfall"
+    BAR = "bar"
 
 
 @strawberry.enum(description="AUTO: answered by the models alone. REVIEW: sent to people.")
@@ -244,6 +260,24 @@ class Prediction:
             uses = await releases_using_label(session, str(self.id))
         return [LabelUse(version=u.release.version, stage=ReleaseStage(u.release.stage),
                          split=u.split) for u in uses if u.split != "holdout"]
+
+    @strawberry.field(description="URL path (on this server) of its explanation drawn as a "
+                      "picture, e.g. /explanations/<id>.svg; fetch it with your API key. Null "
+                      "for roles that may not fetch it (only auditors and admins may).")
+    def explanation_url(
+        self,
+        info: Info,
+        format: PictureFormat = PictureFormat.SVG,
+        kind: ChartKind = ChartKind.WATERFALL,
+        class_name: Annotated[str | None, strawberry.argument(
+            name="class", description="The class to explain; default the predicted one.")
+        ] = None,
+    ) -> str | None:
+        principal = info.context.principal
+        if principal is None or not may_see_pictures(principal.role):
+            return None
+        return picture_path(str(self.id), ImageFormat(format.value),
+                            ChartKindValue(kind.value), class_name)
 
     @classmethod
     def from_row(cls, p: PredictionRow, hide_explanation: bool = False) -> Prediction:

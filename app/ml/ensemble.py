@@ -64,6 +64,9 @@ class RowResult:
     explanation: Explained
     members: list[MemberOutput] = field(default_factory=list)
     ood: OodFinding | None = None  # None when the release has no detector (stored before it)
+    # Multiclass only: the explanation of every class but the predicted one, so that any
+    # class can be shown later (a binary task's other class is the predicted one mirrored).
+    other_classes: list[Explained] = field(default_factory=list)
 
 
 def _explained_transform(space: OutputSpace, n_classes: int) -> np.ndarray:
@@ -160,8 +163,14 @@ class Ensemble:
         explained_contrib = contrib @ L.T
         explained_base = np.asarray(base) @ L.T
         findings = self.ood.assess(X) if self.ood else [None] * len(X)
+        n_classes = len(self.task.classes)
         rows = []
         for i, c in enumerate(labels):
+            explained = [
+                Explained(k, float(explained_base[k]), explained_contrib[i, :, k],
+                          float(explained_scores[i, k]))
+                for k in range(n_classes)
+            ]
             members = []
             for m in self.members:
                 if m.name in errors:
@@ -188,14 +197,12 @@ class Ensemble:
                     probabilities=proba[i],
                     label=int(c),
                     prediction_set=sets[i],
-                    explanation=Explained(
-                        int(c),
-                        float(explained_base[c]),
-                        explained_contrib[i, :, c],
-                        float(explained_scores[i, c]),
-                    ),
+                    explanation=explained[c],
                     members=members,
                     ood=findings[i],
+                    other_classes=[e for e in explained if e.explained_class != c]
+                    if n_classes > 2
+                    else [],
                 )
             )
         return rows, errors

@@ -151,6 +151,23 @@ def test_output_is_the_documented_function_of_the_probabilities(
                 explained_output(space, m.probabilities, c), abs=TOL), f"row {i}, {m.name}"
 
 
+def test_multiclass_rows_explain_every_other_class_exactly(case: Case, predicted: Any) -> None:
+    """So a picture of any class can be drawn from the stored prediction."""
+    rows, _ = predicted
+    k = len(case.task.classes)
+    for i, row in enumerate(rows):
+        if k == 2:
+            assert row.other_classes == []
+            continue
+        assert sorted(e.explained_class for e in row.other_classes) == sorted(
+            set(range(k)) - {row.label})
+        for e in row.other_classes:
+            assert e.base + e.contributions.sum() == pytest.approx(e.output, abs=TOL)
+            assert e.output == pytest.approx(
+                explained_output(case.task.space, row.probabilities, e.explained_class),
+                abs=TOL), f"row {i}, class {e.explained_class}"
+
+
 def test_ensemble_pools_members_by_weight(case: Case, predicted: Any) -> None:
     """PROBABILITY: weighted mean; LOG_ODDS: weighted geometric mean, renormalised."""
     rows, _ = predicted
