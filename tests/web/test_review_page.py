@@ -119,6 +119,20 @@ def test_a_lapsed_lease_says_so_and_offers_to_claim_again(
 
 
 @ON_SQLITE
+@pytest.mark.parametrize("site", [{"hide_explanation": True}], indirect=True)
+def test_a_hidden_explanation_waits_for_the_button(
+        site: Site, browser: Browser, example_tasks: dict[str, TaskSpec]) -> None:
+    routed(site, example_tasks)
+    page = open_review(browser, site, site.keys["reviewer"])
+    page.get_by_role("button", name="Claim next").click()
+    expect(page.locator("#model-label")).to_contain_text("release v1")
+    expect(page.locator("#explanation svg")).to_have_count(0)
+    page.get_by_role("button", name="Show explanation").click()
+    expect(page.locator("#explanation svg rect").first).to_be_visible()
+    expect(page.locator("#explanation figcaption")).to_contain_text("from base")
+
+
+@ON_SQLITE
 def test_keys_of_the_wrong_role_or_no_key_are_refused_with_a_message(
         site: Site, browser: Browser) -> None:
     page = browser.new_context().new_page()

@@ -41,18 +41,18 @@ export function when(iso) {
   return iso ? new Date(iso).toLocaleString() : "–";
 }
 
-// "3 min", "2 h 5 min", "4 d" since `iso`
+// How long ago `iso` was: "3 min", "23 h", "4 d"
 export function age(iso, now = Date.now()) {
   return duration(now - new Date(iso).getTime());
 }
 
-// A span of milliseconds for people: "45 s", "3 min", "2 h 5 min", "4 d"
+// A span of milliseconds for people, to the largest unit: "45 s", "3 min", "23 h", "4 d"
 export function duration(ms) {
   const seconds = Math.max(0, Math.round(ms / 1000));
   if (seconds < 60) return `${seconds} s`;
   const minutes = Math.floor(seconds / 60);
   if (minutes < 60) return `${minutes} min`;
   const hours = Math.floor(minutes / 60);
-  if (hours < 48) return `${hours} h ${minutes % 60} min`;
+  if (hours < 48) return `${hours} h`;
   return `${Math.floor(hours / 24)} d`;
 }

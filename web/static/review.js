@@ -192,8 +192,9 @@ function startCountdown() {
   state.tick = setInterval(update, 1000);
 }
 
-function leaseLost(message) {
+function leaseLost(message, refusal = "") {
   $("lease-problem-text").textContent = message;
+  $("lease-problem-refusal").textContent = refusal;
   $("lease-problem").hidden = false;
 }
 
@@ -260,7 +261,8 @@ function submit(label) {
         + `(${data.submitReview.status.toLowerCase()}). `;
     } catch (exc) {
       if (LEASE_LOST.has(exc.code)) {
-        leaseLost(`${exc.code}: ${exc.message}`);
+        leaseLost("Your label was not recorded: the lease on this item is over.",
+          `The server answered ${exc.code}: ${exc.message}`);
         $("reclaim").focus();
       } else {
         say(`Could not submit: ${exc.message}`);
