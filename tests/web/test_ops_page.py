@@ -4,6 +4,7 @@ back through the confirmation dialog."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Iterator
 
@@ -15,8 +16,6 @@ from app.settings import Settings
 from tests.conftest import _store_all
 from tests.web.conftest import ON_SQLITE, Site, open_page, screenshot
 
-PROMOTE = """mutation { promoteRelease(task: "loan_default", version: 2, stage: LIVE,
-  reason: "second release") { version stage } }"""
 RELEASES = '{ releases(task: "loan_default") { version stage } }'
 
 
@@ -36,11 +35,22 @@ def second_release(settings: Settings, trained: dict[str, TrainedRelease]) -> It
 def test_an_admin_rolls_back_a_release_after_confirming(
         second_release: None, site: Site, browser: Browser) -> None:
     admin = site.api("admin")
-    assert admin(PROMOTE)["data"]["promoteRelease"] == {"version": 2, "stage": "LIVE"}
     page = open_page(browser, site, "/ops", site.keys["admin"])
     page.get_by_label("Task").select_option("loan_default")
     rows = page.locator("#releases-table tbody tr")
     expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_contain_text("CANDIDATE")
+    page.get_by_role("button", name="Change stage of v2").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("New stage").select_option("CANARY")
+    dialog.get_by_label("Canary traffic (%)").fill("150")
+    dialog.get_by_role("button", name="Change stage").click()
+    expect(dialog.locator("#confirm-error")).to_have_text(
+        "Canary traffic must be between 0 and 100 %.")
+    dialog.get_by_label("New stage").select_option("LIVE")
+    dialog.get_by_label("Reason").fill("second release")
+    dialog.get_by_role("button", name="Change stage").click()
+    expect(page.locator("#status")).to_have_text("v2 is now LIVE.")
     expect(rows.nth(0)).to_contain_text("LIVE")
     expect(rows.nth(1)).to_contain_text("RETIRED")
     page.get_by_role("button", name="Details of v2").click()
@@ -49,7 +59,6 @@ def test_an_admin_rolls_back_a_release_after_confirming(
     expect(page.locator("#drift")).to_contain_text("driftReport")  # the marked place
 
     page.get_by_role("button", name="Roll back…").click()
-    dialog = page.get_by_role("dialog")
     expect(dialog).to_contain_text("LIVE v2 is retired")
     dialog.get_by_role("button", name="Cancel").click()
     expect(page.locator("#status")).to_have_text("Rollback cancelled.")
@@ -69,3 +78,24 @@ def test_an_admin_rolls_back_a_release_after_confirming(
                     "{ toStage reason } } }")["data"]["release"]["stageHistory"]
     assert history[-1] == {"toStage": "LIVE", "reason": "v2 misroutes late payers"}
     screenshot(page, "ops")
+
+
+@ON_SQLITE
+def test_an_admin_retrains_and_watches_the_progress_live(site: Site, browser: Browser) -> None:
+    page = open_page(browser, site, "/ops", site.keys["admin"])
+    expect(page.get_by_label("Task")).to_have_value("breast_cancer")
+    expect(page.locator("#live")).to_have_text("Live")
+    expect(page.locator("#jobs")).to_have_text("No training yet.")
+    page.get_by_role("button", name="Retrain").click()
+    job = page.locator("#jobs-table tbody tr").first
+    expect(job).to_contain_text(re.compile("QUEUED|RUNNING|SUCCEEDED"))
+    # nothing but releaseEvents moves the row on: the page does not poll
+    expect(job).to_contain_text("SUCCEEDED", timeout=180_000)
+    expect(job).to_contain_text("100.0 %")
+    expect(job).to_contain_text("v2")
+    expect(page.locator("#status")).to_contain_text("succeeded")
+    expect(page.locator("#releases-table tbody tr")).to_have_count(2)
+    page.get_by_role("button", name="Details of v2").click()
+    expect(page.locator("#detail")).to_contain_text("Decision:")
+    expect(page.locator("#detail")).to_contain_text("The gate's comparison on held-out rows")
+    screenshot(page, "ops-after-training")

@@ -102,7 +102,7 @@ function gateSection(gate) {
   if (!gate || !gate.decision) return h("p", {}, "No gate decision (the first release of a task).");
   const rows = (gate.table ?? []).map((r) => [
     `${r.metric} · ${r.slice}`, String(r.rows), number(r.candidate), number(r.live),
-    h("span", { class: r.gain >= 0 ? "pass" : "fail" }, `${r.gain >= 0 ? "+" : ""}${number(r.gain, 4)}`),
+    h("span", { class: r.gain >= 0 ? "pass" : "fail" }, `${r.gain >= 0 ? "+" : "−"}${Math.abs(r.gain).toFixed(4)}`),
   ]);
   return h("div", {},
     h("p", {}, "Decision: ", h("strong", { class: gate.passed ? "pass" : "fail" }, gate.decision),
@@ -237,6 +237,9 @@ async function retrain() {
 }
 
 function onEvent({ releaseEvents: e }) {
+  if (e.kind === "TRAINING_FINISHED") {
+    say(`Training job ${e.jobId?.slice(0, 8) ?? ""} ${String(e.status).toLowerCase()}: ${e.message ?? ""}`);
+  }
   if (e.kind === "TRAINING_PROGRESS") {
     const job = state.jobs.find((j) => j.id === e.jobId);
     if (job) {
@@ -264,7 +267,14 @@ async function chooseTask(name) {
   $("detail-title").textContent = "Release details";
   state.unsubscribe?.();
   state.unsubscribe = state.ws.subscribe(EVENTS, { task: name }, {
-    next: onEvent, error: (errors) => say(`Live updates stopped: ${errors.map((x) => x.message).join("; ")}`),
+    next: onEvent,
+    error: (errors) => {
+      if (errors.some?.((x) => x.extensions?.code === "SUBSCRIBER_TOO_SLOW")) {
+        chooseTask(name); // fell behind: follow again and re-read
+        return;
+      }
+      say(`Live updates stopped: ${[errors].flat().map((x) => x.message).join("; ")}`);
+    },
     complete: () => {}, reconnected: scheduleLoad,
   });
   await load();

@@ -94,7 +94,14 @@ function watch(task) {
   state.unsubscribe?.();
   state.unsubscribe = state.ws.subscribe(EVENTS, { task }, {
     next: () => scheduleRefresh(),
-    error: (errors) => say(`Live updates stopped: ${errors.map((e) => e.message).join("; ")}`),
+    error: (errors) => {
+      if (errors.some?.((e) => e.extensions?.code === "SUBSCRIBER_TOO_SLOW")) {
+        watch(task); // fell behind: follow again and re-read what was missed
+        scheduleRefresh();
+        return;
+      }
+      say(`Live updates stopped: ${[errors].flat().map((e) => e.message).join("; ")}`);
+    },
     complete: () => {},
     reconnected: () => scheduleRefresh(),
   });
