@@ -24,6 +24,7 @@ async function check(key, roles, pageName) {
   }
   if (!roles.includes(me.role)) {
     return {
+      wrongRole: true,
       error: `This key ("${me.name}") has the role ${me.role}. The ${pageName} page needs `
         + `${roleList(roles)} key.`,
     };
@@ -52,7 +53,7 @@ export async function signIn(roles, pageName) {
       showSignedIn(result.me);
       return result.me;
     }
-    forgetKey();
+    if (!result.wrongRole) forgetKey(); // a key for another page stays for that page
     error.textContent = result.error;
   }
   document.getElementById("signin-view").hidden = false;
