@@ -153,3 +153,39 @@ def test_keys_of_the_wrong_role_or_no_key_are_refused_with_a_message(
     page.get_by_role("button", name="Sign in").click()
     expect(page.locator("#signin-error")).to_contain_text("The ops page needs an admin key.")
     assert site.keys["reviewer"] not in page.url
+
+
+FOCUSED = """() => { const e = document.activeElement;
+  return (e.getAttribute('aria-label') || e.labels?.[0]?.textContent || e.textContent).trim()
+    .replace(/\\s+/g, ' '); }"""
+
+
+@ON_SQLITE
+def test_the_review_page_works_from_the_keyboard_alone(
+        site: Site, browser: Browser, example_tasks: dict[str, TaskSpec]) -> None:
+    routed(site, example_tasks)
+    page = browser.new_context().new_page()
+    page.goto(site.url + "/review")
+    expect(page.get_by_label("API key")).to_be_focused()  # the form takes focus
+    page.keyboard.type(site.keys["reviewer"])
+    page.keyboard.press("Enter")
+    expect(page.locator("#app-view")).to_be_visible()
+    expect(page.locator("#main")).to_be_focused()
+    page.reload()  # the key stays for the tab: signed in, focus from the top
+    expect(page.get_by_label("Task")).to_have_value("breast_cancer")
+    order = []
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate(FOCUSED))
+    assert order == ["Skip to content", "Arbiter", "Review", "Audit", "Ops", "Sign out", "Task",
+                     "Claim next"]
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid"  # a visible focus ring
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("ArrowDown")  # the task select: loan_default
+    expect(page.get_by_label("Task")).to_have_value("loan_default")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")
+    expect(page.locator("#item-title")).to_be_focused()
+    page.keyboard.press("3")
+    expect(page.locator("#status")).to_contain_text("“default”")

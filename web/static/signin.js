@@ -79,6 +79,7 @@ export async function signIn(roles, pageName) {
       error.textContent = "";
       document.getElementById("signin-view").hidden = true;
       showSignedIn(result.me);
+      document.getElementById("main").focus(); // the form is gone: continue from the page
       resolve(result.me);
     });
   });
