@@ -312,7 +312,11 @@ def demo(host: Host = "127.0.0.1", port: Port = 8000) -> None:
         "explanation { space explainedClass baseValue outputValue "
         "contributions { feature value shap } } } }"
     }
-    console.print(f"\nGraphiQL: {url}  (set the header Authorization: Bearer <key>)\n")
+    console.print(f"\nGraphiQL: {url}  (set the header Authorization: Bearer <key>)")
+    site = f"http://{host}:{port}"
+    console.print(f"Review page: {site}/review   (reviewer key)")
+    console.print(f"Audit page:  {site}/audit    (auditor key)")
+    console.print(f"Ops page:    {site}/ops      (admin key)\n")
     console.print("Try it:", style="bold")
     print(
         f"curl -s {url} -H 'Authorization: Bearer {keys['predictor']}' "

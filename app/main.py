@@ -31,6 +31,7 @@ from app.settings import Settings
 from graphql_schema.context import Context
 from graphql_schema.schema import build_schema
 from graphql_schema.websocket import KeepAliveHandler, Verify, authenticate, websocket_options
+from web.pages import page_routes
 from workers.runtime import JobRuntime
 
 log = logging.getLogger("arbiter")
@@ -124,6 +125,7 @@ def build_app(settings: Settings) -> Starlette:
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/explanations/{name}", pictures.get),
+            *page_routes(),
         ],
         lifespan=lifespan,
     )

@@ -11,14 +11,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import stages
@@ -379,12 +379,17 @@ async def list_predictions(
     route: str | None = None,
     status: str | None = None,
     release: int | None = None,
+    label: str | None = None,
+    final_label: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
     first: int = 50,
     after: str | None = None,
 ) -> Page[Prediction]:
-    """Newest first, keyset-paginated, filtered to what the caller may see."""
+    """Newest first, keyset-paginated, filtered to what the caller may see. The time range
+    is half-open: ``created_after <= created_at < created_before``."""
     check_page_size(first, services.settings.page_size_max)
-    filters: list[Any] = []
+    filters: list[Any] = _time_range(created_after, created_before)
     if task is not None:
         services.registry.task(task)
         filters.append(Prediction.task == task)
@@ -394,11 +399,29 @@ async def list_predictions(
         (Prediction.route, route),
         (Prediction.status, status),
         (Prediction.release_version, release),
+        (Prediction.label, label),
+        (Prediction.final_label, final_label),
     ):
         if value is not None:
             filters.append(column == value)
     async with services.sessions() as session:
         return await paginate(session, Prediction, filters, first, after)
+
+
+def _time_range(start: datetime | None, end: datetime | None) -> list[Any]:
+    for name, value in (("createdAfter", start), ("createdBefore", end)):
+        if value is not None and value.tzinfo is None:
+            raise BadRequestError(f"{name} needs a time zone (e.g. 2026-01-31T12:00:00Z), "
+                                  f"got {value.isoformat()}")
+    if start is not None and end is not None and start >= end:
+        raise BadRequestError(f"createdAfter ({start.isoformat()}) must be before "
+                              f"createdBefore ({end.isoformat()})")
+    filters: list[Any] = []
+    if start is not None:
+        filters.append(col(Prediction.created_at) >= start)
+    if end is not None:
+        filters.append(col(Prediction.created_at) < end)
+    return filters
 
 
 @dataclass

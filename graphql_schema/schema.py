@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import strawberry
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.permission import BasePermission
@@ -55,7 +57,9 @@ class Query(ReviewQuery, ReleaseQuery, TrainingQuery, DriftQuery):
 
     @strawberry.field(
         permission_classes=GUARDED,
-        description="Stored predictions, newest first; predictors see their own.",
+        description="Stored predictions, newest first; predictors see their own. Filters "
+        "combine: label is the model's, finalLabel the reviewers'; createdAfter (inclusive) "
+        "and createdBefore (exclusive) bound createdAt.",
     )
     async def predictions(
         self,
@@ -64,6 +68,10 @@ class Query(ReviewQuery, ReleaseQuery, TrainingQuery, DriftQuery):
         route: Route | None = None,
         status: PredictionStatus | None = None,
         release: int | None = None,
+        label: str | None = None,
+        final_label: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         first: int = 50,
         after: str | None = None,
     ) -> PredictionConnection:
@@ -75,6 +83,10 @@ class Query(ReviewQuery, ReleaseQuery, TrainingQuery, DriftQuery):
             route=route.value if route else None,
             status=status.value if status else None,
             release=release,
+            label=label,
+            final_label=final_label,
+            created_after=created_after,
+            created_before=created_before,
             first=first,
             after=after,
         )

@@ -115,6 +115,11 @@ class Task:
     confidence_level: float = strawberry.field(
         description="Conformal prediction sets hold the true class at least this often."
     )
+    hide_explanation: bool = strawberry.field(
+        description="Reviewers see a claimed item's explanation only when they ask for it "
+        "(ReviewItem.prediction(revealExplanation: true)); the review page shows a button."
+    )
+    lease_seconds: float = strawberry.field(description="How long a review claim holds.")
 
     @classmethod
     def from_spec(cls, t: TaskSpec) -> Task:
@@ -148,6 +153,8 @@ class Task:
             ],
             space=ExplanationSpace(t.space.value),
             confidence_level=t.review.confidence_level,
+            hide_explanation=t.review.hide_explanation,
+            lease_seconds=t.review.lease_seconds,
         )
 
 

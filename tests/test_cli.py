@@ -101,6 +101,8 @@ def test_demo_trains_prints_keys_and_serves(env: dict[str, str],
     assert "errors" not in body, body
     assert body["data"]["predict"]["label"] in {"repaid", "late", "default"}
     assert httpx.get(f"{url}/graphql", headers={"Accept": "text/html"}).status_code == 200
+    assert any(f"{url}/review" in line for line in lines)  # the pages, on the same server
+    assert httpx.get(f"{url}/review").status_code == 200
 
 
 def test_serve_does_not_train(env: dict[str, str], started: list[subprocess.Popen[str]]) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PACKAGES = ["app", "graphql_schema", "workers", "review", "migrations", "tests", "bench"]
+PACKAGES = ["app", "graphql_schema", "workers", "review", "migrations", "web", "tests",
+            "bench"]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

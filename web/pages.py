@@ -1,0 +1,41 @@
+"""Starlette routes of the web pages: ``/review``, ``/audit``, ``/ops`` and ``/static``.
+
+The pages are plain files: no build step, nothing fetched from another origin. They need
+no key to load; every request they make carries the key the person typed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+WEB_DIR = Path(__file__).resolve().parent
+PAGES = ("review", "audit", "ops")
+
+# Scripts, styles, images and connections (GraphQL over HTTP and websockets) stay on this
+# origin; a page cannot be framed by another site (clickjacking of promote/rollback).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'none'; "
+    "base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _page(name: str) -> Route:
+    path = WEB_DIR / f"{name}.html"
+
+    async def serve(_: Request) -> Response:
+        return FileResponse(path, media_type="text/html", headers=SECURITY_HEADERS)
+
+    return Route(f"/{name}", serve, methods=["GET"], name=f"page:{name}")
+
+
+def page_routes() -> list[BaseRoute]:
+    """The pages and their assets, to mount beside ``/graphql``."""
+    return [*(_page(name) for name in PAGES),
+            Mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")]
