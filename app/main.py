@@ -20,6 +20,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from threadpoolctl import threadpool_limits
 
 from app.authn import ApiKeyAuth
+from app.body_limit import BodySizeLimit
 from app.db.engine import make_engine, make_sessionmaker
 from app.events import build_bus
 from app.keys import KeyVerifier
@@ -41,7 +42,9 @@ class ArbiterGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = KeepAliveHandler
 
     def __init__(self, services: Services, verify: Verify) -> None:
-        super().__init__(build_schema(), **websocket_options(services.settings))
+        settings = services.settings
+        super().__init__(build_schema(settings), **websocket_options(settings),
+                         graphql_ide=None if settings.production else "graphiql")
         self.services = services
         self.verify = verify
 
@@ -114,7 +117,8 @@ def build_app(settings: Settings) -> Starlette:
             await services.events.stop()
             await engine.dispose()
 
-    graphql = ApiKeyAuth(ArbiterGraphQL(services, verifier.verify), verifier.verify)
+    graphql = BodySizeLimit(ApiKeyAuth(ArbiterGraphQL(services, verifier.verify), verifier.verify),
+                            settings.max_body_bytes)
     app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
