@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
@@ -12,7 +15,7 @@ from app import predictions
 from app.releases import list_releases, set_routing
 from app.settings import Settings
 from graphql_schema.context import Info
-from graphql_schema.errors import DomainErrors
+from graphql_schema.errors import DomainErrors, code_document_errors
 from graphql_schema.limits import limit_extensions
 from graphql_schema.permissions import Allowed, FieldRules
 from graphql_schema.releases import ReleaseMutation, ReleaseQuery
@@ -173,10 +176,19 @@ class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation):
         return [Prediction.from_row(r) for r in rows]
 
 
+class ArbiterSchema(strawberry.Schema):
+    """Strawberry's schema, where a document that does not parse or validate gets a code too
+    (a parse error never reaches the extensions' view of the result, so it is done here)."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        code_document_errors(errors)
+        super().process_errors(errors, execution_context)
+
+
 def build_schema(settings: Settings | None = None) -> strawberry.Schema:
     """The schema with its permission checks and the settings' limits (defaults if None)."""
     settings = settings or Settings.model_construct()
-    return strawberry.Schema(
+    return ArbiterSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
