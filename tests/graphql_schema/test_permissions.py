@@ -53,7 +53,7 @@ def _operations() -> set[str]:
 
 def readme_rules() -> dict[str, frozenset[Role]]:
     """README's *Roles* table: name (operation, ``Type.*`` or ``Type.field``) -> roles."""
-    section = README.read_text().split("\n### Roles\n", 1)[1].split("\n## ", 1)[0]
+    section = README.read_text().split("\n### Roles\n", 1)[1].split("\n#", 1)[0]
     rules: dict[str, frozenset[Role]] = {}
     for line in section.splitlines():
         if not line.startswith("| `"):
