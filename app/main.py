@@ -20,6 +20,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from threadpoolctl import threadpool_limits
 
 from app.authn import ApiKeyAuth
+from app.body_limit import BodySizeLimit
 from app.db.engine import make_engine, make_sessionmaker
 from app.events import build_bus
 from app.http.explanations import ExplanationPictures
@@ -43,7 +44,9 @@ class ArbiterGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = KeepAliveHandler
 
     def __init__(self, services: Services, verify: Verify) -> None:
-        super().__init__(build_schema(), **websocket_options(services.settings))
+        settings = services.settings
+        super().__init__(build_schema(settings), **websocket_options(settings),
+                         graphql_ide=None if settings.production else "graphiql")
         self.services = services
         self.verify = verify
 
@@ -116,7 +119,8 @@ def build_app(settings: Settings) -> Starlette:
             await services.events.stop()
             await engine.dispose()
 
-    graphql = ApiKeyAuth(ArbiterGraphQL(services, verifier.verify), verifier.verify)
+    graphql = BodySizeLimit(ApiKeyAuth(ArbiterGraphQL(services, verifier.verify), verifier.verify),
+                            settings.max_body_bytes)
     pictures = ExplanationPictures(services, verifier.verify)
     app = Starlette(
         routes=[

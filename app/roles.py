@@ -1,7 +1,8 @@
 """Roles, the caller of a request, and which role may do what.
 
-The permission table lives here, one rule per public operation, so that the GraphQL layer
-checks one place and a test can prove no operation is left without a rule.
+The permission tables live here: one rule per public operation, and one per object type
+(with overrides for single fields), so that the GraphQL layer checks one place and a test
+can prove no operation or field is left without a rule (README's *Roles* table must agree).
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ class Principal:
 
 
 EVERYONE = frozenset(Role)
+READERS = frozenset({Role.AUDITOR, Role.ADMIN})  # read everything (releases, lineage, ...)
+ADMIN_ONLY = frozenset({Role.ADMIN})
+REVIEW_READERS = frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN})
 
 # operation name -> roles allowed to call it
 PERMISSIONS: dict[str, frozenset[Role]] = {
@@ -67,9 +71,57 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     # subscriptions (``predictions`` shares the query's rule: predictors follow their own)
     "reviewEvents": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
     "releaseEvents": frozenset({Role.AUDITOR, Role.ADMIN}),
+    # key management (reserved: another piece of work adds these operations)
+    "apiKeys": ADMIN_ONLY,
+    "createApiKey": ADMIN_ONLY,
+    "revokeApiKey": ADMIN_ONLY,
+}
+
+# Rules for operations that are planned but not in the schema yet.
+RESERVED = frozenset({"apiKeys", "createApiKey", "revokeApiKey"})
+
+ROOT_TYPES = frozenset({"Query", "Mutation", "Subscription"})
+
+# object type -> roles that may read its fields (unless FIELD_RULES says otherwise)
+TYPE_RULES: dict[str, frozenset[Role]] = {
+    # what a task is: everyone builds forms from it
+    **dict.fromkeys(("Task", "Feature", "DerivedFeature", "MemberSpec", "Me"), EVERYONE),
+    # a prediction: predictors (their own), reviewers (through a review item), readers
+    **dict.fromkeys(("Prediction", "ClassProbability", "MemberPrediction", "Explanation",
+                     "Contribution", "Reason", "PredictionConnection", "PredictionEdge",
+                     "PageInfo"), EVERYONE),
+    # the review queue
+    **dict.fromkeys(("ReviewItem", "ReviewItemConnection", "ReviewItemEdge", "ReviewEvent"),
+                    REVIEW_READERS),
+    "ReviewLease": frozenset({Role.REVIEWER, Role.ADMIN}),
+    # releases, training, lineage, comparisons: read by auditors, changed by admins
+    **dict.fromkeys(("Release", "StageChange", "LearnedLabel", "LearnedLabelConnection",
+                     "LearnedLabelEdge", "LabelUse", "Snapshot", "TrainingJob",
+                     "TrainingJobConnection", "TrainingJobEdge", "ReleaseComparison",
+                     "ComparisonTally", "RoutingPreview", "ReasonCount", "ReleaseEvent"),
+                    READERS),
+}
+
+# "Type.field" -> roles, where a field is narrower than its type
+FIELD_RULES: dict[str, frozenset[Role]] = {
+    # which releases learned from a label is release lineage, not the caller's business
+    "Prediction.trainedInto": READERS,
+    # the caller's own retry key: not shown to reviewers
+    "Prediction.idempotencyKey": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
+    # how long the server took is operations data
+    "Prediction.latencyMs": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
 }
 
 
 def allowed(operation: str, role: Role) -> bool:
     """Unknown operations are refused: a new field without a rule is closed, not open."""
     return role in PERMISSIONS.get(operation, frozenset())
+
+
+def field_allowed(type_name: str, field: str, role: Role) -> bool:
+    """May ``role`` select ``type_name.field``? Root fields are operations; any other field
+    follows its own rule, else its type's; a type without a rule is closed."""
+    if type_name in ROOT_TYPES:
+        return allowed(field, role)
+    rule = FIELD_RULES.get(f"{type_name}.{field}", TYPE_RULES.get(type_name, frozenset()))
+    return role in rule

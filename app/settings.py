@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -50,6 +51,26 @@ class Settings(BaseSettings):
     ws_keepalive_seconds: float = Field(
         default=15.0, gt=0, description="Interval of the server's pings on a websocket."
     )
+
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="production: no GraphiQL, no introspection, no 'Did you mean' hints.")
+    introspection: bool | None = Field(
+        default=None, description="Schema introspection; unset = on except in production.")
+    max_query_depth: int = Field(default=15, ge=1, description="Deepest field nesting.")
+    max_query_tokens: int = Field(
+        default=10_000, ge=1, description="Most tokens in one GraphQL document.")
+    max_aliases: int = Field(default=30, ge=0, description="Most aliases in one document.")
+    max_body_bytes: int = Field(
+        default=10 * 1024 * 1024, ge=1, description="Largest HTTP request body.")
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def introspection_enabled(self) -> bool:
+        return self.introspection if self.introspection is not None else not self.production
 
     @property
     def resolved_database_url(self) -> str:

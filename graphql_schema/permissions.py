@@ -1,13 +1,32 @@
-"""The permission check every field of Query and Mutation carries (rules in app.roles)."""
+"""Permission checks (rules in app.roles): ``Allowed`` on every root field, and
+``FieldRules``, a schema extension that checks every selected field of every type."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, cast
 
+from graphql import (
+    BREAK,
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    FragmentDefinitionNode,
+    GraphQLError,
+    GraphQLSchema,
+    TypeInfo,
+    TypeInfoVisitor,
+    Visitor,
+    get_operation_ast,
+    visit,
+)
+from strawberry import Schema
+from strawberry.extensions import SchemaExtension
 from strawberry.permission import BasePermission
+from strawberry.types.graphql import OperationType
 
 from app.errors import PermissionDeniedError
-from app.roles import allowed
+from app.roles import ROOT_TYPES, Role, allowed, field_allowed
 from graphql_schema.context import Info
 
 
@@ -21,3 +40,63 @@ class Allowed(BasePermission):
                 f"role {principal.role.value} may not use {info.field_name}"
             )
         return True
+
+
+class _FirstRefused(Visitor):
+    def __init__(self, type_info: TypeInfo, role: Role) -> None:
+        super().__init__()
+        self.type_info = type_info
+        self.role = role
+        self.refused: tuple[str, str] | None = None
+
+    def enter_field(self, node: FieldNode, *_: Any) -> Any:
+        parent = self.type_info.get_parent_type()
+        name = node.name.value
+        # Unknown parents failed validation already; introspection is the schema, not data.
+        if parent is None or name.startswith("__") or parent.name.startswith("__"):
+            return None
+        if not field_allowed(parent.name, name, self.role):
+            self.refused = (parent.name, name)
+            return BREAK
+        return None
+
+
+def refused_field(schema: GraphQLSchema, document: DocumentNode, operation_name: str | None,
+                  role: Role) -> tuple[str, str] | None:
+    """The first (type, field) of the operation (and the fragments it may spread) that
+    ``role`` may not select, or None."""
+    operation = get_operation_ast(document, operation_name)
+    if operation is None:
+        return None
+    fragments = [d for d in document.definitions if isinstance(d, FragmentDefinitionNode)]
+    for node in (operation, *fragments):
+        type_info = TypeInfo(schema)
+        finder = _FirstRefused(type_info, role)
+        visit(node, TypeInfoVisitor(type_info, finder))
+        if finder.refused:
+            return finder.refused
+    return None
+
+
+class FieldRules(SchemaExtension):
+    """Before anything runs, refuses an operation that selects a field the caller's role
+    may not read, naming it; so no resolver can forget a check and nothing half-runs."""
+
+    def on_execute(self) -> Iterator[None]:
+        ctx = self.execution_context
+        document = ctx.graphql_document
+        if document is not None:
+            role = ctx.context.caller().role
+            schema = cast(Schema, ctx.schema)._schema
+            refused = refused_field(schema, document, ctx.operation_name, role)
+            if refused is not None:
+                type_name, field = refused
+                what = field if type_name in ROOT_TYPES else f"{type_name}.{field}"
+                verb = "use" if type_name in ROOT_TYPES else "read"
+                error = PermissionDeniedError(f"role {role.value} may not {verb} {what}")
+                if ctx.operation_type is OperationType.SUBSCRIPTION:
+                    raise error  # Strawberry turns it into the stream's one result
+                # A result set here skips execution and is still masked like any other.
+                ctx.result = ExecutionResult(
+                    data=None, errors=[GraphQLError(str(error), original_error=error)])
+        yield

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import ParserCache, ValidationCache
 from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
+from strawberry.schema.config import StrawberryConfig
 
 from app import predictions
 from app.releases import list_releases, set_routing
+from app.settings import Settings
 from graphql_schema.context import Info
 from graphql_schema.drift import DriftQuery
-from graphql_schema.errors import DomainErrors
-from graphql_schema.permissions import Allowed
+from graphql_schema.errors import DomainErrors, code_document_errors
+from graphql_schema.limits import limit_extensions
+from graphql_schema.permissions import Allowed, FieldRules
 from graphql_schema.releases import ReleaseMutation, ReleaseQuery
 from graphql_schema.review import ReviewMutation, ReviewQuery
 from graphql_schema.subscriptions import Subscription
@@ -183,15 +188,29 @@ class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation):
         return [Prediction.from_row(r) for r in rows]
 
 
-def build_schema() -> strawberry.Schema:
-    return strawberry.Schema(
+class ArbiterSchema(strawberry.Schema):
+    """Strawberry's schema, where a document that does not parse or validate gets a code too
+    (a parse error never reaches the extensions' view of the result, so it is done here)."""
+
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        code_document_errors(errors)
+        super().process_errors(errors, execution_context)
+
+
+def build_schema(settings: Settings | None = None) -> strawberry.Schema:
+    """The schema with its permission checks and the settings' limits (defaults if None)."""
+    settings = settings or Settings.model_construct()
+    return ArbiterSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
+        config=StrawberryConfig(disable_field_suggestions=settings.production),
         # Factories: a fresh extension per request; the parse/validation LRU caches are module
         # level in Strawberry, so they are shared across requests all the same.
         extensions=[
             DomainErrors,
+            *limit_extensions(settings),
+            FieldRules,
             lambda: ParserCache(maxsize=QUERY_CACHE_SIZE),
             lambda: ValidationCache(maxsize=QUERY_CACHE_SIZE),
         ],
