@@ -100,6 +100,8 @@ TYPE_RULES: dict[str, frozenset[Role]] = {
                      "TrainingJobConnection", "TrainingJobEdge", "ReleaseComparison",
                      "ComparisonTally", "RoutingPreview", "ReasonCount", "ReleaseEvent"),
                     READERS),
+    # drift: read by auditors and admins
+    **dict.fromkeys(("DriftReport", "FeatureDrift", "RateBucket"), READERS),
 }
 
 # "Type.field" -> roles, where a field is narrower than its type
