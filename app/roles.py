@@ -62,6 +62,12 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "releaseComparison": frozenset({Role.AUDITOR, Role.ADMIN}),
     "promoteRelease": frozenset({Role.ADMIN}),
     "rollback": frozenset({Role.ADMIN}),
+    "verifyAuditLog": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "auditEvents": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "predictionStory": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "apiKeys": frozenset({Role.ADMIN}),
+    "createApiKey": frozenset({Role.ADMIN}),
+    "revokeApiKey": frozenset({Role.ADMIN}),
     # subscriptions (``predictions`` shares the query's rule: predictors follow their own)
     "reviewEvents": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
     "releaseEvents": frozenset({Role.AUDITOR, Role.ADMIN}),

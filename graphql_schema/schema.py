@@ -9,8 +9,10 @@ from strawberry.scalars import JSON
 
 from app import predictions
 from app.releases import list_releases, set_routing
+from graphql_schema.audit import AuditQuery
 from graphql_schema.context import Info
 from graphql_schema.errors import DomainErrors
+from graphql_schema.keys import KeyMutation, KeyQuery
 from graphql_schema.permissions import Allowed
 from graphql_schema.releases import ReleaseMutation, ReleaseQuery
 from graphql_schema.review import ReviewMutation, ReviewQuery
@@ -33,7 +35,7 @@ QUERY_CACHE_SIZE = 256
 
 
 @strawberry.type
-class Query(ReviewQuery, ReleaseQuery, TrainingQuery):
+class Query(ReviewQuery, ReleaseQuery, TrainingQuery, AuditQuery, KeyQuery):
     @strawberry.field(permission_classes=GUARDED, description="Every declared task.")
     def tasks(self, info: Info) -> list[Task]:
         return [Task.from_spec(t) for t in info.context.services.registry.tasks.values()]
@@ -129,7 +131,7 @@ class RoutingPreview:
 
 
 @strawberry.type
-class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation):
+class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation, KeyMutation):
     @strawberry.mutation(
         permission_classes=GUARDED,
         description="Explain, route and store one prediction. entityKey (else "
@@ -155,7 +157,8 @@ class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation):
         services = info.context.services
         spec = services.registry.task(task)
         async with services.sessions() as session, session.begin():
-            return Release.from_row(await set_routing(session, spec, version, policy))
+            return Release.from_row(await set_routing(session, spec, version, policy,
+                                                      info.context.caller().actor))
 
     @strawberry.mutation(
         permission_classes=GUARDED,
