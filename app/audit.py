@@ -171,8 +171,9 @@ def _drop_staged(session: Session, transaction: SessionTransaction) -> None:
 @dataclass(frozen=True)
 class ChainCheck:
     """The result of recomputing the chain: ``first_broken_event_id`` and ``reason`` name
-    the first event that is missing, altered or mislinked; ``head_hash`` is the last good
-    hash (write it down elsewhere to detect later removal of the newest events)."""
+    the first event that is missing, altered or mislinked; ``head_hash`` is the hash of the
+    last event when the chain is whole (write it down elsewhere to detect a later removal
+    of the newest events), empty when broken."""
 
     ok: bool
     checked: int
@@ -181,18 +182,26 @@ class ChainCheck:
     head_hash: str = GENESIS_HASH
 
 
-def check_link(e: AuditEvent, prev_id: int, prev_hash: str) -> str | None:
-    """Why ``e`` does not follow the event (``prev_id``, ``prev_hash``), or None."""
+def find_break(e: AuditEvent, prev_id: int, prev_hash: str) -> tuple[int, str] | None:
+    """(id of the broken event, why) when ``e`` does not follow the verified event
+    (``prev_id``, ``prev_hash``), else None."""
     if e.id != prev_id + 1:
-        return f"missing: event {e.id} follows event {prev_id}"
-    if e.prev_hash != prev_hash:
-        return f"its prev_hash does not match the hash of event {prev_id}"
+        return prev_id + 1, (f"event {prev_id + 1} is missing: event {e.id} follows "
+                             f"event {prev_id}")
     try:
         json.loads(e.payload)
     except ValueError:
-        return "its payload is not JSON (changed after it was written)"
+        return e.id, f"event {e.id}: its payload is not JSON (changed after it was written)"
     if hash_of(e) != e.hash:
-        return "its content does not match its hash (changed after it was written)"
+        return e.id, (f"event {e.id}: its content does not match its hash (changed after it "
+                      "was written)")
+    if e.prev_hash != prev_hash:
+        if prev_id == 0:
+            return e.id, f"event {e.id}: its prev_hash is not the start of the chain"
+        # e is intact and names another hash of its predecessor: the predecessor was
+        # rewritten and given a freshly computed hash.
+        return prev_id, (f"event {prev_id}: rewritten with a new hash (event {e.id} holds "
+                         "its original hash)")
     return None
 
 
@@ -210,18 +219,22 @@ async def verify_chain(sessions: async_sessionmaker[AsyncSession],
                                          col(AuditEvent.id) <= last)
                 .order_by(col(AuditEvent.id)).limit(page_rows))).all())
         for e in page:
-            problem = check_link(e, prev_id, prev_hash)
-            if problem is not None:
-                broken = prev_id + 1 if problem.startswith("missing") else e.id
-                reason = (f"event {broken} is {problem}" if problem.startswith("missing")
-                          else f"event {e.id}: {problem}")
-                return ChainCheck(False, checked, broken, reason, prev_hash)
+            found = find_break(e, prev_id, prev_hash)
+            if found is not None:
+                return _broken(found, checked, prev_id)
             prev_id, prev_hash, checked = e.id, e.hash, checked + 1
         if not page:  # rows up to `last` vanished while we read: the tail was removed
             return ChainCheck(False, checked, prev_id + 1,
                               f"event {prev_id + 1} is missing: the log ends at {prev_id}",
-                              prev_hash)
+                              "")
     return ChainCheck(True, checked, head_hash=prev_hash)
+
+
+def _broken(found: tuple[int, str], checked: int, prev_id: int) -> ChainCheck:
+    """The check's result at a break; a rewritten predecessor is no longer verified."""
+    broken, reason = found
+    verified = checked - 1 if broken == prev_id else checked
+    return ChainCheck(False, verified, broken, reason, head_hash="")
 
 
 def _filters(since: datetime | None, until: datetime | None, kind: str | None,
@@ -322,7 +335,7 @@ async def subject_events(session: AsyncSession,
 
 def export_line(e: AuditEvent, extra: dict[str, Any] | None = None) -> str:
     """One JSON Lines record of an event: every hashed field under its hashed name (so the
-    export re-verifies with ``check_link``/``event_hash``), plus unhashed ``extra``."""
+    export re-verifies with ``verify_lines``), plus unhashed ``extra``."""
     record: dict[str, Any] = {"id": e.id, "at": stamp(e.at), "kind": e.kind, "actor": e.actor,
                               "task": e.task, "subject_type": e.subject_type,
                               "subject_id": e.subject_id, "payload": json.loads(e.payload),
@@ -350,12 +363,11 @@ def verify_lines(lines: Sequence[str]) -> ChainCheck:
             e = parse_line(line)
         except (ValueError, KeyError, TypeError) as exc:
             return ChainCheck(False, checked, None, f"line {n + 1} is not an exported event: "
-                              f"{exc}", prev_hash)
+                              f"{exc}", "")
         if n == 0:
             prev_id, prev_hash = e.id - 1, e.prev_hash
-        problem = check_link(e, prev_id, prev_hash)
-        if problem is not None:
-            broken = prev_id + 1 if problem.startswith("missing") else e.id
-            return ChainCheck(False, checked, broken, f"event {broken}: {problem}", prev_hash)
+        found = find_break(e, prev_id, prev_hash)
+        if found is not None:
+            return _broken(found, checked, prev_id)
         prev_id, prev_hash, checked = e.id, e.hash, checked + 1
     return ChainCheck(True, checked, head_hash=prev_hash)

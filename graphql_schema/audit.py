@@ -70,8 +70,8 @@ class AuditVerification:
         description="The first event missing, changed or linked to the wrong predecessor.")
     reason: str | None
     head_hash: str = strawberry.field(
-        description="Hash of the last verified event: keep it elsewhere to detect a later "
-        "removal of the newest events.")
+        description="Hash of the newest event when ok (empty when broken): keep it elsewhere "
+        "to detect a later removal of the newest events.")
 
 
 @strawberry.type(description="One person's review of a prediction.")

@@ -229,3 +229,26 @@ def rewrite_route(event_id: int) -> str:
     """An UPDATE turning a REVIEW routing decision of a prediction event into AUTO."""
     return (f"UPDATE audit_events SET payload = replace(payload, '\"route\":\"REVIEW\"', "
             f"'\"route\":\"AUTO\"') WHERE id = {event_id}")
+
+
+def test_an_export_reverifies_and_names_what_was_changed() -> None:
+    entries = [audit.Entry(audit.Kind.KEY_CREATED, "tests", "api_key", str(i), {"i": i})
+               for i in range(1, 6)]
+    rows = audit.chain(entries, 0, audit.GENESIS_HASH, None)
+    lines = [audit.export_line(r) for r in rows]
+    assert audit.verify_lines(lines).ok and audit.verify_lines(lines[2:]).checked == 3
+
+    edited = json.loads(lines[2])
+    edited["payload"]["i"] = 99
+    changed = [*lines[:2], json.dumps(edited), *lines[3:]]
+    assert audit.verify_lines(changed).first_broken_event_id == 3
+
+    rewritten = audit.parse_line(json.dumps(edited))  # ... and its hash recomputed
+    rewritten.hash = audit.hash_of(rewritten)
+    covered = [*lines[:2], audit.export_line(rewritten), *lines[3:]]
+    check = audit.verify_lines(covered)
+    assert (check.first_broken_event_id, check.checked) == (3, 2)
+    assert "rewritten with a new hash" in (check.reason or "")
+
+    dropped = audit.verify_lines([*lines[:2], *lines[3:]])
+    assert dropped.first_broken_event_id == 3 and "missing" in (dropped.reason or "")
