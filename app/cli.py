@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -23,14 +27,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from app import stages
+from app import audit, stages
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.db.tables import Release
 from app.errors import ArbiterError
 from app.events import build_bus
-from app.keys import create_key
+from app.keys import create_key, list_keys, revoke_key
 from app.ml.task import load_tasks
+from app.pii import redact
 from app.releases import Stage, list_releases, live_release
 from app.roles import Role
 from app.settings import Settings
@@ -43,6 +48,8 @@ cli = typer.Typer(
 )
 keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys_cli, name="keys")
+audit_cli = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+cli.add_typer(audit_cli, name="audit")
 # Wide enough for the release table when piped (rich assumes 80 columns off a terminal).
 console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True)
@@ -63,6 +70,14 @@ def _run(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
             await engine.dispose()
 
     return asyncio.run(main())
+
+
+def cli_actor() -> str:
+    """Who acts from the command line, for stage histories and the audit log."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (e.g. a container without a passwd entry)
+        return f"cli:uid-{os.getuid()}"
 
 
 def _prepare() -> Settings:
@@ -134,7 +149,7 @@ def _train(settings: Settings, name: str, actor: str) -> None:
 def train(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
     """Retrain TASK on its source data and every settled review label, with a progress bar;
     the evaluation gate compares it with the LIVE release (the first release goes LIVE)."""
-    _train(_prepare(), task, "cli")
+    _train(_prepare(), task, cli_actor())
 
 
 @cli.command()
@@ -203,7 +218,8 @@ def promote(
 ) -> None:
     """Move release VERSION of TASK to a stage (LIVE, CANARY --traffic P, SHADOW, ...)."""
     why = reason or "promoted from the command line"
-    _change_stage(_prepare(), lambda s: stages.promote(s, task, version, stage, traffic, "cli",
+    actor = cli_actor()
+    _change_stage(_prepare(), lambda s: stages.promote(s, task, version, stage, traffic, actor,
                                                        why))
 
 
@@ -214,7 +230,8 @@ def rollback(
 ) -> None:
     """Make TASK's previous LIVE release LIVE again (the current one is retired)."""
     why = reason or "rolled back from the command line"
-    _change_stage(_prepare(), lambda s: stages.rollback(s, task, "cli", why))
+    actor = cli_actor()
+    _change_stage(_prepare(), lambda s: stages.rollback(s, task, actor, why))
 
 
 @keys_cli.command("create")
@@ -227,11 +244,121 @@ def keys_create(
 
     async def work(sessions: Any) -> tuple[Any, str]:
         async with sessions() as session, session.begin():
-            return await create_key(session, role, name)
+            return await create_key(session, role, name, cli_actor())
 
     row, plaintext = _run(settings, work)
     err.print(f"created {row.role} key {row.id} for {row.name!r}; it is shown only once:")
     print(plaintext)
+
+
+@keys_cli.command("list")
+def keys_list() -> None:
+    """List every key (never the secret): id, name, role, prefix, created, revoked."""
+    settings = _prepare()
+
+    async def work(sessions: Any) -> list[Any]:
+        async with sessions() as session:
+            return await list_keys(session)
+
+    table = Table("id", "name", "role", "prefix", "created", "revoked", title="API keys")
+    for k in _run(settings, work):
+        table.add_row(str(k.id), k.name, k.role, k.prefix,
+                      k.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      k.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if k.revoked_at else "-")
+    console.print(table)
+
+
+@keys_cli.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="The key's id (keys list).")]) -> None:
+    """Revoke a key; servers refuse it within ARBITER_KEY_CACHE_SECONDS."""
+    settings = _prepare()
+
+    async def work(sessions: Any) -> Any:
+        async with sessions() as session, session.begin():
+            return await revoke_key(session, key_id, cli_actor())
+
+    row = _run(settings, work)
+    console.print(f"revoked {row.role} key {row.id} ({row.name!r}, {row.prefix}…)")
+
+
+@audit_cli.command("verify")
+def audit_verify(
+    file: Annotated[Path | None, typer.Option(
+        "--file", help="Verify an export (JSON Lines) instead of the database.")] = None,
+) -> None:
+    """Recompute the audit chain; exit 1 naming the first broken event when it is broken."""
+    if file is not None:
+        try:
+            lines = [line for line in file.read_text().splitlines() if line.strip()]
+        except OSError as exc:
+            raise ArbiterError(f"cannot read {file}: {exc.strerror}") from None
+        check = audit.verify_lines(lines)
+    else:
+        check = _run(_prepare(), audit.verify_chain)
+    if not check.ok:
+        err.print(f"[red]audit chain broken at event {check.first_broken_event_id}:[/] "
+                  f"{check.reason} ({check.checked} events verified before it)")
+        raise SystemExit(1)
+    console.print(f"audit chain ok: {check.checked} events, head hash {check.head_hash}")
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 date or datetime; one without a time zone is taken as UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ArbiterError(f"{option} {value!r} is not an ISO 8601 date or datetime, e.g. "
+                           "2026-11-30 or 2026-11-30T14:00:00+00:00") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+async def _export(sessions: Any, tasks: dict[str, Any], since: datetime | None,
+                  until: datetime | None, include_pii: bool, out: Any) -> int:
+    """Write the events as JSON Lines; a prediction's event gets its input attached (not
+    hashed: the event commits to it by ``inputHash``), redacted unless ``include_pii``."""
+    from app.db.tables import Prediction
+
+    count = 0
+    async for e in audit.iter_events(sessions, since, until):
+        extra = None
+        if e.kind == audit.Kind.PREDICTION_MADE:
+            async with sessions() as session:
+                p = await session.get(Prediction, e.subject_id)
+            if p is not None:
+                extra = {"input": p.input if include_pii else redact(tasks.get(p.task), p.input)}
+        out.write(audit.export_line(e, extra) + "\n")
+        count += 1
+    return count
+
+
+@audit_cli.command("export")
+def audit_export(
+    since: Annotated[str | None, typer.Option(help="From this time (inclusive), ISO 8601; "
+                                              "no zone = UTC.")] = None,
+    until: Annotated[str | None, typer.Option(help="Up to this time (exclusive).")] = None,
+    output: Annotated[Path | None, typer.Option(help="File to write (default: stdout).")] = None,
+    include_pii: Annotated[bool, typer.Option(
+        "--include-pii", help="Attach inputs with their personal (pii) features as sent.")] = False,
+) -> None:
+    """Export audit events in [since, until) as JSON Lines, hashes included (re-verify an
+    export with `arbiter audit verify --file`)."""
+    start, end = parse_time(since, "--since"), parse_time(until, "--until")
+    audit.check_range(start, end)
+    settings = _prepare()
+    tasks = load_tasks(settings.tasks_dir)
+    if output is None:
+        _run(settings, lambda s: _export(s, tasks, start, end, include_pii, sys.stdout))
+        return
+    partial = output.with_name(output.name + ".partial")  # never a half-written export
+    try:
+        with partial.open("w", encoding="utf-8") as out:
+            n = _run(settings, lambda s: _export(s, tasks, start, end, include_pii, out))
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+    err.print(f"wrote {n} events to {output}")
 
 
 def _serve(host: str, port: int, workers: int = 1) -> None:
@@ -290,12 +417,13 @@ def demo(host: Host = "127.0.0.1", port: Port = 8000) -> None:
                 return await live_release(session, name) is not None
 
         if not _run(settings, has_live):
-            _train(settings, name, "demo")
+            _train(settings, name, "cli:demo")
 
     async def make_keys(sessions: Any) -> dict[str, str]:
         async with sessions() as session, session.begin():
             return {
-                r.value: (await create_key(session, r.value, f"demo-{r.value}"))[1] for r in Role
+                r.value: (await create_key(session, r.value, f"demo-{r.value}", "cli:demo"))[1]
+                for r in Role
             }
 
     keys = _run(settings, make_keys)

@@ -7,11 +7,13 @@ import secrets
 import time
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import audit
 from app.db.tables import ApiKey
-from app.errors import BadRequestError
+from app.db.types import utcnow
+from app.errors import BadRequestError, NotFoundError
 from app.roles import Principal, Role
 
 KEY_PREFIX = "arb_"
@@ -21,8 +23,10 @@ def hash_key(plaintext: str) -> str:
     return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
-async def create_key(session: AsyncSession, role: str, name: str) -> tuple[ApiKey, str]:
-    """Store a new key's hash; return the row and the plaintext (never stored)."""
+async def create_key(session: AsyncSession, role: str, name: str,
+                     actor: str = "system:keys") -> tuple[ApiKey, str]:
+    """Store a new key's hash; return the row and the plaintext (never stored). ``actor``:
+    who created it, for the audit log."""
     try:
         parsed = Role(role)
     except ValueError:
@@ -37,7 +41,31 @@ async def create_key(session: AsyncSession, role: str, name: str) -> tuple[ApiKe
     )
     session.add(row)
     await session.flush()
+    audit.append(session, audit.Kind.KEY_CREATED, actor, "api_key", str(row.id),
+                 {"name": row.name, "role": row.role, "prefix": row.prefix})
     return row, plaintext
+
+
+async def list_keys(session: AsyncSession) -> list[ApiKey]:
+    """Every key, revoked ones included, oldest first (hashes only, never a secret)."""
+    return list((await session.exec(select(ApiKey).order_by(col(ApiKey.id)))).all())
+
+
+async def revoke_key(session: AsyncSession, key_id: int, actor: str) -> ApiKey:
+    """Revoke a key for good; servers stop accepting it within their key cache's TTL.
+    Revoking a revoked key is refused (it would record a second revocation)."""
+    row = await session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFoundError(f"no API key {key_id}")
+    if row.revoked_at is not None:
+        raise BadRequestError(f"API key {key_id} ({row.name!r}) was already revoked at "
+                              f"{row.revoked_at.isoformat()}")
+    row.revoked_at = utcnow()
+    session.add(row)
+    await session.flush()
+    audit.append(session, audit.Kind.KEY_REVOKED, actor, "api_key", str(key_id),
+                 {"name": row.name, "role": row.role, "prefix": row.prefix})
+    return row
 
 
 async def authenticate(session: AsyncSession, plaintext: str) -> Principal | None:

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import stages
+from app import audit, stages
 from app.db.pagination import Page, check_page_size, paginate
 from app.db.tables import Prediction, ReviewItem, StageChange
 from app.deployment import Deployment
@@ -271,7 +271,7 @@ async def predict(
     inference = await _infer(services, task, [row], caller, key, started, [entity or key])
     [record] = inference.records
     try:
-        await _store(services, inference.policies, [record])
+        await _store(services, inference.policies, [record], _actor(caller))
     except IntegrityError:
         # A concurrent request with the same key stored first: answer with its prediction.
         if key is None:
@@ -310,7 +310,7 @@ async def predict_batch(
         )
     keys = [_check_key(k, "entityKeys") for k in entity_keys]
     inference = await _infer(services, task, rows, caller, None, started, keys)
-    await _store(services, inference.policies, inference.records)
+    await _store(services, inference.policies, inference.records, _actor(caller))
     _observe(services, inference)
     return inference.records
 
@@ -349,17 +349,36 @@ def open_review_item(policy: ReviewPolicy, p: Prediction) -> ReviewItem:
     )
 
 
+def _actor(caller: Principal | None) -> str:
+    return caller.actor if caller is not None else "system:anonymous"
+
+
+def audit_entry(p: Prediction, actor: str, item: ReviewItem | None) -> audit.Entry:
+    """The audit record of a prediction: its release, answer and routing decision. The log
+    commits to the input by its hash (the input itself stays in ``predictions``)."""
+    return audit.Entry(audit.Kind.PREDICTION_MADE, actor, "prediction", p.id, {
+        "release": p.release_version, "label": p.label, "confidence": p.confidence,
+        "route": p.route, "reasons": [{"code": r["code"], "detail": r["detail"]}
+                                      for r in p.reasons],
+        "inputHash": p.input_hash, "idempotencyKey": p.idempotency_key,
+        "reviewItem": item.id if item is not None else None}, p.task)
+
+
 async def _store(
-    services: Services, policies: dict[int, ReviewPolicy], records: list[Prediction]
+    services: Services, policies: dict[int, ReviewPolicy], records: list[Prediction],
+    actor: str,
 ) -> None:
-    """Predictions and the review items of the routed ones, in one transaction."""
-    opened = [open_review_item(policies[p.release_id], p)
-              for p in records if p.route == Route.REVIEW]
+    """Predictions, the review items of the routed ones and their audit events, in one
+    transaction."""
+    opened = {p.id: open_review_item(policies[p.release_id], p)
+              for p in records if p.route == Route.REVIEW}
     async with services.sessions() as session, session.begin():
         session.add_all(records)
         await session.flush()
-        session.add_all(opened)
-    await publish_stored(services.events, records, opened)  # only once committed
+        session.add_all(opened.values())
+        await session.flush()
+        audit.record(session, [audit_entry(p, actor, opened.get(p.id)) for p in records])
+    await publish_stored(services.events, records, list(opened.values()))  # once committed
 
 
 async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:

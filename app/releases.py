@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import audit
 from app.db.tables import Release, ReleaseMember, StageChange
 from app.drift import prediction_reference
 from app.errors import ArbiterError, BadRequestError, NotFoundError
@@ -140,6 +141,17 @@ async def _insert(
             reason=reason,
         )
     )
+    audit.record(session, [
+        audit.Entry(audit.Kind.RELEASE_STORED, actor, "release", str(release.id), {
+            "version": version, "stage": stage.value, "snapshot": lineage.snapshot_id,
+            "job": lineage.job_id, "contractHash": release.contract_hash,
+            "dataHash": release.data_hash,
+            "members": [{"name": m.spec.name, "algorithm": m.spec.algorithm,
+                         "sha256": files[m.spec.name][1]} for m in trained.members]},
+            task.name),
+        audit.Entry(audit.Kind.STAGE_CHANGED, actor, "release", str(release.id), {
+            "version": version, "from": None, "to": stage.value,
+            "trafficPercent": release.traffic_percent, "reason": reason}, task.name)])
     return release
 
 
@@ -211,14 +223,17 @@ async def release_by_version(session: AsyncSession, task: str, version: int) -> 
 
 
 async def set_routing(session: AsyncSession, task: TaskSpec, version: int,
-                      overrides: Any) -> Release:
+                      overrides: Any, actor: str) -> Release:
     """Replace a release's review-policy overrides (validated against the task's policy);
     servers pick the change up at their next LIVE-pointer refresh."""
     if not isinstance(overrides, dict):
         raise BadRequestError("policy must be a JSON object of review-policy fields")
     release_policy(task.review, overrides)
     release = await release_by_version(session, task.name, version)
+    before = release.routing
     release.routing = dict(overrides)
     session.add(release)
     await session.flush()
+    audit.append(session, audit.Kind.ROUTING_CHANGED, actor, "release", str(release.id),
+                       {"version": version, "from": before, "to": release.routing}, task.name)
     return release

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import stages
+from app import audit, stages
 from app.db.pagination import Page, check_page_size, paginate
 from app.db.tables import Release, TrainingJob, TrainingLabel, TrainingSnapshot
 from app.db.types import utcnow
@@ -48,6 +48,7 @@ from app.snapshots import take_snapshot
 log = logging.getLogger("arbiter.retraining")
 
 RUN_ACTOR = "training.run"
+WORKER_ACTOR = f"system:{RUN_ACTOR}"
 HEARTBEAT_SECONDS = 2.0
 PROGRESS_POLL_SECONDS = 0.2
 
@@ -109,6 +110,7 @@ async def request_in(
             .values(requests=TrainingJob.requests + 1)
         )
         await session.refresh(active)
+        _audit_request(session, active, actor, trigger, reason, joined=True)
         return active, False
     job = TrainingJob(
         id=str(uuid.uuid4()),
@@ -121,8 +123,15 @@ async def request_in(
     )
     session.add(job)
     enqueue(session, RUN_ACTOR, {"job_id": job.id})
+    _audit_request(session, job, actor, trigger, reason, joined=False)
     await session.flush()  # a concurrent twin fails here, inside the caller's retry
     return job, True
+
+
+def _audit_request(session: AsyncSession, job: TrainingJob, actor: str, trigger: str,
+                   reason: str, joined: bool) -> None:
+    audit.append(session, audit.Kind.TRAINING_REQUESTED, actor, "training_job", job.id,
+                 {"trigger": trigger, "reason": reason, "joined": joined}, job.task)
 
 
 async def get_job(session: AsyncSession, job_id: str) -> TrainingJob:
@@ -178,7 +187,12 @@ async def _claim(
                 message="starting",
             )
         )
-        return bool(result.rowcount)
+        if not result.rowcount:
+            return False
+        job = await get_job(session, job_id)
+        audit.append(session, audit.Kind.TRAINING_STARTED, WORKER_ACTOR, "training_job",
+                           job_id, {"attempt": job.attempts}, job.task)
+        return True
 
 
 async def _report(
@@ -200,6 +214,9 @@ async def _fail(sessions: async_sessionmaker[AsyncSession], job_id: str, error: 
             .values(status=JobStatus.FAILED, error=error[:2000], message="failed",
                     finished_at=utcnow())
         )
+        job = await get_job(session, job_id)
+        audit.append(session, audit.Kind.TRAINING_FAILED, WORKER_ACTOR, "training_job",
+                           job_id, {"error": error[:2000]}, job.task)
 
 
 # Called with the job each time its progress or status is written (after commit).
@@ -340,6 +357,13 @@ async def run_job(ctx: JobContext, job_id: str) -> Release | None:
         row.release_id = release.id
         row.message = f"release {release.version}: gate {decision['decision']}"
         session.add(row)
+        audit.record(session, [
+            audit.Entry(audit.Kind.GATE_DECIDED, GATE_ACTOR, "release", str(release.id),
+                        {"version": release.version, "decision": decision["decision"],
+                         "passed": decision["passed"], "promoteTo": decision["promoteTo"],
+                         "reasons": decision["reasons"], "job": job_id}, task.name),
+            audit.Entry(audit.Kind.TRAINING_FINISHED, WORKER_ACTOR, "training_job", job_id,
+                        {"release": release.version}, task.name)])
         if decision["passed"] and decision["promoteTo"] != stages.Stage.CANDIDATE:
             await _promote(session, task, release, decision)
 

@@ -68,17 +68,16 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "rollback": frozenset({Role.ADMIN}),
     "driftReport": frozenset({Role.AUDITOR, Role.ADMIN}),
     "latestDriftReport": frozenset({Role.AUDITOR, Role.ADMIN}),
-    # subscriptions (``predictions`` shares the query's rule: predictors follow their own)
-    "reviewEvents": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
-    "releaseEvents": frozenset({Role.AUDITOR, Role.ADMIN}),
-    # key management (reserved: another piece of work adds these operations)
+    "verifyAuditLog": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "auditEvents": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "predictionStory": frozenset({Role.AUDITOR, Role.ADMIN}),
     "apiKeys": ADMIN_ONLY,
     "createApiKey": ADMIN_ONLY,
     "revokeApiKey": ADMIN_ONLY,
+    # subscriptions (``predictions`` shares the query's rule: predictors follow their own)
+    "reviewEvents": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
+    "releaseEvents": frozenset({Role.AUDITOR, Role.ADMIN}),
 }
-
-# Rules for operations that are planned but not in the schema yet.
-RESERVED = frozenset({"apiKeys", "createApiKey", "revokeApiKey"})
 
 ROOT_TYPES = frozenset({"Query", "Mutation", "Subscription"})
 

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import audit
 from app.db.tables import Release, StageChange
 from app.errors import NoLiveReleaseError, NotFoundError, StageChangeError, StageConflictError
 from app.events import EventBus, ReleaseEventKind, release_event, releases_topic
@@ -132,6 +133,9 @@ async def change_stage(
         reason=reason,
     )
     session.add(change)
+    audit.append(session, audit.Kind.STAGE_CHANGED, actor, "release", str(release.id), {
+        "version": release.version, "from": before, "to": to.value, "trafficPercent": percent,
+        "reason": reason}, release.task)
     return change
 
 
@@ -236,6 +240,8 @@ async def rollback(session: AsyncSession, task: str, actor: str, reason: str) ->
             changes.append(await change_stage(session, canary, Stage.CANDIDATE, 0.0, actor,
                                        f"canary withdrawn by rollback: {reason}"))
     changes.append(await change_stage(session, previous, Stage.LIVE, 100.0, actor, reason))
+    audit.append(session, audit.Kind.ROLLED_BACK, actor, "release", str(previous.id), {
+        "from": current.version, "to": previous.version, "reason": reason}, task)
     await session.flush()
     return changes
 

@@ -165,6 +165,6 @@ class ReviewMutation:
                          description="Give the leased item back to the queue unreviewed.")
     async def release_review(self, info: Info, lease_token: str) -> ReviewItem:
         services = info.context.services
-        item = await queue.release(services.sessions, lease_token)
+        item = await queue.release(services.sessions, lease_token, info.context.caller().actor)
         await notices.announce(services.events, services.sessions, item, ReviewChange.RELEASED)
         return ReviewItem.from_row(item)

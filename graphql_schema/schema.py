@@ -15,9 +15,11 @@ from strawberry.schema.config import StrawberryConfig
 from app import predictions
 from app.releases import list_releases, set_routing
 from app.settings import Settings
+from graphql_schema.audit import AuditQuery
 from graphql_schema.context import Info
 from graphql_schema.drift import DriftQuery
 from graphql_schema.errors import DomainErrors, code_document_errors
+from graphql_schema.keys import KeyMutation, KeyQuery
 from graphql_schema.limits import limit_extensions
 from graphql_schema.permissions import Allowed, FieldRules
 from graphql_schema.releases import ReleaseMutation, ReleaseQuery
@@ -41,7 +43,7 @@ QUERY_CACHE_SIZE = 256
 
 
 @strawberry.type
-class Query(ReviewQuery, ReleaseQuery, TrainingQuery, DriftQuery):
+class Query(ReviewQuery, ReleaseQuery, TrainingQuery, DriftQuery, AuditQuery, KeyQuery):
     @strawberry.field(permission_classes=GUARDED, description="Every declared task.")
     def tasks(self, info: Info) -> list[Task]:
         return [Task.from_spec(t) for t in info.context.services.registry.tasks.values()]
@@ -147,7 +149,7 @@ class RoutingPreview:
 
 
 @strawberry.type
-class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation):
+class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation, KeyMutation):
     @strawberry.mutation(
         permission_classes=GUARDED,
         description="Explain, route and store one prediction. entityKey (else "
@@ -173,7 +175,8 @@ class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation):
         services = info.context.services
         spec = services.registry.task(task)
         async with services.sessions() as session, session.begin():
-            return Release.from_row(await set_routing(session, spec, version, policy))
+            return Release.from_row(await set_routing(session, spec, version, policy,
+                                                      info.context.caller().actor))
 
     @strawberry.mutation(
         permission_classes=GUARDED,

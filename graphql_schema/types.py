@@ -15,12 +15,16 @@ from app.charts import ImageFormat
 from app.db.pagination import Page, check_page_size
 from app.db.tables import Prediction as PredictionRow
 from app.db.tables import Release as ReleaseRow
+from app.db.tables import ReleaseMember as ReleaseMemberRow
 from app.db.tables import StageChange as StageChangeRow
 from app.db.tables import TrainingJob as TrainingJobRow
 from app.db.tables import TrainingSnapshot as SnapshotRow
+from app.errors import UnknownTaskError
 from app.explanations import may_see_pictures, picture_path
 from app.lineage import releases_using_label
 from app.ml.task import TaskSpec
+from app.pii import redact, sees_pii
+from app.releases import release_members
 from app.snapshots import label_splits, learned_predictions
 from app.stages import stage_history
 from graphql_schema.context import Info
@@ -164,12 +168,29 @@ class ClassProbability:
     probability: float
 
 
+def visible(info: Info, task: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` as the caller may read them: personal ones redacted unless auditor/admin."""
+    if sees_pii(info.context.caller().role):
+        return values
+    try:
+        spec: TaskSpec | None = info.context.services.registry.task(task)
+    except UnknownTaskError:
+        spec = None
+    return redact(spec, values)
+
+
 @strawberry.type(description="What one feature added to the explained output.")
 class Contribution:
     feature: str
-    value: JSON | None = strawberry.field(description="The feature's value in this input.")
     shap: float
     derived: bool
+    task: strawberry.Private[str]
+    raw_value: strawberry.Private[Any]
+
+    @strawberry.field(description="The feature's value in this input; \"[redacted]\" for "
+                      "personal (pii) features unless the caller is an auditor or admin.")
+    def value(self, info: Info) -> JSON | None:
+        return _json(visible(info, self.task, {self.feature: self.raw_value})[self.feature])
 
 
 @strawberry.type(description="SHAP explanation: baseValue + sum(shap) = outputValue in `space`.")
@@ -182,7 +203,7 @@ class Explanation:
     contributions: list[Contribution]
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Explanation:
+    def from_json(cls, d: dict[str, Any], task: str) -> Explanation:
         return cls(
             status=d["status"],
             space=ExplanationSpace(d["space"]),
@@ -190,9 +211,8 @@ class Explanation:
             base_value=d["baseValue"],
             output_value=d["outputValue"],
             contributions=[
-                Contribution(
-                    feature=c["feature"], value=c["value"], shap=c["shap"], derived=c["derived"]
-                )
+                Contribution(feature=c["feature"], raw_value=c["value"], shap=c["shap"],
+                             derived=c["derived"], task=task)
                 for c in d["contributions"]
             ],
         )
@@ -235,6 +255,14 @@ class LabelUse:
     split: str = strawberry.field(description="train or calibration.")
 
 
+async def label_uses(info: Info, prediction_id: str) -> list[LabelUse]:
+    """The releases that trained or calibrated on a prediction's label, oldest first."""
+    async with info.context.services.sessions() as session:
+        uses = await releases_using_label(session, prediction_id)
+    return [LabelUse(version=u.release.version, stage=ReleaseStage(u.release.stage),
+                     split=u.split) for u in uses if u.split != "holdout"]
+
+
 @strawberry.type(description="An explained, routed, stored prediction.")
 class Prediction:
     id: strawberry.ID
@@ -255,18 +283,20 @@ class Prediction:
     reasons: list[Reason]
     status: PredictionStatus
     final_label: str | None
-    input: JSON
     idempotency_key: str | None
     latency_ms: float
     created_at: datetime
+    raw_input: strawberry.Private[dict[str, Any]]
+
+    @strawberry.field(description="The input as sent; personal (pii) features read "
+                      "\"[redacted]\" unless the caller is an auditor or admin.")
+    def input(self, info: Info) -> JSON:
+        return _json(visible(info, self.task, self.raw_input))
 
     @strawberry.field(description="Releases that later learned from this prediction's "
                       "reviewed label (trained or calibrated on it), oldest first.")
     async def trained_into(self, info: Info) -> list[LabelUse]:
-        async with info.context.services.sessions() as session:
-            uses = await releases_using_label(session, str(self.id))
-        return [LabelUse(version=u.release.version, stage=ReleaseStage(u.release.stage),
-                         split=u.split) for u in uses if u.split != "holdout"]
+        return await label_uses(info, str(self.id))
 
     @strawberry.field(description="URL path (on this server) of its explanation drawn as a "
                       "picture, e.g. /explanations/<id>.svg; fetch it with your API key. Null "
@@ -305,13 +335,14 @@ class Prediction:
                     weight=m["weight"],
                     error=m["error"],
                     probabilities=_probs(m["probabilities"]),
-                    explanation=Explanation.from_json(m["explanation"])
+                    explanation=Explanation.from_json(m["explanation"], p.task)
                     if m["explanation"] and not hide_explanation
                     else None,
                 )
                 for m in p.members
             ],
-            explanation=None if hide_explanation else Explanation.from_json(p.explanation),
+            explanation=None if hide_explanation else Explanation.from_json(p.explanation,
+                                                                            p.task),
             route=Route(p.route),
             reasons=[
                 Reason(
@@ -324,7 +355,7 @@ class Prediction:
             ],
             status=PredictionStatus(p.status),
             final_label=p.final_label,
-            input=_json(p.input),
+            raw_input=p.input,
             idempotency_key=p.idempotency_key,
             latency_ms=p.latency_ms,
             created_at=p.created_at,
@@ -455,10 +486,37 @@ class Release:
             routing=_json(r.routing),
         )
 
+    @strawberry.field(description="Its trained members, in declaration order.")
+    async def members(self, info: Info) -> list[ReleaseMember]:
+        async with info.context.services.sessions() as session:
+            return [ReleaseMember.from_row(m) for m in await release_members(session, self.id)]
+
     @strawberry.field(description="Every stage it went through, oldest first: who, when, why.")
     async def stage_history(self, info: Info) -> list[StageChange]:
         async with info.context.services.sessions() as session:
             return [StageChange.from_row(c) for c in await stage_history(session, self.id)]
+
+
+@strawberry.type(description="One trained member of a release and its artifact.")
+class ReleaseMember:
+    name: str
+    version: str
+    algorithm: str
+    family: str
+    weight: float
+    params: JSON
+    sha256: str = strawberry.field(description="Of the skops artifact, checked on load.")
+    metrics: JSON
+    library_versions: JSON
+    created_at: datetime
+    created_by: str
+
+    @classmethod
+    def from_row(cls, m: ReleaseMemberRow) -> ReleaseMember:
+        return cls(name=m.name, version=m.version, algorithm=m.algorithm, family=m.family,
+                   weight=m.weight, params=_json(m.params), sha256=m.sha256,
+                   metrics=_json(m.metrics), library_versions=_json(m.library_versions),
+                   created_at=m.created_at, created_by=m.created_by)
 
 
 @strawberry.type(description="One move of a release from one stage to another.")

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import audit
 from app.db.pagination import Page, paginate
 from app.db.tables import Prediction, Review, ReviewItem, TrainingLabel
 from app.db.types import utcnow
@@ -120,10 +121,19 @@ async def claim(sessions: async_sessionmaker[AsyncSession], task: str, reviewer:
                     enqueue(session, "review.expire_lease",
                             {"item_id": item.id, "lease_version": item.lease_version + 1},
                             not_before=expires)
+                    _audit(session, audit.Kind.REVIEW_CLAIMED, reviewer.actor, item,
+                                 leaseVersion=item.lease_version + 1,
+                                 expiresAt=expires.isoformat())
                     fresh = await session.get(ReviewItem, item.id, populate_existing=True)
                     assert fresh is not None
                     return Lease(token, expires, fresh)
     return None
+
+
+def _audit(session: AsyncSession, kind: audit.Kind, actor: str, item: ReviewItem,
+           **payload: object) -> None:
+    audit.append(session, kind, actor, "review_item", item.id,
+                 {"prediction": item.prediction_id, **payload}, item.task)
 
 
 async def _explain_unclaimable(sessions: async_sessionmaker[AsyncSession], task: str,
@@ -167,7 +177,8 @@ def _cas(item: ReviewItem) -> Any:
 _NO_LEASE = {"lease_token_hash": None, "lease_holder_id": None, "lease_expires_at": None}
 
 
-async def release(sessions: async_sessionmaker[AsyncSession], token: str) -> ReviewItem:
+async def release(sessions: async_sessionmaker[AsyncSession], token: str,
+                  actor: str) -> ReviewItem:
     """Give the item back to the queue unreviewed."""
     async with sessions() as session, session.begin():
         item = await _leased(session, token)
@@ -175,6 +186,8 @@ async def release(sessions: async_sessionmaker[AsyncSession], token: str) -> Rev
         result = await session.exec(_cas(item).values(status=back, **_NO_LEASE))
         if result.rowcount != 1:
             raise StaleLeaseError("the lease changed while releasing it; claim the item anew")
+        _audit(session, audit.Kind.REVIEW_RELEASED, actor, item,
+                     leaseVersion=item.lease_version, status=back.value)
         fresh = await session.get(ReviewItem, item.id, populate_existing=True)
     assert fresh is not None
     return fresh
@@ -222,11 +235,34 @@ async def submit(sessions: async_sessionmaker[AsyncSession], token: str, reviewe
                 reviews_done=len(labels), **_NO_LEASE, **change))
             if result.rowcount != 1:
                 raise StaleLeaseError("the lease changed while submitting; claim the item anew")
+            _audit_submission(session, item, reviewer, label, comment, adjudicating,
+                                    change)
             fresh = await session.get(ReviewItem, item.id, populate_existing=True)
     except IntegrityError:
         raise ReviewConflictError("you already reviewed this item") from None
     assert fresh is not None
     return fresh
+
+
+def _audit_submission(session: AsyncSession, item: ReviewItem, reviewer: Principal,
+                      label: str, comment: str, adjudicating: bool,
+                      change: dict[str, Any]) -> None:
+    """The review, and what it did to the item: resolved it (final label) or escalated it."""
+    entries = [audit.Entry(audit.Kind.REVIEW_SUBMITTED, reviewer.actor, "review_item", item.id,
+                           {"prediction": item.prediction_id, "reviewer": reviewer.name,
+                            "label": label, "comment": comment,
+                            "kind": "adjudication" if adjudicating else "review"}, item.task)]
+    status = change["status"]
+    if status == ItemStatus.RESOLVED:
+        entries.append(audit.Entry(audit.Kind.REVIEW_RESOLVED, reviewer.actor, "review_item",
+                                   item.id, {"prediction": item.prediction_id,
+                                             "finalLabel": label,
+                                             "resolution": change["resolution"].value},
+                                   item.task))
+    elif status == ItemStatus.ESCALATED:
+        entries.append(audit.Entry(audit.Kind.REVIEW_ESCALATED, reviewer.actor, "review_item",
+                                   item.id, {"prediction": item.prediction_id}, item.task))
+    audit.record(session, entries)
 
 
 async def _settle(session: AsyncSession, item: ReviewItem, label: str) -> None:
@@ -240,20 +276,38 @@ async def _settle(session: AsyncSession, item: ReviewItem, label: str) -> None:
                               source="review"))
 
 
+EXPIRY_ACTOR = "system:review.expire_lease"
+
+
+def _audit_expired(session: AsyncSession, rows: Sequence[Any]) -> None:
+    audit.record(session, [
+        audit.Entry(audit.Kind.LEASE_EXPIRED, EXPIRY_ACTOR, "review_item", r.id,
+                    {"prediction": r.prediction_id, "leaseVersion": r.lease_version,
+                     "status": r.status}, r.task) for r in rows])
+
+
+def _expired_columns() -> tuple[Any, ...]:
+    return (col(ReviewItem.id), col(ReviewItem.task), col(ReviewItem.prediction_id),
+            col(ReviewItem.lease_version), col(ReviewItem.status))
+
+
 async def expire_lease(sessions: async_sessionmaker[AsyncSession], item_id: str,
                        lease_version: int) -> bool:
     """Return one lapsed lease's item to the queue; a no-op when it was already settled."""
     async with sessions() as session, session.begin():
-        result = await session.exec(_expire().where(
-            col(ReviewItem.id) == item_id, col(ReviewItem.lease_version) == lease_version))
-    return bool(result.rowcount == 1)
+        rows = (await session.exec(_expire().where(
+            col(ReviewItem.id) == item_id, col(ReviewItem.lease_version) == lease_version)
+            .returning(*_expired_columns()))).all()
+        _audit_expired(session, rows)
+    return len(rows) == 1
 
 
 async def expire_leases(sessions: async_sessionmaker[AsyncSession]) -> list[str]:
     """Return every lapsed lease's item to the queue (the periodic safety net); their ids."""
     async with sessions() as session, session.begin():
-        result = await session.exec(_expire().returning(col(ReviewItem.id)))
-        return list(result.scalars().all())
+        rows = (await session.exec(_expire().returning(*_expired_columns()))).all()
+        _audit_expired(session, rows)
+        return [r.id for r in rows]
 
 
 def _expire() -> Any:

@@ -138,7 +138,7 @@ def with_sessions(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> 
 async def cli_stage_changes(sessions: Any) -> list[StageChange]:
     async with sessions() as session:
         return list((await session.exec(select(StageChange).where(
-            StageChange.actor == "cli").order_by(col(StageChange.id)))).all())
+            col(StageChange.actor).startswith("cli:")).order_by(col(StageChange.id)))).all())
 
 
 def test_promote_and_rollback(env: dict[str, str], settings: Settings,

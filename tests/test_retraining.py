@@ -13,7 +13,14 @@ import pytest
 from sqlmodel import col, select
 
 from app import predictions, retraining
-from app.db.tables import OutboxMessage, Release, TrainingJob, TrainingLabel, TrainingSnapshot
+from app.db.tables import (
+    AuditEvent,
+    OutboxMessage,
+    Release,
+    TrainingJob,
+    TrainingLabel,
+    TrainingSnapshot,
+)
 from app.db.types import utcnow
 from app.errors import ModelLoadError
 from app.main import build_services
@@ -44,6 +51,13 @@ class World:
             session.add_all(TrainingLabel(prediction_id=p.id, task=TASK, label=p.label,
                                           source="review") for p in rows)
         return [p.id for p in rows]
+
+    async def audited(self, subject_id: str) -> list[tuple[str, str]]:
+        """(kind, actor) of the audit events about one subject, in chain order."""
+        async with self.sessions() as session:
+            return [(e.kind, e.actor) for e in (await session.exec(
+                select(AuditEvent).where(AuditEvent.subject_id == subject_id)
+                .order_by(col(AuditEvent.id)))).all()]
 
     async def jobs(self) -> list[TrainingJob]:
         async with self.sessions() as session:
@@ -98,6 +112,11 @@ def test_a_job_runs_once_and_records_its_lineage(settings: Settings) -> None:
         assert snapshot is not None and snapshot.reviewed_rows == 30
         assert parent is not None and parent.version == 1
         assert release.job_id == job.id and release.gate["liveVersion"] == 1
+        assert await w.audited(job.id) == [
+            ("training.requested", "me"), ("training.started", retraining.WORKER_ACTOR),
+            ("training.finished", retraining.WORKER_ACTOR)]
+        assert [k for k, _ in await w.audited(str(release.id))][:3] == [
+            "release.stored", "release.stage_changed", "release.gate_decided"]
         # a new job on the same data reuses the snapshot: it is content-addressed
         job2, created = await retraining.request_retrain(w.sessions, w.tasks[TASK], "cli", "me")
         assert created
@@ -140,6 +159,8 @@ def test_a_training_that_cannot_work_fails_its_job(settings: Settings) -> None:
         [failed] = await w.jobs()
         assert failed.status == "FAILED" and failed.release_id is None
         assert "lacks target 'diagnosis'" in (failed.error or "")
+        assert [k for k, _ in await w.audited(job.id)] == [
+            "training.requested", "training.started", "training.failed"]
         async with w.sessions() as session:
             versions = (await session.exec(select(Release.version).where(
                 Release.task == TASK))).all()

@@ -350,3 +350,28 @@ class DriftReport(SQLModel, table=True):
     drifted: bool
     share: float
     details: dict[str, Any] = _json()
+
+
+class AuditEvent(SQLModel, table=True):
+    """One entry of the append-only, hash-chained audit log (see ``app.audit``).
+
+    ``id`` is assigned by the writer (the chain head's id + 1) while it holds the log's
+    lock, so ids have no gaps and a missing one is a removed event. ``payload`` is kept as
+    the canonical JSON text that was hashed, so both backends return it byte for byte."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_at", "at"),
+        Index("ix_audit_events_subject", "subject_type", "subject_id"),
+        Index("ix_audit_events_task_kind", "task", "kind"),
+    )
+    id: int = Field(sa_column=Column(Integer, primary_key=True, autoincrement=False))
+    at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
+    kind: str = Field(max_length=40)
+    actor: str
+    task: str | None = Field(default=None, max_length=100)
+    subject_type: str = Field(max_length=32)
+    subject_id: str = Field(max_length=64)
+    payload: str
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64, unique=True)

@@ -135,8 +135,8 @@ def test_expired_lease_is_refused_and_returns_the_item(
         again = await queue.claim(services.sessions, TASK, bob, 60, item_id=lease.item.id)
         assert again is not None and again.item.lease_version == lease.item.lease_version + 1
         with pytest.raises(StaleLeaseError):
-            await queue.release(services.sessions, lease.token)
-        back = await queue.release(services.sessions, again.token)
+            await queue.release(services.sessions, lease.token, "tests")
+        back = await queue.release(services.sessions, again.token, "tests")
         assert back.status == "PENDING"
         # The per-lease job is a no-op once the lease it names is gone.
         assert not await queue.expire_lease(services.sessions, item.id, lease.item.lease_version)
