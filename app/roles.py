@@ -101,6 +101,11 @@ TYPE_RULES: dict[str, frozenset[Role]] = {
                     READERS),
     # drift: read by auditors and admins
     **dict.fromkeys(("DriftReport", "FeatureDrift", "RateBucket"), READERS),
+    # the audit log and a prediction's story: read by auditors and admins
+    **dict.fromkeys(("AuditEvent", "AuditEventConnection", "AuditEventEdge", "AuditVerification",
+                     "PredictionStory", "ReviewRecord", "ReleaseMember"), READERS),
+    # API keys: admins only
+    **dict.fromkeys(("ApiKey", "CreatedApiKey"), ADMIN_ONLY),
 }
 
 # "Type.field" -> roles, where a field is narrower than its type
