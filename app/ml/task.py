@@ -214,6 +214,8 @@ class TaskSpec(_Strict):
     data: DataSource
     training: TrainingSettings = TrainingSettings()
     gate: GateSettings = GateSettings()
+    # Whether prediction log lines may carry the input values (never the pii features).
+    log_inputs: bool = False
     source_path: str = ""
 
     @model_validator(mode="after")
