@@ -46,6 +46,7 @@ class ContextFilter(logging.Filter):
     """Puts the bound context fields on each record (never overriding an explicit extra)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)  # uvicorn's ANSI copy of the message
         for name, value in _context.get().items():
             if not hasattr(record, name):
                 setattr(record, name, value)
@@ -65,7 +66,9 @@ def _formatter(log_format: LogFormat, stream: TextIO) -> logging.Formatter:
     if log_format == "auto":
         log_format = "text" if stream.isatty() else "json"
     if log_format == "json":
-        return JsonFormatter(TEXT_FORMAT, rename_fields={"levelname": "level", "asctime": "time"})
+        # ISO 8601 UTC time first, then level, logger, message, and every extra field.
+        return JsonFormatter("%(levelname)s %(name)s %(message)s",
+                             rename_fields={"levelname": "level"}, timestamp="time")
     return TextFormatter(TEXT_FORMAT)
 
 

@@ -24,6 +24,7 @@ from app.settings import Settings
 from tests.conftest import Api, LiveServer, example_inputs, free_port, make_key
 from tests.graphql_schema.test_review_api import BATCH, CLAIM, ITEM, SUBMIT
 from tests.test_cli import ARBITER, wait_ready
+from tests.workers.test_redis_worker import REDIS_URL, require_redis
 
 PREDICT = 'mutation($i: JSON!) { predict(task: "loan_default", input: $i) { id route } }'
 STAGES = ("validate", "infer", "explain", "route", "store")
@@ -58,7 +59,7 @@ def until(check: Callable[[], Any], what: str, seconds: float = 30) -> Any:
 def test_counts_match_what_happened(settings: Settings,
                                     example_tasks: dict[str, TaskSpec]) -> None:
     rows = example_inputs(example_tasks["loan_default"], 43, seed=11)
-    with LiveServer(settings, review={"lease_seconds": 1.0}) as server, \
+    with LiveServer(settings, review={"lease_seconds": 3.0}) as server, \
             httpx.Client(base_url=server.url, timeout=60) as http:
         predictor = Api(http, make_key(settings, "predictor", "app"))
         reviewer = Api(http, make_key(settings, "reviewer", "rita"))
@@ -94,6 +95,7 @@ def test_counts_match_what_happened(settings: Settings,
 
         # One review confirms the model, one overturns it, one lease lapses.
         before = scrape(http)
+        reviewed = []
         for agree in (True, False):
             lease = reviewer(CLAIM)["data"]["claimReview"]
             model = lease["item"]["prediction"]["label"]
@@ -101,16 +103,26 @@ def test_counts_match_what_happened(settings: Settings,
                                              if c != model)
             done = reviewer(SUBMIT, t=lease["leaseToken"], l=label)["data"]["submitReview"]
             assert done["status"] == "RESOLVED"
+            reviewed.append((model, label, done))
         lapsing = reviewer(CLAIM)["data"]["claimReview"]["item"]["id"]
         until(lambda: admin(ITEM, id=lapsing)["data"]["reviewItem"]["status"] == "PENDING",
               "lease expiry")
-        after = until(lambda: (s := scrape(http)) and value(
-            s, "arbiter_jobs_total", actor="review.expire_lease", outcome="success") > value(
-            before, "arbiter_jobs_total", actor="review.expire_lease", outcome="success") and s,
-            "the expiry job's count")
+
+        def settled() -> Samples | None:
+            """Each claim sent one expiry job (a no-op for the two submitted in time)."""
+            s = scrape(http)
+            d = delta(before, s)
+            done = (d("arbiter_jobs_total", actor="review.expire_lease", outcome="success") >= 3
+                    and d("arbiter_lease_expiries_total", task="loan_default") >= 1)
+            return s if done else None
+
+        after = until(settled, "the three expiry jobs")
         d = delta(before, after)
-        assert d("arbiter_review_outcomes_total", task="loan_default", outcome="confirmed") == 1
-        assert d("arbiter_review_outcomes_total", task="loan_default", outcome="overturned") == 1
+        outcomes = {k: v for k, v in after.items() if k[0] == "arbiter_review_outcomes_total"}
+        assert d("arbiter_review_outcomes_total", task="loan_default",
+                 outcome="confirmed") == 1, (reviewed, outcomes)
+        assert d("arbiter_review_outcomes_total", task="loan_default",
+                 outcome="overturned") == 1, (reviewed, outcomes)
         assert d("arbiter_lease_expiries_total", task="loan_default") == 1
         assert d("arbiter_jobs_total", actor="review.expire_lease", outcome="failure") == 0
         assert not any(k[0] == "arbiter_predictions_total" and ("id", lapsing) in k[1]
@@ -210,3 +222,32 @@ def test_no_feature_value_or_id_becomes_a_label(settings: Settings,
 def scrape_text(text: str) -> list[tuple[str, frozenset[tuple[str, str]]]]:
     return [(s.name, frozenset(s.labels.items()))
             for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_worker_serves_its_own_metrics(settings: Settings, tmp_path: Path) -> None:
+    require_redis()
+    port = free_port()
+    namespace = f"arbiter-test-{tmp_path.name[-12:]}"
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    env |= {"ARBITER_DATA_DIR": str(settings.data_dir),
+            "ARBITER_DATABASE_URL": settings.resolved_database_url,
+            "ARBITER_REDIS_URL": REDIS_URL, "ARBITER_REDIS_NAMESPACE": namespace,
+            "ARBITER_LEASE_SWEEP_SECONDS": "1"}
+    worker = subprocess.Popen([ARBITER, "worker", "--metrics-port", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            def swept() -> bool:
+                assert worker.poll() is None, "the worker exited"
+                try:
+                    samples = scrape(http)
+                except httpx.TransportError:
+                    return False
+                return value(samples, "arbiter_jobs_total", actor="review.expire_leases",
+                             outcome="success") > 0
+            until(swept, "periodic sweep counted by the worker", seconds=300)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
