@@ -70,8 +70,6 @@ TRAINING_RUNS = Counter(
     ["task", "outcome"],
 )
 
-STAGES = ("validate", "infer", "explain", "route", "store")
-
 
 def multiprocess_dir() -> str | None:
     """The directory processes share their values through, when one is configured."""
