@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import json
-import logging
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -27,13 +30,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from app import audit, stages
+from app import audit, metrics, stages
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.db.tables import Release
 from app.errors import ArbiterError
 from app.events import build_bus
 from app.keys import create_key, list_keys, revoke_key
+from app.logs import configure_logging
 from app.ml.task import load_tasks
 from app.pii import redact
 from app.releases import Stage, list_releases, live_release
@@ -55,6 +59,9 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True)
 
 FOLLOW_SECONDS = 1.0  # how often `arbiter train` reads a job another process runs
+# uvicorn's supervisor kills a worker that does not answer its ping within this; the default
+# (5 s) killed workers still importing the ML stack on a loaded 2-core machine, over and over.
+WORKER_HEALTHCHECK_SECONDS = 60
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 Port = Annotated[int, typer.Option(help="TCP port.")]
 
@@ -361,10 +368,35 @@ def audit_export(
     err.print(f"wrote {n} events to {output}")
 
 
-def _serve(host: str, port: int, workers: int = 1) -> None:
-    uvicorn.run(
-        "app.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info"
-    )
+@contextlib.contextmanager
+def _shared_metrics(processes: int) -> Iterator[None]:
+    """Several server processes share their metrics through one directory: the one in
+    PROMETHEUS_MULTIPROC_DIR if set (the operator's, kept), else a fresh one for this run,
+    removed at exit. Set before uvicorn spawns the workers, which read it at import."""
+    given = metrics.multiprocess_dir()
+    if given is not None:
+        os.makedirs(given, exist_ok=True)
+        yield
+        return
+    if processes == 1:
+        yield  # one process: its own registry is the whole view
+        return
+    path = tempfile.mkdtemp(prefix="arbiter-metrics-")
+    os.environ[metrics.MULTIPROC_ENV] = path
+    try:
+        yield
+    finally:
+        os.environ.pop(metrics.MULTIPROC_ENV, None)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
+    with _shared_metrics(workers):
+        # log_config=None: uvicorn keeps its hands off logging; each process's create_app
+        # configures it (JSON or text, with the request context).
+        uvicorn.run("app.main:create_app", factory=True, host=host, port=port,
+                    workers=workers, log_config=None, log_level=settings.log_level.lower(),
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS)
 
 
 @cli.command()
@@ -374,18 +406,26 @@ def serve(
     workers: Annotated[int, typer.Option(help="Server processes.")] = 1,
 ) -> None:
     """Serve the GraphQL API (migrates first; does not train)."""
-    _prepare()
-    _serve(host, port, workers)
+    _serve(_prepare(), host, port, workers)
 
 
 @cli.command()
-def worker() -> None:
+def worker(
+    metrics_port: Annotated[int | None, typer.Option(
+        help="Serve this process's Prometheus metrics on this port (GET /metrics).")] = None,
+    metrics_host: Annotated[str, typer.Option(help="Interface of --metrics-port.")] = "127.0.0.1",
+) -> None:
     """Run Dramatiq workers and an outbox relay against ARBITER_REDIS_URL."""
     settings = _prepare()
     if not settings.redis_url:
         raise ArbiterError("`arbiter worker` needs ARBITER_REDIS_URL; without Redis, "
                            "`arbiter serve` runs the worker inside the server")
-    asyncio.run(_work(settings))
+    if metrics_port is not None:
+        metrics.serve_metrics(metrics_port, metrics_host)
+    try:
+        asyncio.run(_work(settings))
+    finally:
+        metrics.process_exited()
 
 
 async def _work(settings: Settings) -> None:
@@ -450,14 +490,17 @@ def demo(host: Host = "127.0.0.1", port: Port = 8000) -> None:
         f"curl -s {url} -H 'Authorization: Bearer {keys['predictor']}' "
         f"-H 'Content-Type: application/json' -d '{json.dumps(example)}'\n"
     )
-    _serve(host, port)
+    _serve(settings, host, port)
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
+        settings = Settings()
+        configure_logging(settings.log_format, settings.log_level)
         cli()
+    except ValidationError as exc:
+        err.print(f"[red]error:[/] invalid settings (ARBITER_* variables): {exc}")
+        raise SystemExit(2) from None
     except ArbiterError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None

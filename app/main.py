@@ -9,22 +9,26 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import text
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.types.unset import UNSET, UnsetType
 from threadpoolctl import threadpool_limits
 
+from app import metrics
 from app.authn import ApiKeyAuth
 from app.body_limit import BodySizeLimit
 from app.db.engine import make_engine, make_sessionmaker
 from app.events import build_bus
 from app.http.explanations import ExplanationPictures
+from app.http.health import Health
+from app.http.metrics import MetricsEndpoint, ScrapeGauges
+from app.http.requests import RequestObserver
 from app.keys import KeyVerifier
+from app.logs import configure_logging
 from app.ml.task import load_tasks
 from app.predictions import Services
 from app.registry import Registry
@@ -81,29 +85,15 @@ def build_app(settings: Settings) -> Starlette:
     services, engine = build_services(settings)
     verifier = KeyVerifier(services.sessions, settings.key_cache_seconds)
 
-    async def healthz(_: Request) -> JSONResponse:
-        return JSONResponse({"status": "alive"})
-
-    async def readyz(_: Request) -> JSONResponse:
-        checks: dict[str, Any] = {}
-        try:
-            async with engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"unreachable: {type(exc).__name__}"
-        checks["tasks"] = services.registry.readiness()
-        ready = checks["database"] == "ok" and all(v == "ready" for v in checks["tasks"].values())
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", **checks},
-            status_code=200 if ready else 503,
-        )
-
     # Embedded (no Redis): this process also consumes the jobs. With Redis, `arbiter worker`
     # processes do, and this one only relays its outbox.
     jobs = JobRuntime(settings, services.sessions, consume=settings.redis_url is None,
                       events=services.events, tasks=services.registry.tasks)
     services.wake_relay = jobs.relay.wake
+    health = Health(engine, services.registry, jobs.broker_status, settings.ready_timeout_seconds)
+    scrape = MetricsEndpoint(
+        ScrapeGauges(services.sessions, services.registry, settings.ready_timeout_seconds),
+        settings.metrics_token)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -118,6 +108,7 @@ def build_app(settings: Settings) -> Starlette:
             await services.shadows.drain()  # finish shadow scoring before the engine goes
             await services.events.stop()
             await engine.dispose()
+            metrics.process_exited()
 
     graphql = BodySizeLimit(ApiKeyAuth(ArbiterGraphQL(services, verifier.verify), verifier.verify),
                             settings.max_body_bytes)
@@ -126,11 +117,12 @@ def build_app(settings: Settings) -> Starlette:
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
+            *health.routes(),
+            Route("/metrics", scrape.scrape),
             Route("/explanations/{name}", pictures.get),
             *page_routes(),
         ],
+        middleware=[Middleware(RequestObserver)],
         lifespan=lifespan,
     )
     app.state.services = services
@@ -138,5 +130,8 @@ def build_app(settings: Settings) -> Starlette:
 
 
 def create_app() -> Starlette:
-    """Factory for uvicorn (``app.main:create_app``): settings from the environment."""
-    return build_app(Settings())
+    """Factory for uvicorn (``app.main:create_app``): settings from the environment; it
+    configures the logging of the process it runs in (each of ``--workers N``)."""
+    settings = Settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return build_app(settings)

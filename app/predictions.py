@@ -5,8 +5,10 @@ Resolvers call these functions; so do tests, without GraphQL.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,7 +23,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import audit, stages
+from app import audit, logs, stages
 from app.db.pagination import Page, check_page_size, paginate
 from app.db.tables import Prediction, ReviewItem, StageChange
 from app.deployment import Deployment
@@ -32,8 +34,10 @@ from app.errors import (
     NotFoundError,
 )
 from app.events import EventBus, LocalBus, publish_stored
+from app.metrics import PREDICTION_STAGE_DURATION, PREDICTIONS
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.ensemble import Ensemble, Explained, RowResult
+from app.ml.explain import add_time
 from app.ml.routing import Route, decide_route
 from app.ml.task import ReviewPolicy, TaskSpec
 from app.registry import Registry
@@ -42,6 +46,7 @@ from app.settings import Settings
 from app.shadows import ShadowScorer
 
 IDEMPOTENCY_KEY_MAX = 200
+log = logging.getLogger("arbiter.predictions")
 
 
 class Status:
@@ -184,6 +189,7 @@ class _Inference:
     policies: dict[int, ReviewPolicy]  # release id -> review policy of the release
     deployment: Deployment
     X: np.ndarray
+    timings: dict[str, float]  # stage -> seconds (infer, explain, route)
 
 
 async def _infer(
@@ -202,16 +208,48 @@ async def _infer(
     chosen = ([deployment.live] * len(rows) if traffic_keys is None
               else [deployment.assign(k) for k in traffic_keys])
     records: list[Prediction | None] = [None] * len(rows)
+    timings: dict[str, float] = {}
     for ensemble in {e.release_id: e for e in chosen}.values():
         indices = [i for i, e in enumerate(chosen) if e is ensemble]
-        results, errors = await anyio.to_thread.run_sync(ensemble.predict, X[indices])
+        results, errors = await anyio.to_thread.run_sync(
+            functools.partial(ensemble.predict, X[indices], timings))
         if not results:
             raise AllMembersFailedError(task.name, errors)
         latency_ms = (time.perf_counter() - started) * 1000
+        routing = time.perf_counter()  # the routing decision and the record it goes into
         for i, r in zip(indices, results, strict=True):
             records[i] = _to_record(task, ensemble, r, rows[i], X[i], caller, key, latency_ms)
+        add_time(timings, "route", time.perf_counter() - routing)
     policies = {e.release_id: e.policy for e in chosen}
-    return _Inference([r for r in records if r is not None], policies, deployment, X)
+    return _Inference([r for r in records if r is not None], policies, deployment, X, timings)
+
+
+def _record_stored(task: TaskSpec, inference: _Inference, validate: float, store: float,
+                   rows: Sequence[dict[str, Any]]) -> None:
+    """Metrics and a log line for predictions that were just committed."""
+    for stage, seconds in {"validate": validate, **inference.timings, "store": store}.items():
+        PREDICTION_STAGE_DURATION.labels(task.name, stage).observe(seconds)
+    for p in inference.records:
+        PREDICTIONS.labels(task.name, str(p.release_version), p.route).inc()
+    if len(inference.records) == 1:
+        [p] = inference.records
+        logs.bind(release=p.release_version, prediction_id=p.id)
+        log.info("prediction stored: %s, route %s", p.label, p.route,
+                 extra=_logged_inputs(task, rows))
+    else:
+        versions = sorted({p.release_version for p in inference.records})
+        log.info("%d predictions stored (releases %s), %d routed to review",
+                 len(inference.records), versions,
+                 sum(p.route == Route.REVIEW for p in inference.records),
+                 extra=_logged_inputs(task, rows))
+
+
+def _logged_inputs(task: TaskSpec, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Inputs go to the logs only when the task allows it, and never its pii features."""
+    if not task.log_inputs:
+        return {}
+    secret = {f.name for f in task.features if f.pii}
+    return {"inputs": [{k: v for k, v in row.items() if k not in secret} for row in rows]}
 
 
 def _observe(services: Services, inference: _Inference) -> None:
@@ -260,9 +298,11 @@ async def predict(
     The entity key (else the idempotency key) keeps canary assignment sticky."""
     started = time.perf_counter()
     task = services.registry.task(task_name)
+    logs.bind(task=task.name)
     [row] = validate_inputs(task, [raw])
     key = _check_key(idempotency_key)
     entity = _check_key(entity_key, "entityKey")
+    validated = time.perf_counter() - started
     if key is not None:
         async with services.sessions() as session:
             existing = await _find_by_key(session, caller, task.name, key)
@@ -270,6 +310,7 @@ async def predict(
             return _replay(existing, row, key)
     inference = await _infer(services, task, [row], caller, key, started, [entity or key])
     [record] = inference.records
+    storing = time.perf_counter()
     try:
         await _store(services, inference.policies, [record], _actor(caller))
     except IntegrityError:
@@ -281,6 +322,7 @@ async def predict(
         if existing is None:
             raise
         return _replay(existing, row, key)
+    _record_stored(task, inference, validated, time.perf_counter() - storing, [row])
     _observe(services, inference)
     return record
 
@@ -296,6 +338,7 @@ async def predict_batch(
     ``entity_keys`` (one per input, or none) keep canary assignment sticky per row."""
     started = time.perf_counter()
     task = services.registry.task(task_name)
+    logs.bind(task=task.name)
     if not raws:
         raise BadRequestError("predictBatch needs at least one input")
     limit = services.settings.max_batch_size
@@ -309,8 +352,11 @@ async def predict_batch(
             f"entityKeys must have one key per input: {len(entity_keys)} keys, {len(rows)} inputs"
         )
     keys = [_check_key(k, "entityKeys") for k in entity_keys]
+    validated = time.perf_counter() - started
     inference = await _infer(services, task, rows, caller, None, started, keys)
+    storing = time.perf_counter()
     await _store(services, inference.policies, inference.records, _actor(caller))
+    _record_stored(task, inference, validated, time.perf_counter() - storing, rows)
     _observe(services, inference)
     return inference.records
 

@@ -162,6 +162,13 @@ class Registry:
                 await self.live(name)
             except ArbiterError as exc:
                 self._slots[name].error = str(exc)
+            except Exception as exc:  # the database is away: report it, retry on first use
+                self._slots[name].error = f"not loaded: {type(exc).__name__}: {exc}"
+
+    def live_versions(self) -> dict[str, int]:
+        """Task name -> version of the LIVE release this process serves (loaded ones only)."""
+        return {name: slot.deployment.live.version for name, slot in self._slots.items()
+                if slot.deployment is not None}
 
     def readiness(self) -> dict[str, str]:
         """Task name -> "ready" or what is wrong."""

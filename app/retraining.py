@@ -39,6 +39,7 @@ from app.events import (
     release_event,
     releases_topic,
 )
+from app.metrics import TRAINING_RUNS
 from app.ml import gate
 from app.ml.task import TaskSpec
 from app.outbox import enqueue
@@ -345,6 +346,7 @@ async def run_job(ctx: JobContext, job_id: str) -> Release | None:
             decision = gate.decide(task.gate, trained.holdout, proba, live.version)
     except ArbiterError as exc:
         await _fail(ctx.sessions, job_id, str(exc))
+        TRAINING_RUNS.labels(task.name, "failed").inc()
         async with ctx.sessions() as session:
             await ctx.announce(await get_job(session, job_id))
         return None
@@ -371,6 +373,7 @@ async def run_job(ctx: JobContext, job_id: str) -> Release | None:
     release = await store_release(
         ctx.sessions, ctx.artifacts_dir, trained, job.requested_by, lineage, finish
     )
+    TRAINING_RUNS.labels(task.name, "succeeded").inc()
     log.info("%s: job %s made release %s (%s)", task.name, job_id, release.version,
              decision["decision"])
     async with ctx.sessions() as session:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXAMPLE_TASKS_DIR = Path(__file__).resolve().parent / "examples"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Settings(BaseSettings):
@@ -51,6 +52,25 @@ class Settings(BaseSettings):
     ws_keepalive_seconds: float = Field(
         default=15.0, gt=0, description="Interval of the server's pings on a websocket."
     )
+
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="auto = JSON lines off a terminal, text on one."
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING, ERROR.")
+    metrics_token: str | None = Field(
+        default=None, description="Unset = /metrics is open; set = it needs this bearer token."
+    )
+    ready_timeout_seconds: float = Field(
+        default=2.0, gt=0, description="How long each /readyz check may take."
+    )
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"log level {value!r} is not one of {', '.join(LOG_LEVELS)}")
+        return level
 
     environment: Literal["development", "production"] = Field(
         default="development",

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, case, exists, or_, update
+from sqlalchemy import and_, case, exists, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -33,6 +33,7 @@ from app.errors import (
     ReviewConflictError,
     StaleLeaseError,
 )
+from app.metrics import LEASE_EXPIRIES, REVIEW_OUTCOMES
 from app.outbox import enqueue
 from app.roles import Principal
 
@@ -51,6 +52,28 @@ class ItemStatus(StrEnum):
 class Resolution(StrEnum):
     AGREEMENT = "AGREEMENT"
     ADJUDICATION = "ADJUDICATION"
+
+
+OPEN_STATUSES = (ItemStatus.PENDING, ItemStatus.CLAIMED, ItemStatus.ESCALATED)
+
+
+@dataclass(frozen=True)
+class QueueCount:
+    """How many items of a task wait in one open status, and since when the oldest."""
+
+    task: str
+    status: str
+    items: int
+    oldest: datetime
+
+
+async def open_item_counts(session: AsyncSession) -> list[QueueCount]:
+    """Unresolved items by task and status (one grouped query over the queue index)."""
+    rows = await session.exec(
+        select(ReviewItem.task, ReviewItem.status, func.count(), func.min(ReviewItem.created_at))
+        .where(col(ReviewItem.status).in_(OPEN_STATUSES))
+        .group_by(ReviewItem.task, ReviewItem.status))
+    return [QueueCount(task, status, int(n), oldest) for task, status, n, oldest in rows.all()]
 
 
 @dataclass(frozen=True)
@@ -117,7 +140,8 @@ async def claim(sessions: async_sessionmaker[AsyncSession], task: str, reviewer:
             token = secrets.token_urlsafe(32)
             expires = now + timedelta(seconds=lease_seconds)
             async with sessions() as session, session.begin():
-                if await _take(session, item, reviewer, token, expires, now):
+                taken = await _take(session, item, reviewer, token, expires, now)
+                if taken:
                     enqueue(session, "review.expire_lease",
                             {"item_id": item.id, "lease_version": item.lease_version + 1},
                             not_before=expires)
@@ -125,8 +149,11 @@ async def claim(sessions: async_sessionmaker[AsyncSession], task: str, reviewer:
                                  leaseVersion=item.lease_version + 1,
                                  expiresAt=expires.isoformat())
                     fresh = await session.get(ReviewItem, item.id, populate_existing=True)
-                    assert fresh is not None
-                    return Lease(token, expires, fresh)
+            if taken:
+                assert fresh is not None
+                if item.status == ItemStatus.CLAIMED:  # a lapsed lease, taken over
+                    LEASE_EXPIRIES.labels(item.task).inc()
+                return Lease(token, expires, fresh)
     return None
 
 
@@ -211,6 +238,7 @@ async def submit(sessions: async_sessionmaker[AsyncSession], token: str, reviewe
     """Record the reviewer's label; agreement resolves, disagreement escalates, and an
     adjudicator's label decides. All of it, and the resolution, in one transaction.
     ``classes_of`` gives a task's classes, to check the label against."""
+    model_label: str | None = None
     try:
         async with sessions() as session, session.begin():
             item = await _leased(session, token)
@@ -230,7 +258,7 @@ async def submit(sessions: async_sessionmaker[AsyncSession], token: str, reviewe
             if change["status"] == ItemStatus.RESOLVED:
                 now = utcnow()
                 change |= {"final_label": label, "resolved_at": now}
-                await _settle(session, item, label)
+                model_label = await _settle(session, item, label)
             result = await session.exec(_cas(item).values(
                 reviews_done=len(labels), **_NO_LEASE, **change))
             if result.rowcount != 1:
@@ -241,6 +269,9 @@ async def submit(sessions: async_sessionmaker[AsyncSession], token: str, reviewe
     except IntegrityError:
         raise ReviewConflictError("you already reviewed this item") from None
     assert fresh is not None
+    if model_label is not None:  # resolved, and committed
+        outcome = "confirmed" if model_label == label else "overturned"
+        REVIEW_OUTCOMES.labels(item.task, outcome).inc()
     return fresh
 
 
@@ -265,8 +296,8 @@ def _audit_submission(session: AsyncSession, item: ReviewItem, reviewer: Princip
     audit.record(session, entries)
 
 
-async def _settle(session: AsyncSession, item: ReviewItem, label: str) -> None:
-    """The final label becomes the prediction's and a training row."""
+async def _settle(session: AsyncSession, item: ReviewItem, label: str) -> str:
+    """The final label becomes the prediction's and a training row; the model's label."""
     prediction = await session.get(Prediction, item.prediction_id)
     assert prediction is not None
     prediction.final_label = label
@@ -274,6 +305,7 @@ async def _settle(session: AsyncSession, item: ReviewItem, label: str) -> None:
     session.add(prediction)
     session.add(TrainingLabel(prediction_id=item.prediction_id, task=item.task, label=label,
                               source="review"))
+    return prediction.label
 
 
 EXPIRY_ACTOR = "system:review.expire_lease"
@@ -299,6 +331,7 @@ async def expire_lease(sessions: async_sessionmaker[AsyncSession], item_id: str,
             col(ReviewItem.id) == item_id, col(ReviewItem.lease_version) == lease_version)
             .returning(*_expired_columns()))).all()
         _audit_expired(session, rows)
+    _count_expiries([r.task for r in rows])
     return len(rows) == 1
 
 
@@ -307,7 +340,13 @@ async def expire_leases(sessions: async_sessionmaker[AsyncSession]) -> list[str]
     async with sessions() as session, session.begin():
         rows = (await session.exec(_expire().returning(*_expired_columns()))).all()
         _audit_expired(session, rows)
-        return [r.id for r in rows]
+    _count_expiries([r.task for r in rows])
+    return [r.id for r in rows]
+
+
+def _count_expiries(tasks: list[str]) -> None:
+    for task in tasks:
+        LEASE_EXPIRIES.labels(task).inc()
 
 
 def _expire() -> Any:

@@ -8,6 +8,7 @@ import contextlib
 
 import anyio
 import dramatiq
+import redis.asyncio as aredis
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -31,6 +32,7 @@ class JobRuntime:
                  consume: bool, events: EventBus | None = None,
                  tasks: dict[str, TaskSpec] | None = None) -> None:
         self.broker = build_broker(settings.redis_url, settings.redis_namespace)
+        self.redis_url = settings.redis_url
         self._worker_sessions = SessionsPerLoop(settings.resolved_database_url)
         # A worker process only publishes; a server passes the bus its subscribers use.
         self._owns_events = events is None
@@ -52,6 +54,26 @@ class JobRuntime:
         if self.worker is not None:
             self.worker.start()
         self._relay_task = asyncio.create_task(self.relay.run())
+
+    async def broker_status(self, timeout: float) -> str:
+        """"ok", or what is wrong with the broker jobs go to: Redis must answer a ping
+        within ``timeout``; the in-process broker needs its worker threads alive."""
+        if self.redis_url is not None:
+            client = aredis.Redis.from_url(self.redis_url, socket_connect_timeout=timeout,
+                                           socket_timeout=timeout)
+            try:
+                await asyncio.wait_for(client.ping(), timeout)
+                return "ok"
+            except Exception as exc:  # any way of not answering is "unreachable"
+                return f"Redis unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
+            finally:
+                await client.aclose()
+        if self.worker is None:
+            return "ok"  # this process only relays; nothing of its own to check
+        alive = sum(t.is_alive() for t in self.worker.workers)
+        if alive < WORKER_THREADS:
+            return f"in-process worker: {alive} of {WORKER_THREADS} threads running"
+        return "ok"
 
     async def stop(self) -> None:
         if self._relay_task is not None:

@@ -13,6 +13,7 @@ log(p_c / (1 - p_c)) for two classes, log p_c minus the mean log p over classes 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from app.ml.algorithms import OutputSpace
 from app.ml.conformal import ConformalCalibration
-from app.ml.explain import MemberExplainer, MemberScores, softmax
+from app.ml.explain import MemberExplainer, MemberScores, add_time, softmax
 from app.ml.ood import OodDetector, OodFinding
 from app.ml.task import ReviewPolicy, TaskSpec
 
@@ -132,19 +133,24 @@ class Ensemble:
         assert isinstance(scores, np.ndarray)
         return scores if self.space is OutputSpace.PROBABILITY else softmax(scores)
 
-    def _run_members(self, X: np.ndarray) -> dict[str, tuple[np.ndarray, MemberScores] | str]:
+    def _run_members(self, X: np.ndarray, timings: dict[str, float] | None
+                     ) -> dict[str, tuple[np.ndarray, MemberScores] | str]:
         outputs: dict[str, tuple[np.ndarray, MemberScores] | str] = {}
         for m in self.members:
             try:
-                outputs[m.name] = m.explainer.explain(X)
+                outputs[m.name] = m.explainer.explain(X, timings)
             except Exception as exc:  # a failing member must not take the others down
                 log.warning("member %s of %s failed: %r", m.name, self.task.name, exc)
                 outputs[m.name] = f"{type(exc).__name__}: {exc}"
         return outputs
 
-    def predict(self, X: np.ndarray) -> tuple[list[RowResult], dict[str, str]]:
-        """Results per row and the errors of failed members (empty when all ran)."""
-        outputs = self._run_members(X)
+    def predict(self, X: np.ndarray, timings: dict[str, float] | None = None
+                ) -> tuple[list[RowResult], dict[str, str]]:
+        """Results per row and the errors of failed members (empty when all ran);
+        ``timings`` accumulates seconds spent in ``infer`` (models and aggregation) and in
+        ``explain`` (SHAP)."""
+        outputs = self._run_members(X, timings)
+        started = time.perf_counter()
         ok = {n: o for n, o in outputs.items() if not isinstance(o, str)}
         errors = {n: o for n, o in outputs.items() if isinstance(o, str)}
         if not ok:
@@ -205,4 +211,6 @@ class Ensemble:
                     else [],
                 )
             )
+        if timings is not None:
+            add_time(timings, "infer", time.perf_counter() - started)
         return rows, errors

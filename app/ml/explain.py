@@ -7,6 +7,7 @@ per-class arrays so that the ensemble can combine members linearly.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,10 +67,14 @@ class MemberExplainer:
         """Raw outputs as (rows x classes) margins or probabilities, without SHAP."""
         return self._raw(self.preprocess.transform(X))
 
-    def explain(self, X: np.ndarray) -> tuple[np.ndarray, MemberScores]:
-        """(probabilities, exact per-class SHAP of the raw output) for a batch of rows."""
+    def explain(self, X: np.ndarray, timings: dict[str, float] | None = None
+                ) -> tuple[np.ndarray, MemberScores]:
+        """(probabilities, exact per-class SHAP of the raw output) for a batch of rows;
+        ``timings`` accumulates the seconds spent in ``infer`` and ``explain``."""
+        started = time.perf_counter()
         Xt = self.preprocess.transform(X)
         raw = self._raw(Xt)
+        inferred = time.perf_counter()
         if isinstance(self.explainer, shap.TreeExplainer):
             values = np.asarray(self.explainer.shap_values(Xt, check_additivity=False))
         else:
@@ -79,7 +84,14 @@ class MemberExplainer:
             values = np.stack([np.zeros_like(values), values], axis=2)
             base = np.array([0.0, float(base[-1])])
         folded = np.einsum("ntk,tm->nmk", values, self.fold)
+        if timings is not None:
+            add_time(timings, "infer", inferred - started)
+            add_time(timings, "explain", time.perf_counter() - inferred)
         return self._probabilities(raw), MemberScores(raw, folded, base)
+
+
+def add_time(timings: dict[str, float], stage: str, seconds: float) -> None:
+    timings[stage] = timings.get(stage, 0.0) + seconds
 
 
 def softmax(z: np.ndarray) -> np.ndarray:

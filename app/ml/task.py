@@ -294,6 +294,8 @@ class TaskSpec(_Strict):
     training: TrainingSettings = TrainingSettings()
     gate: GateSettings = GateSettings()
     drift: DriftSettings = DriftSettings()
+    # Whether prediction log lines may carry the input values (never the pii features).
+    log_inputs: bool = False
     source_path: str = ""
 
     @model_validator(mode="after")

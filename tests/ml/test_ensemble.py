@@ -95,6 +95,16 @@ def test_cases_cover_both_spaces_and_class_counts(case: Case) -> None:
 # --- every row ------------------------------------------------------------------------------
 
 
+def test_timings_split_inference_from_explanation(case: Case) -> None:
+    timings: dict[str, float] = {}
+    rows, _ = case.ensemble.predict(case.X[:5], timings)
+    assert len(rows) == 5
+    assert set(timings) == {"infer", "explain"} and min(timings.values()) > 0
+    case.ensemble.predict(case.X[:5], timings)  # accumulates over calls
+    assert set(timings) == {"infer", "explain"}
+
+
+
 def test_one_result_per_row_and_no_errors(case: Case, predicted: Any) -> None:
     rows, errors = predicted
     assert errors == {}
@@ -266,7 +276,8 @@ class BrokenExplainer:
     def __init__(self, inner: MemberExplainer) -> None:
         self.inner = inner
 
-    def explain(self, X: np.ndarray) -> tuple[np.ndarray, MemberScores]:
+    def explain(self, X: np.ndarray, timings: dict[str, float] | None = None
+                ) -> tuple[np.ndarray, MemberScores]:
         raise RuntimeError("member is broken")
 
     def scores(self, X: np.ndarray) -> np.ndarray:
