@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import REGISTRY
 
 from app.examples.loan import generate
 from app.ml.task import TaskSpec
@@ -92,9 +92,10 @@ def test_the_periodic_check_stores_announces_and_may_retrain(
         assert latest["drifted"] is True and latest["verdict"] == "DRIFTED"
         assert set(latest["driftedFeatures"]) == SHIFTED and latest["window"] == "1h"
 
-        # the gauges of the embedded worker, as /metrics exposes them
-        exposed = generate_latest(REGISTRY).decode()
+        # the gauges of the embedded worker, scraped from /metrics over HTTP
+        exposed = c.get("/metrics").text
         assert 'arbiter_drift_detected{task="loan_default"} 1.0' in exposed
+        assert 'arbiter_drift_score{feature="income",task="loan_default"}' in exposed
         assert gauge("arbiter_drift_detected", task="loan_default") == 1.0
         for f in example_tasks["loan_default"].features:
             score = gauge("arbiter_drift_score", task="loan_default", feature=f.name)
