@@ -1,5 +1,5 @@
 """The ops page in a real browser: an admin sees releases with their gate and rolls one
-back through the confirmation dialog."""
+back through the confirmation dialog, and checks a task's drift."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, expect
 
+from app.examples.loan import generate
+from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
 from app.settings import Settings
-from tests.conftest import _store_all
+from tests.conftest import _store_all, frame_inputs
+from tests.graphql_schema.test_drift_api import SEED, SHIFTED, SMALL, store_with_snapshots
 from tests.web.conftest import ON_SQLITE, Site, open_page, screenshot
 
 RELEASES = '{ releases(task: "loan_default") { version stage } }'
@@ -56,7 +59,7 @@ def test_an_admin_rolls_back_a_release_after_confirming(
     page.get_by_role("button", name="Details of v2").click()
     expect(page.locator("#detail-title")).to_have_text("Release v2 of loan_default")
     expect(page.locator("#detail")).to_contain_text("accuracy")
-    expect(page.locator("#drift")).to_contain_text("driftReport")  # the marked place
+    expect(page.locator("#drift-notice")).to_contain_text("No drift report stored")
 
     page.get_by_role("button", name="Roll back…").click()
     expect(dialog).to_contain_text("LIVE v2 is retired")
@@ -99,3 +102,73 @@ def test_an_admin_retrains_and_watches_the_progress_live(site: Site, browser: Br
     expect(page.locator("#detail")).to_contain_text("Decision:")
     expect(page.locator("#detail")).to_contain_text("The gate's comparison on held-out rows")
     screenshot(page, "ops-after-training")
+
+
+PROMOTE = """mutation { promoteRelease(task: "loan_default", version: 2, stage: LIVE,
+  reason: "trained from a snapshot") { version stage } }"""
+MADE_UNIFORM = {"home_ownership", "has_cosigner", "purpose"}
+LOANS = """mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $i) { id } }"""
+
+
+@pytest.fixture
+def release_with_reference(settings: Settings, trained: dict[str, TrainedRelease]) -> None:
+    """loan_default v2 stored as a training job stores it, with the snapshot that holds its
+    drift reference (v1, stored by ``settings``, has none)."""
+    worker = threading.Thread(target=asyncio.run, args=(
+        store_with_snapshots(settings, trained, ["loan_default"]),))
+    worker.start()
+    worker.join()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_an_admin_checks_drift_and_sees_the_drifted_features(
+        release_with_reference: None, site: Site, browser: Browser,
+        example_tasks: dict[str, TaskSpec]) -> None:
+    page = open_page(browser, site, "/ops", site.keys["admin"])
+    page.get_by_label("Task").select_option("loan_default")
+    notice = page.locator("#drift-notice")
+    expect(notice).to_contain_text("No drift report stored for loan_default yet")
+    page.get_by_role("button", name="Check now").click()  # LIVE v1: no snapshot
+    expect(notice).to_contain_text("No drift reference: release 1 of loan_default has no "
+                                   "training snapshot")
+
+    assert site.api("admin")(PROMOTE)["data"]["promoteRelease"]["stage"] == "LIVE"
+    page.get_by_label("Window").fill("1h")
+    page.get_by_role("button", name="Check now").click()  # nothing predicted yet
+    expect(page.locator("#drift-verdict")).to_contain_text("Not enough recent predictions")
+    expect(notice).to_contain_text("Too few recent predictions")
+
+    # the shifted loans, and every applicant now a home owner with a cosigner borrowing
+    # for a car: 7 of 10 features drift, over the task's share of 0.5
+    loans = generate(SMALL, SEED, shift=1.0, long_terms=0.5).assign(
+        home_ownership="own", has_cosigner=True, purpose="car")
+    inputs = frame_inputs(example_tasks["loan_default"], loans)
+    body = site.api("predictor")(LOANS, i=inputs)
+    assert "errors" not in body, body
+    page.get_by_role("button", name="Check now").click()
+    verdict = page.locator("#drift-verdict")
+    expect(verdict).to_contain_text("⚠ Dataset drifted · 70.0 % of tested features drifted")
+    expect(verdict).to_contain_text(f"{SMALL} predictions in the last 1h")
+    expect(page.locator("#drift-status")).to_have_text("Checked loan_default over the last 1h.")
+    drifted = page.locator("#drift-table tbody tr.drifted")
+    expect(drifted.first).to_be_visible()
+    names = set(drifted.locator("th").all_inner_texts())
+    # riskier applicants get other answers: the outputs drift too, in their own rows
+    assert names == SHIFTED | MADE_UNIFORM | {"prediction: predicted_class",
+                                               "prediction: probability"}
+    for i in range(len(names)):
+        expect(drifted.nth(i)).to_contain_text("⚠ DRIFTED")  # said, not only coloured
+    expect(page.locator("#drift-table tbody tr:not(.drifted)")).to_have_count(3)
+    income = page.locator("#drift-table tbody tr", has_text="income").first
+    expect(income).to_contain_text("ks")
+    expect(income).to_contain_text("p-value")
+    expect(income).to_contain_text("< 0.050")
+    rates = page.locator("#rates-table tbody tr")
+    expect(rates).to_have_count(12)
+    expect(page.locator("#rates-table")).to_contain_text(f"of {SMALL}")
+    screenshot(page, "ops-drift")
+
+    page.get_by_label("Window").fill("soon")
+    page.get_by_role("button", name="Check now").click()
+    expect(notice).to_contain_text("Drift check refused:")
+    expect(notice).to_contain_text("soon")
