@@ -335,6 +335,30 @@ function renderDrift(report, stored) {
   clear($("drift-report"), parts);
 }
 
+// Every task's stored report in one query (one aliased field per task).
+async function loadDriftSummary(tasks) {
+  const params = tasks.map((_, i) => `$t${i}: String!`).join(", ");
+  const fields = tasks.map((_, i) => `r${i}: latestDriftReport(task: $t${i}) {
+    verdict computedAt driftedFeatures window rows }`).join("\n");
+  const variables = Object.fromEntries(tasks.map((t, i) => [`t${i}`, t.name]));
+  let data;
+  try {
+    data = await graphql(`query(${params}) { ${fields} }`, variables);
+  } catch (exc) {
+    clear($("drift-summary"), h("p", { class: "error" }, `Could not read stored drift reports: ${exc.message}`));
+    return;
+  }
+  const rows = tasks.map((t, i) => {
+    const r = data[`r${i}`];
+    if (!r) return [t.name, "none stored yet", "–", "–"];
+    return [t.name, h("strong", { class: r.verdict === "DRIFTED" ? "fail" : "" }, VERDICT_TEXT[r.verdict] ?? r.verdict),
+      r.driftedFeatures.length ? r.driftedFeatures.join(", ") : "none",
+      `${when(r.computedAt)} (${r.rows} predictions, ${r.window})`];
+  });
+  clear($("drift-summary"), h("div", { class: "scroll" }, table("Latest report stored by the periodic check, per task",
+    ["Task", "Verdict", "Drifted features", "Computed"], rows, { id: "drift-summary-table" })));
+}
+
 function driftProblem(exc) {
   if (exc.code === "NO_DRIFT_REFERENCE") {
     return `No drift reference: ${exc.message}. A release trained by a training job carries one.`;
@@ -345,6 +369,7 @@ function driftProblem(exc) {
 
 async function loadDrift() {
   const task = state.task;
+  $("drift-task-title").textContent = `Drift of ${task}`;
   $("drift-status").textContent = "";
   clear($("drift-report"), h("p", { class: "hint" }, "Reading the latest drift report…"));
   let report;
@@ -414,6 +439,7 @@ async function main() {
   $("rollback").addEventListener("click", rollback);
   $("retrain").addEventListener("click", retrain);
   $("drift-form").addEventListener("submit", checkDrift);
+  loadDriftSummary(tasks);
   await chooseTask(tasks[0].name);
 }
 
