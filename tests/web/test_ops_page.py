@@ -117,7 +117,10 @@ LOANS = """mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $
 @pytest.fixture
 def release_with_reference(settings: Settings, trained: dict[str, TrainedRelease]) -> None:
     """loan_default v2 stored as a training job stores it, with the snapshot that holds its
-    drift reference (v1, stored by ``settings``, has none)."""
+    drift reference (v1, stored by ``settings``, has none). The server's periodic jobs are
+    sent at its start only (when v1 is LIVE: nothing to check), so that the one periodic
+    drift check is the test's own."""
+    settings.lease_sweep_seconds = 3600.0
     worker = threading.Thread(target=asyncio.run, args=(
         store_with_snapshots(settings, trained, ["loan_default"]),))
     worker.start()
