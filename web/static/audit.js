@@ -159,7 +159,7 @@ function pictureAlt(p) {
   const top = [...e.contributions].sort((a, b) => Math.abs(b.shap) - Math.abs(a.shap)).slice(0, 3)
     .map((c) => `${c.feature} ${c.shap >= 0 ? "+" : "−"}${Math.abs(c.shap).toFixed(3)}`);
   return `Waterfall chart explaining why prediction ${p.id} is ${p.label}: from the base value `
-    + `${number(e.baseValue)} to ${number(e.outputValue)} (${e.space.toLowerCase().replace("_", "-")}`
+    + `${number(e.baseValue)} to ${number(e.outputValue)} (${e.space.toLowerCase().replaceAll("_", "-")}`
     + ` of ${e.explainedClass}); largest contributions ${top.join(", ")}.`;
 }
 
@@ -201,7 +201,7 @@ function pictureSection(p) {
 function reviewsSection(story) {
   const item = story.reviewItem;
   if (!item) return h("p", {}, "Not sent to review (answered automatically).");
-  const head = h("p", {}, `Review item ${item.status.toLowerCase().replace("_", " ")}`,
+  const head = h("p", {}, `Review item ${item.status.toLowerCase().replaceAll("_", " ")}`,
     ` · ${item.reviewsDone} of ${item.requiredReviews} review${item.requiredReviews === 1 ? "" : "s"}`,
     item.resolution ? ` · resolution: ${item.resolution}` : "");
   if (!story.reviews.length) return h("div", {}, head, h("p", {}, "No review submitted yet."));
