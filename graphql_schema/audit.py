@@ -37,6 +37,10 @@ class AuditEvent:
                                          "training_job or api_key.")
     subject_id: str
     payload: JSON = strawberry.field(description="The details, as hashed.")
+    payload_json: str = strawberry.field(
+        description="The payload exactly as hashed: its canonical JSON text (numbers keep "
+        "their spelling, e.g. 1.0, which a JSON value cannot promise), for exports that must "
+        "re-verify.")
     prev_hash: str = strawberry.field(description="The hash of the event before it.")
     hash: str = strawberry.field(description="SHA-256 of the canonical JSON of its fields "
                                  "and prevHash.")
@@ -45,7 +49,8 @@ class AuditEvent:
     def from_row(cls, e: AuditEventRow) -> AuditEvent:
         return cls(id=e.id, at=e.at, kind=e.kind, actor=e.actor, task=e.task,
                    subject_type=e.subject_type, subject_id=e.subject_id,
-                   payload=cast(JSON, json.loads(e.payload)), prev_hash=e.prev_hash,
+                   payload=cast(JSON, json.loads(e.payload)), payload_json=e.payload,
+                   prev_hash=e.prev_hash,
                    hash=e.hash)
 
 

@@ -17,10 +17,11 @@ PAGES = ("review", "audit", "ops")
 
 # Scripts, styles, images and connections (GraphQL over HTTP and websockets) stay on this
 # origin; a page cannot be framed by another site (clickjacking of promote/rollback).
+# blob: images are the explanation pictures /audit fetched itself with the key.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
-    "style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'none'; "
-    "base-uri 'none'",
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; "
+    "img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
+    "frame-ancestors 'none'; form-action 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }

@@ -3,13 +3,16 @@ personal data redacted for everyone else."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
+from app.audit import event_hash
 from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.conftest import Api, LiveServer, example_inputs, make_key
@@ -29,7 +32,8 @@ STORY = """query($id: ID!) { predictionStory(id: $id) {
 VERIFY = "{ verifyAuditLog { ok checked firstBrokenEventId reason headHash } }"
 EVENTS = """query($kind: String, $first: Int!, $after: String) {
   auditEvents(kind: $kind, first: $first, after: $after) { totalCount
-    pageInfo { hasNextPage endCursor } edges { node { id kind actor subjectId payload } } } }"""
+    pageInfo { hasNextPage endCursor } edges { node { id at kind actor task subjectType
+    subjectId payload payloadJson prevHash hash } } } }"""
 CREATE = """mutation($n: String!, $r: String!) { createApiKey(name: $n, role: $r) {
   secret key { id name role prefix revokedAt } } }"""
 KEYS = "{ apiKeys { id name role prefix createdAt revokedAt } }"
@@ -134,6 +138,13 @@ def test_verify_names_the_tampered_event(office: Office, settings: Settings,
         after = page["pageInfo"]["endCursor"]
     assert [e["id"] for e in seen] == list(range(1, first["checked"] + 1))
     assert page["totalCount"] == first["checked"]
+    # payloadJson is the hashed text itself: every hash recomputes from it
+    for e in seen:
+        at = datetime.fromisoformat(e["at"])
+        at = at if at.tzinfo else at.replace(tzinfo=UTC)
+        assert event_hash(e["id"], at, e["kind"], e["actor"], e["task"], e["subjectType"],
+                          e["subjectId"], e["payloadJson"], e["prevHash"]) == e["hash"], e
+        assert json.loads(e["payloadJson"]) == e["payload"]
 
     routed = [e for e in seen if e["kind"] == "prediction.made"
               and e["payload"]["route"] == "REVIEW"]

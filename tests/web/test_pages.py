@@ -21,6 +21,7 @@ def test_pages_and_assets_are_served_without_a_key(http: httpx.Client) -> None:
         assert response.headers["content-type"].startswith("text/html")
         policy = response.headers["content-security-policy"]
         assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+        assert "img-src 'self' data: blob:;" in policy  # pictures fetched with the key
         for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', response.text):
             assert http.get(asset).status_code == 200, asset
     script = http.get("/static/review.js")

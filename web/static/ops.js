@@ -1,6 +1,7 @@
 // The ops page (admins): a task's releases with stage, metrics and the gate's comparison,
-// promote and rollback behind a confirmation dialog, and training progress, live through
-// releaseEvents.
+// promote and rollback behind a confirmation dialog, training progress, live through
+// releaseEvents, and the task's drift: the stored report (latestDriftReport) or one
+// computed now (driftReport).
 
 import { graphql, storedKey } from "./api.js";
 import { clear, h, number, percent, table, when } from "./dom.js";
@@ -24,6 +25,14 @@ const ROLLBACK = `mutation($task: String!, $reason: String!) {
 const RETRAIN = `mutation($task: String!) { retrain(task: $task, reason: "from the ops page") { id status } }`;
 const EVENTS = `subscription($task: String!) { releaseEvents(task: $task) {
   kind version fromStage toStage jobId status progress message } }`;
+const DRIFT_FIELDS = `task release window since computedAt verdict drifted rows share
+  shareThreshold message driftedFeatures predictionDrifted
+  features { feature kind test statistic threshold drifted status sampleSize }
+  prediction { feature kind test statistic threshold drifted status sampleSize }
+  routingRate { start rate count } overturnRate { start rate count }`;
+const LATEST_DRIFT = `query($task: String!) { latestDriftReport(task: $task) { ${DRIFT_FIELDS} } }`;
+const DRIFT_NOW = `query($task: String!, $window: String) {
+  driftReport(task: $task, window: $window) { ${DRIFT_FIELDS} } }`;
 const STAGES = ["CANDIDATE", "SHADOW", "CANARY", "LIVE", "RETIRED"];
 const HEADLINE_METRICS = ["accuracy", "balanced_accuracy", "log_loss", "roc_auc"];
 
@@ -260,6 +269,145 @@ function showLive(status) {
   if (status === "live" && state.task) scheduleLoad();
 }
 
+// Drift: what each test's number is, and the report as tables.
+const MEASURE = { ks: "p-value", chi2: "p-value", wasserstein: "distance (ref. SD)",
+  jensenshannon: "distance" };
+
+// A p-value or distance: four decimals, tiny p-values in exponent form rather than 0.0000.
+function testValue(x) {
+  if (x === null || x === undefined) return "–";
+  return x !== 0 && Math.abs(x) < 1e-4 ? x.toExponential(1) : x.toFixed(4);
+}
+
+function driftRows(results, prefix = "") {
+  return results.map((f) => {
+    const cells = [
+      `${prefix}${f.feature}`,
+      f.status === "INSUFFICIENT_DATA" ? `too few values (${f.sampleSize})`
+        : h("strong", { class: f.drifted ? "fail" : "" }, f.drifted ? "⚠ DRIFTED" : "no"),
+      f.test ?? "not tested", f.test ? MEASURE[f.test] ?? f.test : "–", testValue(f.statistic),
+      f.threshold === null ? "–" : `${MEASURE[f.test] === "p-value" ? "<" : ">"} ${number(f.threshold)}`,
+    ];
+    return { cells, drifted: f.drifted };
+  });
+}
+
+function driftTable(report) {
+  const rows = [...driftRows(report.features), ...driftRows(report.prediction, "prediction: ")];
+  const node = table(`Release v${report.release}: one test per input feature, then its outputs`,
+    ["Feature", "Drifted", "Test", "Statistic", "Value", "Drift when"], rows.map((r) => r.cells),
+    { class: "drift-table", id: "drift-table" });
+  node.querySelectorAll("tbody tr").forEach((tr, i) => {
+    if (rows[i].drifted) tr.classList.add("drifted");
+  });
+  return h("div", { class: "scroll" }, node);
+}
+
+function ratesTable(report) {
+  const rows = report.routingRate.map((b, i) => {
+    const o = report.overturnRate[i];
+    return [when(b.start), b.count ? `${percent(b.rate)} of ${b.count}` : "no prediction",
+      o?.count ? `${percent(o.rate)} of ${o.count}` : "none reviewed"];
+  });
+  return h("div", { class: "scroll" }, table("Per twelfth of the window",
+    ["From", "Routed to review", "Overturned by reviewers"], rows, { id: "rates-table" }));
+}
+
+const VERDICT_TEXT = { DRIFTED: "⚠ Dataset drifted", NOT_DRIFTED: "No dataset drift",
+  INSUFFICIENT_DATA: "Not enough recent predictions" };
+
+function renderDrift(report, stored) {
+  const verdict = h("p", { class: "verdict", id: "drift-verdict" },
+    h("strong", { class: report.verdict === "DRIFTED" ? "fail" : report.verdict === "NOT_DRIFTED" ? "pass" : "" },
+      VERDICT_TEXT[report.verdict] ?? report.verdict),
+    ` · ${percent(report.share)} of tested features drifted (threshold ${percent(report.shareThreshold)})`,
+    ` · ${report.rows} prediction${report.rows === 1 ? "" : "s"} in the last ${report.window}`,
+    ` · ${stored ? "stored by the periodic check" : "computed"} ${when(report.computedAt)}`);
+  const parts = [verdict, h("p", { id: "drift-message" }, report.message)];
+  if (report.verdict === "INSUFFICIENT_DATA") {
+    parts.push(h("p", { class: "notice", id: "drift-notice" }, "Too few recent predictions to test "
+      + `drift over the last ${report.window}: try a longer window, or check again later.`));
+  }
+  if (report.driftedFeatures.length) {
+    parts.push(h("p", {}, "Drifted: ", h("strong", {}, report.driftedFeatures.join(", "))));
+  }
+  parts.push(driftTable(report), h("h3", {}, "Routing and overturn rates"), ratesTable(report));
+  clear($("drift-report"), parts);
+}
+
+// Every task's stored report in one query (one aliased field per task).
+async function loadDriftSummary(tasks) {
+  const params = tasks.map((_, i) => `$t${i}: String!`).join(", ");
+  const fields = tasks.map((_, i) => `r${i}: latestDriftReport(task: $t${i}) {
+    verdict computedAt driftedFeatures window rows }`).join("\n");
+  const variables = Object.fromEntries(tasks.map((t, i) => [`t${i}`, t.name]));
+  let data;
+  try {
+    data = await graphql(`query(${params}) { ${fields} }`, variables);
+  } catch (exc) {
+    clear($("drift-summary"), h("p", { class: "error" }, `Could not read stored drift reports: ${exc.message}`));
+    return;
+  }
+  const rows = tasks.map((t, i) => {
+    const r = data[`r${i}`];
+    if (!r) return [t.name, "none stored yet", "–", "–"];
+    return [t.name, h("strong", { class: r.verdict === "DRIFTED" ? "fail" : "" }, VERDICT_TEXT[r.verdict] ?? r.verdict),
+      r.driftedFeatures.length ? r.driftedFeatures.join(", ") : "none",
+      `${when(r.computedAt)} (${r.rows} predictions, ${r.window})`];
+  });
+  clear($("drift-summary"), h("div", { class: "scroll" }, table("Latest report stored by the periodic check, per task",
+    ["Task", "Verdict", "Drifted features", "Computed"], rows, { id: "drift-summary-table" })));
+}
+
+function driftProblem(exc) {
+  if (exc.code === "NO_DRIFT_REFERENCE") {
+    return `No drift reference: ${exc.message}. A release trained by a training job carries one.`;
+  }
+  if (exc.code === "NO_LIVE_RELEASE") return `No LIVE release to compare with: ${exc.message}.`;
+  return `Drift check refused: ${exc.message}`;
+}
+
+async function loadDrift() {
+  const task = state.task;
+  $("drift-task-title").textContent = `Drift of ${task}`;
+  $("drift-status").textContent = "";
+  clear($("drift-report"), h("p", { class: "hint" }, "Reading the latest drift report…"));
+  let report;
+  try {
+    ({ latestDriftReport: report } = await graphql(LATEST_DRIFT, { task }));
+  } catch (exc) {
+    if (task === state.task) clear($("drift-report"), h("p", { class: "error" }, driftProblem(exc)));
+    return;
+  }
+  if (task !== state.task) return;
+  if (report) renderDrift(report, true);
+  else {
+    clear($("drift-report"), h("p", { class: "notice", id: "drift-notice" },
+      `No drift report stored for ${task} yet: the periodic check stores one per period once the `
+      + "task has a LIVE release with a drift reference. “Check now” computes one."));
+  }
+}
+
+async function checkDrift(event) {
+  event.preventDefault();
+  const task = state.task;
+  const window = $("drift-window").value.trim() || null;
+  $("drift-check").disabled = true;
+  $("drift-status").textContent = `Checking the drift of ${task}…`;
+  try {
+    const { driftReport: report } = await graphql(DRIFT_NOW, { task, window });
+    if (task !== state.task) return;
+    renderDrift(report, false);
+    $("drift-status").textContent = `Checked ${task} over the last ${report.window}.`;
+  } catch (exc) {
+    if (task !== state.task) return;
+    $("drift-status").textContent = "";
+    clear($("drift-report"), h("p", { class: "notice", id: "drift-notice" }, driftProblem(exc)));
+  } finally {
+    $("drift-check").disabled = false;
+  }
+}
+
 async function chooseTask(name) {
   state.task = name;
   state.selected = null;
@@ -277,7 +425,7 @@ async function chooseTask(name) {
     },
     complete: () => {}, reconnected: scheduleLoad,
   });
-  await load();
+  await Promise.all([load(), loadDrift()]);
 }
 
 async function main() {
@@ -290,6 +438,8 @@ async function main() {
   select.addEventListener("change", () => chooseTask(select.value));
   $("rollback").addEventListener("click", rollback);
   $("retrain").addEventListener("click", retrain);
+  $("drift-form").addEventListener("submit", checkDrift);
+  loadDriftSummary(tasks);
   await chooseTask(tasks[0].name);
 }
 
