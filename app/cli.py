@@ -28,7 +28,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
+from rich.table import Column, Table
 
 from app import audit, metrics, stages
 from app.db.engine import make_engine, make_sessionmaker
@@ -169,9 +169,11 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
             return await list_releases(session, task)
 
     rows = _run(settings, work)
+    # Stage and gate are what people read this table for: never cut them short on a narrow
+    # terminal (the other columns wrap instead).
     table = Table(
         "version",
-        "stage",
+        Column("stage", no_wrap=True, min_width=len("CANDIDATE")),
         "created",
         "by",
         "accuracy",
@@ -179,7 +181,7 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
         "roc auc",
         "coverage",
         "set size",
-        "gate",
+        Column("gate", no_wrap=True, min_width=len("NO_BASELINE")),
         "snapshot",
         title=f"releases of {task}",
     )
