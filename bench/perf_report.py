@@ -116,7 +116,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="measured online requests per server")
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured requests first")
     parser.add_argument("--batch-rows", type=int, default=10_000, help="predictBatch rows")
-    parser.add_argument("--rss-predictions", type=int, default=5_000,
+    parser.add_argument("--rss-predictions", type=int, default=2_000,
                         help="predictions between the two RSS readings (issue: 100,000)")
     parser.add_argument("--database-url", default=None,
                         help="'postgresql' (or an admin DSN postgresql://user@host:port/db) "
