@@ -215,8 +215,10 @@ def status_ok(response: httpx.Response) -> bool:
     return response.status_code == 200
 
 
-def wait_ready(server: Server, ready: Callable[[httpx.Response], bool], timeout: float) -> None:
-    """Poll ``/readyz`` until ``ready``; fail early if the process dies."""
+def wait_ready(server: Server, ready: Callable[[httpx.Response], bool], timeout: float,
+               poll: float = 0.25) -> None:
+    """Poll ``/readyz`` every ``poll`` seconds until ``ready``; fail early if the process
+    dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -224,7 +226,7 @@ def wait_ready(server: Server, ready: Callable[[httpx.Response], bool], timeout:
         with contextlib.suppress(httpx.HTTPError, ValueError):
             if ready(httpx.get(f"{server.base_url}/readyz", timeout=2.0)):
                 return
-        time.sleep(0.25)
+        time.sleep(poll)
     raise SystemExit(f"{server.name} not ready after {timeout:.0f}s:\n{log_tail(server.log_path)}")
 
 
