@@ -55,7 +55,8 @@ TRAINED_INTO = "query($id: ID!) { prediction(id: $id) { trainedInto { version sp
 
 
 class Team:
-    def __init__(self, client: httpx.Client, settings: Settings) -> None:
+    def __init__(self, client: httpx.Client, settings: Settings, server: LiveServer) -> None:
+        self.server = server
         self.predictor = Api(client, make_key(settings, "predictor", "app"))
         self.reviewer = Api(client, make_key(settings, "reviewer", "rita"))
         self.admin = Api(client, make_key(settings, "admin", "ops"))
@@ -64,7 +65,7 @@ class Team:
 @pytest.fixture
 def team(settings: Settings) -> Iterator[Team]:
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=120) as c:
-        yield Team(c, settings)
+        yield Team(c, settings, server)
 
 
 def data(body: dict[str, Any]) -> dict[str, Any]:
@@ -216,7 +217,10 @@ def test_reviews_of_shifted_inputs_make_a_better_release(
         (None, "CANDIDATE", admin), ("CANDIDATE", "SHADOW", "system:gate"),
         ("SHADOW", "CANARY", admin), ("CANARY", "LIVE", admin), ("LIVE", "RETIRED", admin)]
 
-    # A candidate that is worse (starved members, same feature contract) is rejected.
+    # A candidate that is worse (starved members, same feature contract) is rejected. The
+    # first server stops first: on PostgreSQL its relay could otherwise take the job and
+    # train it with the healthy task file.
+    team.server.__exit__()
     worse = settings.model_copy(update={"tasks_dir": crippled_tasks(tmp_path / "tasks")})
     with LiveServer(worse) as server, httpx.Client(base_url=server.url, timeout=120) as c:
         admin = Api(c, make_key(settings, "admin", "ops-2"))
