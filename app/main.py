@@ -16,7 +16,6 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.types.unset import UNSET, UnsetType
-from threadpoolctl import threadpool_limits
 
 from app import metrics
 from app.authn import ApiKeyAuth
@@ -66,10 +65,6 @@ class ArbiterGraphQL(GraphQL[Context, None]):
 def build_services(settings: Settings) -> tuple[Services, Any]:
     """The services and the engine (to dispose of at shutdown)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    # One BLAS/OpenMP thread per inference call: requests already run in parallel, and
-    # OpenMP's fork-join on a single row cost 10x the prediction itself here (measured:
-    # 430 ms -> 37 ms per loan_default row on a loaded 2-core machine).
-    threadpool_limits(limits=1)
     engine = make_engine(settings.resolved_database_url)
     sessions = make_sessionmaker(engine)
     registry = Registry(
@@ -106,6 +101,7 @@ def build_app(settings: Settings) -> Starlette:
             loading.cancel()
             await jobs.stop()
             await services.shadows.drain()  # finish shadow scoring before the engine goes
+            services.close()
             await services.events.stop()
             await engine.dispose()
             metrics.process_exited()

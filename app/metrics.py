@@ -44,6 +44,13 @@ PREDICTION_STAGE_DURATION = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
              10.0),
 )
+BATCH_SIZE = Histogram(
+    "arbiter_batch_size",
+    "Size of each micro-batch: rows in one ensemble call (batcher=inference), predictions "
+    "in one commit (batcher=commit).",
+    ["batcher"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384),
+)
 PREDICTIONS = Counter(
     "arbiter_predictions",
     "Predictions stored, by task, release version and route (AUTO or REVIEW).",

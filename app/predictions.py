@@ -11,12 +11,11 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import anyio
 import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -24,6 +23,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import audit, logs, stages
+from app.batching import Batcher, InferencePool
 from app.db.pagination import Page, check_page_size, paginate
 from app.db.tables import Prediction, ReviewItem, StageChange
 from app.deployment import Deployment
@@ -65,9 +65,23 @@ class Services:
     wake_relay: Callable[[], None] = lambda: None  # called after committing outbox rows
     events: EventBus = field(default_factory=LocalBus)  # notices for subscriptions
     shadows: ShadowScorer = field(init=False)
+    inference: InferencePool = field(init=False)  # the threads models run on
+    model_calls: Batcher[tuple[Ensemble, np.ndarray]] = field(init=False)
+    commits: Batcher[_Commit] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.shadows = ShadowScorer(self.sessions)
+        s = self.settings
+        self.inference = InferencePool(s.inference_threads)
+        self.shadows = ShadowScorer(self.sessions, self.inference)
+        window = s.batch_window_ms / 1000
+        self.model_calls = Batcher("inference", functools.partial(_run_models, self.inference),
+                                   s.batch_max_rows, window, size=lambda item: len(item[1]))
+        self.commits = Batcher("commit", functools.partial(_commit, self), s.batch_max_rows,
+                               window, size=lambda item: len(item.records))
+
+    def close(self) -> None:
+        """Stop the inference threads (after the last request)."""
+        self.inference.close()
 
     async def announce(self, changes: Sequence[StageChange]) -> None:
         """Publish committed stage changes on ``releaseEvents`` (and log them)."""
@@ -182,6 +196,58 @@ def _to_record(
 
 
 @dataclass
+class _Ran:
+    """One submitter's rows of a micro-batched ensemble call, and the call's timings."""
+
+    results: list[RowResult]
+    timings: dict[str, float]
+
+
+def _run_models(pool: InferencePool, items: list[tuple[Ensemble, np.ndarray]]
+                ) -> Awaitable[list[_Ran | Exception]]:
+    """Run a micro-batch on an inference thread: one ensemble call per release."""
+    return pool.run(sum(len(X) for _, X in items), _run_groups, items)
+
+
+def _run_groups(items: list[tuple[Ensemble, np.ndarray]]) -> list[_Ran | Exception]:
+    by_release: dict[int, list[int]] = {}
+    for n, (ensemble, _) in enumerate(items):
+        by_release.setdefault(id(ensemble), []).append(n)
+    outcomes: list[_Ran | Exception] = [RuntimeError("not run")] * len(items)
+    for ns in by_release.values():
+        ensemble = items[ns[0]][0]
+        timings: dict[str, float] = {}
+        try:
+            results, errors = ensemble.predict(np.concatenate([items[n][1] for n in ns]), timings)
+        except Exception as exc:  # a bug, not a member failure (those come back in errors)
+            for n in ns:
+                outcomes[n] = exc
+            continue
+        offset = 0
+        for n in ns:
+            rows = len(items[n][1])
+            outcomes[n] = (_Ran(results[offset:offset + rows], timings) if results
+                           else AllMembersFailedError(ensemble.task.name, errors))
+            offset += rows
+    return outcomes
+
+
+async def _run_rows(services: Services, ensemble: Ensemble, X: np.ndarray,
+                    timings: dict[str, float]) -> list[RowResult]:
+    """Results of one release for these rows, through the micro-batcher: up to
+    ``batch_max_rows`` rows per call, submitted one after another so that concurrent
+    predictions join a long batch's calls instead of waiting for all of them."""
+    step = services.settings.batch_max_rows
+    results: list[RowResult] = []
+    for start in range(0, len(X), step):
+        ran: _Ran = await services.model_calls.submit((ensemble, X[start:start + step]))
+        results += ran.results
+        for stage, seconds in ran.timings.items():
+            add_time(timings, stage, seconds)
+    return results
+
+
+@dataclass
 class _Inference:
     """Records (not yet stored), and what is needed to store and observe them."""
 
@@ -211,10 +277,7 @@ async def _infer(
     timings: dict[str, float] = {}
     for ensemble in {e.release_id: e for e in chosen}.values():
         indices = [i for i, e in enumerate(chosen) if e is ensemble]
-        results, errors = await anyio.to_thread.run_sync(
-            functools.partial(ensemble.predict, X[indices], timings))
-        if not results:
-            raise AllMembersFailedError(task.name, errors)
+        results = await _run_rows(services, ensemble, X[indices], timings)
         latency_ms = (time.perf_counter() - started) * 1000
         routing = time.perf_counter()  # the routing decision and the record it goes into
         for i, r in zip(indices, results, strict=True):
@@ -410,20 +473,54 @@ def audit_entry(p: Prediction, actor: str, item: ReviewItem | None) -> audit.Ent
         "reviewItem": item.id if item is not None else None}, p.task)
 
 
+@dataclass
+class _Commit:
+    """One caller's predictions to store, with what their review items need."""
+
+    records: list[Prediction]
+    policies: dict[int, ReviewPolicy]
+    actor: str
+
+
 async def _store(
     services: Services, policies: dict[int, ReviewPolicy], records: list[Prediction],
     actor: str,
 ) -> None:
-    """Predictions, the review items of the routed ones and their audit events, in one
-    transaction."""
-    opened = {p.id: open_review_item(policies[p.release_id], p)
-              for p in records if p.route == Route.REVIEW}
+    """Predictions, the review items of the routed ones and their audit events, committed
+    in one transaction, possibly together with concurrent callers' (group commit)."""
+    await services.commits.submit(_Commit(records, policies, actor))
+
+
+async def _commit(services: Services, group: list[_Commit]) -> list[Exception | None]:
+    """One transaction for the group; if it fails, each caller's own, so that one
+    caller's conflict (a repeated idempotency key) fails that caller alone."""
+    try:
+        await _store_together(services, group)
+        return [None] * len(group)
+    except Exception as exc:
+        if len(group) == 1:
+            return [exc]
+    outcomes: list[Exception | None] = []
+    for one in group:
+        try:
+            await _store_together(services, [one])
+            outcomes.append(None)
+        except Exception as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+async def _store_together(services: Services, group: list[_Commit]) -> None:
+    records = [p for c in group for p in c.records]
+    opened = {p.id: open_review_item(c.policies[p.release_id], p)
+              for c in group for p in c.records if p.route == Route.REVIEW}
     async with services.sessions() as session, session.begin():
         session.add_all(records)
         await session.flush()
         session.add_all(opened.values())
         await session.flush()
-        audit.record(session, [audit_entry(p, actor, opened.get(p.id)) for p in records])
+        audit.record(session, [audit_entry(p, c.actor, opened.get(p.id))
+                               for c in group for p in c.records])
     await publish_stored(services.events, records, list(opened.values()))  # once committed
 
 

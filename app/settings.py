@@ -43,6 +43,15 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(default=10_000, ge=1, description="Largest predictBatch.")
     page_size_max: int = Field(default=500, ge=1, description="Largest page of a connection.")
+    batch_window_ms: float = Field(
+        default=0.3, ge=0, le=50,
+        description="How long a lone prediction waits for others to share its model call "
+        "and its commit (micro-batching; under load batches form without waiting).")
+    batch_max_rows: int = Field(
+        default=256, ge=1, description="Most rows in one micro-batched model call or commit.")
+    inference_threads: int = Field(
+        default=1, ge=1, le=64,
+        description="Threads running models per process (each uses one BLAS/OpenMP thread).")
     subscription_buffer: int = Field(
         default=256, ge=1, description="Events a subscriber may fall behind before it is cut off."
     )

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import anyio
 import numpy as np
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.batching import InferencePool
 from app.db.tables import ShadowOutput
 from app.ml.ensemble import Ensemble
 
@@ -27,9 +27,11 @@ class ShadowScorer:
     """Background scoring of stored predictions by observer releases."""
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], max_in_flight: int = MAX_IN_FLIGHT
+        self, sessions: async_sessionmaker[AsyncSession], inference: InferencePool,
+        max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
         self.sessions = sessions
+        self.inference = inference
         self.max_in_flight = max_in_flight
         self.stored = 0
         self.dropped = 0
@@ -51,7 +53,7 @@ class ShadowScorer:
 
     async def _score(self, ensemble: Ensemble, prediction_ids: list[str], X: np.ndarray) -> None:
         try:
-            proba = await anyio.to_thread.run_sync(ensemble.probabilities, X)
+            proba = await self.inference.run(len(X), ensemble.probabilities, X)
             classes = ensemble.task.classes
             rows = [
                 ShadowOutput(
