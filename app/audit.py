@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, event, insert, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import col, func, select
@@ -127,26 +127,36 @@ def _lock(conn: Connection) -> None:
         conn.execute(text("UPDATE audit_events SET id = id WHERE 0 = 1"))
 
 
-def chain(entries: Sequence[Entry], last_id: int, prev: str,
-          last_at: datetime | None) -> list[AuditEvent]:
-    """The rows that continue a chain whose head is (``last_id``, ``prev``, ``last_at``)."""
+def chain_values(entries: Sequence[Entry], last_id: int, prev: str,
+                 last_at: datetime | None) -> list[dict[str, Any]]:
+    """The column values of the rows that continue a chain whose head is (``last_id``,
+    ``prev``, ``last_at``): plain dicts, inserted in one statement."""
     # Time never runs backwards along the chain, even if hosts' clocks disagree a little.
     at = utcnow() if last_at is None else max(utcnow(), last_at)
     rows = []
-    for offset, e in enumerate(entries, start=1):
-        row = AuditEvent(id=last_id + offset, at=at, kind=e.kind.value, actor=e.actor,
-                         task=e.task, subject_type=e.subject_type, subject_id=e.subject_id,
-                         payload=canonical(e.payload), prev_hash=prev, hash="")
-        row.hash = prev = hash_of(row)
-        rows.append(row)
+    for event_id, e in enumerate(entries, start=last_id + 1):
+        payload = canonical(e.payload)
+        digest = event_hash(event_id, at, e.kind.value, e.actor, e.task, e.subject_type,
+                            e.subject_id, payload, prev)
+        rows.append({"id": event_id, "at": at, "kind": e.kind.value, "actor": e.actor,
+                     "task": e.task, "subject_type": e.subject_type,
+                     "subject_id": e.subject_id, "payload": payload, "prev_hash": prev,
+                     "hash": digest})
+        prev = digest
     return rows
+
+
+def chain(entries: Sequence[Entry], last_id: int, prev: str,
+          last_at: datetime | None) -> list[AuditEvent]:
+    """``chain_values`` as rows."""
+    return [AuditEvent(**values) for values in chain_values(entries, last_id, prev, last_at)]
 
 
 @event.listens_for(Session, "before_commit")
 def _write_staged(session: Session) -> None:
     """At commit (in the session's greenlet, so synchronous SQL is allowed): flush the
-    domain's own changes, then lock, read the head and add the events, which the commit
-    flushes. The lock is thus the transaction's last step and held for three statements."""
+    domain's own changes, then lock, read the head and insert the events (one statement).
+    The lock is thus the transaction's last step and held for three statements."""
     entries: list[Entry] | None = session.info.pop(_PENDING, None)
     if not entries:
         return
@@ -155,10 +165,8 @@ def _write_staged(session: Session) -> None:
     _lock(conn)
     head = conn.execute(select(AuditEvent.id, AuditEvent.hash, AuditEvent.at)
                         .order_by(col(AuditEvent.id).desc()).limit(1)).first()
-    if head is None:
-        session.add_all(chain(entries, 0, GENESIS_HASH, None))
-    else:
-        session.add_all(chain(entries, head[0], head[1], head[2]))
+    last_id, prev, last_at = (0, GENESIS_HASH, None) if head is None else head
+    conn.execute(insert(AuditEvent), chain_values(entries, last_id, prev, last_at))
 
 
 @event.listens_for(Session, "after_transaction_end")

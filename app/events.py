@@ -117,9 +117,16 @@ def release_event(kind: ReleaseEventKind | str, task: str, *, version: int | Non
             "status": status, "progress": progress, "message": message}
 
 
+_PREDICTION_FIELDS = tuple(Prediction.model_fields)
+
+
 def prediction_event(row: Prediction) -> Event:
-    """The stored prediction itself, as JSON (subscribers need no database read)."""
-    return row.model_dump(mode="json")
+    """The stored prediction itself, as JSON (subscribers need no database read). Read
+    field by field: every column but the time already holds JSON values, and pydantic's
+    ``model_dump(mode="json")`` cost 11 % of the event loop's time at 32 clients."""
+    event: Event = {name: getattr(row, name) for name in _PREDICTION_FIELDS}
+    event["created_at"] = row.created_at.isoformat()
+    return event
 
 
 def review_event(item: ReviewItem, change: ReviewChange, waiting: int | None = None) -> Event:

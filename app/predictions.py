@@ -17,9 +17,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
+from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import audit, logs, stages
@@ -515,13 +516,19 @@ async def _store_together(services: Services, group: list[_Commit]) -> None:
     opened = {p.id: open_review_item(c.policies[p.release_id], p)
               for c in group for p in c.records if p.route == Route.REVIEW}
     async with services.sessions() as session, session.begin():
-        session.add_all(records)
-        await session.flush()
-        session.add_all(opened.values())
-        await session.flush()
+        # Bulk INSERTs of plain values (one statement per table, no unit of work): the
+        # returned objects stay as built, outside any session.
+        conn = await session.connection()
+        await conn.execute(insert(Prediction), [_values(p) for p in records])
+        if opened:
+            await conn.execute(insert(ReviewItem), [_values(i) for i in opened.values()])
         audit.record(session, [audit_entry(p, c.actor, opened.get(p.id))
                                for c in group for p in c.records])
     await publish_stored(services.events, records, list(opened.values()))  # once committed
+
+
+def _values(row: SQLModel) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in type(row).model_fields}
 
 
 async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:
