@@ -27,6 +27,7 @@ from app import audit, logs, stages
 from app.batching import Batcher, InferencePool
 from app.db.pagination import Page, check_page_size, paginate
 from app.db.tables import Prediction, ReviewItem, StageChange
+from app.db.types import utcnow
 from app.deployment import Deployment
 from app.errors import (
     AllMembersFailedError,
@@ -97,11 +98,13 @@ def _explanation_json(
     task: TaskSpec, ex: Explained, row: dict[str, Any], values: np.ndarray, status: str, space: str
 ) -> dict[str, Any]:
     derived = {d.name for d in task.derived}
+    shap = ex.contributions.tolist()  # Python floats at once: per element costs 3x more
+    model_values = values.tolist()
     contributions = [
         {
             "feature": name,
-            "value": row.get(name) if name not in derived else float(values[j]),
-            "shap": float(ex.contributions[j]),
+            "value": model_values[j] if name in derived else row.get(name),
+            "shap": shap[j],
             "derived": name in derived,
         }
         for j, name in enumerate(task.model_columns)
@@ -193,6 +196,9 @@ def _to_record(
         status=Status.ACCEPTED if route is Route.AUTO else Status.PENDING_REVIEW,
         final_label=label if route is Route.AUTO else None,
         latency_ms=latency_ms,
+        # Given, not left to the default factory: pydantic inspects a factory's signature
+        # on every call (4 % of a 10,000-row batch).
+        created_at=utcnow(),
     )
 
 
@@ -455,6 +461,7 @@ def open_review_item(policy: ReviewPolicy, p: Prediction) -> ReviewItem:
         status="PENDING",
         priority=sum(REASON_PRIORITY.get(r["code"], 1) for r in p.reasons),
         due_at=p.created_at + timedelta(hours=policy.sla_hours),
+        created_at=p.created_at,
         required_reviews=policy.required_reviews,
     )
 
