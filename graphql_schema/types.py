@@ -200,7 +200,13 @@ class Explanation:
     explained_class: str
     base_value: float
     output_value: float
-    contributions: list[Contribution]
+    task: strawberry.Private[str]
+    stored: strawberry.Private[list[dict[str, Any]]]
+
+    @strawberry.field
+    def contributions(self) -> list[Contribution]:
+        return [Contribution(feature=c["feature"], raw_value=c["value"], shap=c["shap"],
+                             derived=c["derived"], task=self.task) for c in self.stored]
 
     @classmethod
     def from_json(cls, d: dict[str, Any], task: str) -> Explanation:
@@ -210,11 +216,8 @@ class Explanation:
             explained_class=d["explainedClass"],
             base_value=d["baseValue"],
             output_value=d["outputValue"],
-            contributions=[
-                Contribution(feature=c["feature"], raw_value=c["value"], shap=c["shap"],
-                             derived=c["derived"], task=task)
-                for c in d["contributions"]
-            ],
+            task=task,
+            stored=d["contributions"],
         )
 
 
@@ -263,35 +266,76 @@ async def label_uses(info: Info, prediction_id: str) -> list[LabelUse]:
                      split=u.split) for u in uses if u.split != "holdout"]
 
 
+def _probabilities(root: Prediction) -> list[ClassProbability]:
+    return _probs(root.row.probabilities) or []
+
+
+def _prediction_set(root: Prediction) -> list[str]:
+    return list(root.row.prediction_set)
+
+
+def _members(root: Prediction) -> list[MemberPrediction]:
+    return [
+        MemberPrediction(
+            name=m["name"],
+            version=m["version"],
+            label=m["label"],
+            weight=m["weight"],
+            error=m["error"],
+            probabilities=_probs(m["probabilities"]),
+            explanation=Explanation.from_json(m["explanation"], root.task)
+            if m["explanation"] and not root.hide_explanation
+            else None,
+        )
+        for m in root.row.members
+    ]
+
+
+def _explanation(root: Prediction) -> Explanation | None:
+    return None if root.hide_explanation else Explanation.from_json(root.row.explanation,
+                                                                     root.task)
+
+
+def _reasons(root: Prediction) -> list[Reason]:
+    return [Reason(code=r["code"], detail=r["detail"], value=r.get("value"),
+                   threshold=r.get("threshold")) for r in root.row.reasons]
+
+
 @strawberry.type(description="An explained, routed, stored prediction.")
 class Prediction:
+    """Scalars are copied from the stored row; nested fields are built from it only when a
+    query selects them (a predictBatch answer of 10,000 rows asks for few of them)."""
+
     id: strawberry.ID
     task: str
     release: int = strawberry.field(description="Version of the release that answered.")
     label: str
     confidence: float = strawberry.field(description="Ensemble probability of `label`.")
-    probabilities: list[ClassProbability]
+    probabilities: list[ClassProbability] = strawberry.field(resolver=_probabilities)
     prediction_set: list[str] = strawberry.field(
-        description="Conformal prediction set at the task's confidence level."
+        resolver=_prediction_set,
+        description="Conformal prediction set at the task's confidence level.",
     )
-    members: list[MemberPrediction]
+    members: list[MemberPrediction] = strawberry.field(resolver=_members)
     explanation: Explanation | None = strawberry.field(
+        resolver=_explanation,
         description="Always present, except for reviewers of a task that hides explanations "
         "until they ask (see ReviewItem.prediction)."
     )
     route: Route
-    reasons: list[Reason]
+    reasons: list[Reason] = strawberry.field(resolver=_reasons)
     status: PredictionStatus
     final_label: str | None
     idempotency_key: str | None
     latency_ms: float
     created_at: datetime
-    raw_input: strawberry.Private[dict[str, Any]]
+    row: strawberry.Private[PredictionRow]
+    hide_explanation: strawberry.Private[bool]
 
     @strawberry.field(description="The input as sent; personal (pii) features read "
                       "\"[redacted]\" unless the caller is an auditor or admin.")
     def input(self, info: Info) -> JSON:
-        return _json(visible(info, self.task, self.raw_input))
+        return _json(visible(info, self.task, self.row.input))
 
     @strawberry.field(description="Releases that later learned from this prediction's "
                       "reviewed label (trained or calibrated on it), oldest first.")
@@ -325,40 +369,14 @@ class Prediction:
             release=p.release_version,
             label=p.label,
             confidence=p.confidence,
-            probabilities=_probs(p.probabilities) or [],
-            prediction_set=list(p.prediction_set),
-            members=[
-                MemberPrediction(
-                    name=m["name"],
-                    version=m["version"],
-                    label=m["label"],
-                    weight=m["weight"],
-                    error=m["error"],
-                    probabilities=_probs(m["probabilities"]),
-                    explanation=Explanation.from_json(m["explanation"], p.task)
-                    if m["explanation"] and not hide_explanation
-                    else None,
-                )
-                for m in p.members
-            ],
-            explanation=None if hide_explanation else Explanation.from_json(p.explanation,
-                                                                            p.task),
             route=Route(p.route),
-            reasons=[
-                Reason(
-                    code=r["code"],
-                    detail=r["detail"],
-                    value=r.get("value"),
-                    threshold=r.get("threshold"),
-                )
-                for r in p.reasons
-            ],
             status=PredictionStatus(p.status),
             final_label=p.final_label,
-            raw_input=p.input,
             idempotency_key=p.idempotency_key,
             latency_ms=p.latency_ms,
             created_at=p.created_at,
+            row=p,
+            hide_explanation=hide_explanation,
         )
 
 
