@@ -105,6 +105,17 @@ def test_timings_split_inference_from_explanation(case: Case) -> None:
 
 
 
+def test_tree_members_score_from_their_exact_explanation(case: Case) -> None:
+    """Tree members skip the second pass over their trees: TreeSHAP's base plus a row's
+    values is the raw output; linear members, whose model pass costs nothing, keep it."""
+    for m in case.ensemble.members:
+        explainer = m.explainer
+        assert explainer.scores_from_shap == (m.algorithm != "logistic_regression"), m.name
+        Xt = explainer.preprocess.transform(case.X[:50])
+        _, scores = explainer.explain(case.X[:50])
+        np.testing.assert_allclose(scores.scores, explainer._raw(Xt), rtol=0, atol=1e-9)
+
+
 def test_one_result_per_row_and_no_errors(case: Case, predicted: Any) -> None:
     rows, errors = predicted
     assert errors == {}
