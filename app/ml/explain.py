@@ -15,6 +15,7 @@ import shap
 from sklearn.pipeline import Pipeline
 
 from app.ml.algorithms import ExplainerKind, OutputSpace
+from app.ml.pipeline import Transform, compile_preprocess
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class MemberExplainer:
     ) -> None:
         self.preprocess = pipeline[:-1]
         self.model = pipeline[-1]
+        # scikit-learn's own transform when the compiled one is not exactly the same.
+        self.transform: Transform = (compile_preprocess(pipeline[0]) if len(pipeline) == 2
+                                     else None) or self.preprocess.transform
         self.space = space
         self.fold = fold
         if kind is ExplainerKind.LINEAR:
@@ -71,7 +75,7 @@ class MemberExplainer:
 
     def scores(self, X: np.ndarray) -> np.ndarray:
         """Raw outputs as (rows x classes) margins or probabilities, without SHAP."""
-        return self._raw(self.preprocess.transform(X))
+        return self._raw(self.transform(X))
 
     def _shap(self, Xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows x transformed columns x classes) SHAP values and the (classes,) base."""
@@ -95,7 +99,7 @@ class MemberExplainer:
         """(probabilities, exact per-class SHAP of the raw output) for a batch of rows;
         ``timings`` accumulates the seconds spent in ``infer`` and ``explain``."""
         started = time.perf_counter()
-        Xt = self.preprocess.transform(X)
+        Xt = self.transform(X)
         raw = None if self.scores_from_shap else self._raw(Xt)
         inferred = time.perf_counter()
         values, base = self._shap(Xt)
