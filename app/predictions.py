@@ -94,25 +94,38 @@ def input_hash(raw: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Shape:
+    """What every record of a task and release repeats: worked out once per call."""
+
+    task: TaskSpec
+    space: str
+    columns: list[tuple[int, str, bool]]  # (index, model column, derived?)
+
+    @classmethod
+    def of(cls, task: TaskSpec, ensemble: Ensemble) -> _Shape:
+        derived = {d.name for d in task.derived}
+        return cls(task, ensemble.space.value,
+                   [(j, name, name in derived) for j, name in enumerate(task.model_columns)])
+
+
 def _explanation_json(
-    task: TaskSpec, ex: Explained, row: dict[str, Any], values: np.ndarray, status: str, space: str
+    shape: _Shape, ex: Explained, row: dict[str, Any], model_values: list[Any], status: str
 ) -> dict[str, Any]:
-    derived = {d.name for d in task.derived}
     shap = ex.contributions.tolist()  # Python floats at once: per element costs 3x more
-    model_values = values.tolist()
     contributions = [
         {
             "feature": name,
-            "value": model_values[j] if name in derived else row.get(name),
+            "value": model_values[j] if derived else row.get(name),
             "shap": shap[j],
-            "derived": name in derived,
+            "derived": derived,
         }
-        for j, name in enumerate(task.model_columns)
+        for j, name, derived in shape.columns
     ]
     return {
         "status": status,
-        "space": space,
-        "explainedClass": task.classes[ex.explained_class],
+        "space": shape.space,
+        "explainedClass": shape.task.classes[ex.explained_class],
         "baseValue": ex.base,
         "outputValue": ex.output,
         "contributions": contributions,
@@ -130,7 +143,7 @@ def _with_other_classes(
                 "class": task.classes[e.explained_class],
                 "baseValue": e.base,
                 "outputValue": e.output,
-                "shap": [float(v) for v in e.contributions],
+                "shap": e.contributions.tolist(),
             }
             for e in others
         ]
@@ -138,11 +151,12 @@ def _with_other_classes(
 
 
 def _probabilities(task: TaskSpec, p: np.ndarray) -> list[dict[str, Any]]:
-    return [{"label": c, "probability": float(p[i])} for i, c in enumerate(task.classes)]
+    return [{"label": c, "probability": v} for c, v in zip(task.classes, p.tolist(),
+                                                             strict=True)]
 
 
 def _to_record(
-    task: TaskSpec,
+    shape: _Shape,
     ensemble: Ensemble,
     result: RowResult,
     raw: dict[str, Any],
@@ -151,10 +165,11 @@ def _to_record(
     key: str | None,
     latency_ms: float,
 ) -> Prediction:
+    task = shape.task
     prediction_id = str(uuid.uuid4())
     route, reasons = decide_route(ensemble.policy, task.classes, result, prediction_id)
     failed = any(m.error for m in result.members)
-    space = ensemble.space.value
+    model_values = values.tolist()
     members = [
         {
             "name": m.name,
@@ -169,7 +184,7 @@ def _to_record(
             else _probabilities(task, m.probabilities),
             "explanation": None
             if m.explanation is None
-            else _explanation_json(task, m.explanation, raw, values, "OK", space),
+            else _explanation_json(shape, m.explanation, raw, model_values, "OK"),
         }
         for m in result.members
     ]
@@ -189,7 +204,7 @@ def _to_record(
         prediction_set=[c for i, c in enumerate(task.classes) if result.prediction_set[i]],
         members=members,
         explanation=_with_other_classes(task, _explanation_json(
-            task, result.explanation, raw, values, "PARTIAL" if failed else "OK", space
+            shape, result.explanation, raw, model_values, "PARTIAL" if failed else "OK"
         ), result.other_classes),
         route=route.value,
         reasons=[r.to_json() for r in reasons],
@@ -287,8 +302,9 @@ async def _infer(
         results = await _run_rows(services, ensemble, X[indices], timings)
         latency_ms = (time.perf_counter() - started) * 1000
         routing = time.perf_counter()  # the routing decision and the record it goes into
+        shape = _Shape.of(task, ensemble)
         for i, r in zip(indices, results, strict=True):
-            records[i] = _to_record(task, ensemble, r, rows[i], X[i], caller, key, latency_ms)
+            records[i] = _to_record(shape, ensemble, r, rows[i], X[i], caller, key, latency_ms)
         add_time(timings, "route", time.perf_counter() - routing)
     policies = {e.release_id: e.policy for e in chosen}
     return _Inference([r for r in records if r is not None], policies, deployment, X, timings)

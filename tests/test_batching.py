@@ -109,6 +109,9 @@ def test_concurrent_predictions_share_model_calls_and_commits(
 ) -> None:
     task = example_tasks[TASK]
     rows = example_inputs(task, 48, seed=21)
+    # A window long enough for all 48 to arrive (here each re-reads the release stages
+    # first, which spaces them out), as a busy server's requests do.
+    gathering = settings.model_copy(update={"batch_window_ms": 20.0})
 
     async def work(services: Services) -> None:
         await services.registry.load_all()
@@ -143,7 +146,7 @@ def test_concurrent_predictions_share_model_calls_and_commits(
         assert sorted(events) == sorted(ids)  # one audit event per prediction, no more
         assert (await audit.verify_chain(services.sessions)).ok
 
-    run_with(settings, work)
+    run_with(gathering, work)
 
 
 def test_one_callers_conflict_in_a_shared_commit_fails_that_caller_alone(

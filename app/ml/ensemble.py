@@ -170,10 +170,15 @@ class Ensemble:
         explained_base = np.asarray(base) @ L.T
         findings = self.ood.assess(X) if self.ood else [None] * len(X)
         n_classes = len(self.task.classes)
+        # Members explain the ensemble's class, so their charts compare side by side: each
+        # member's outputs in the explained space, for all rows at once.
+        in_space = {n: (o[1].base @ L.T, o[1].contributions @ L.T, o[1].scores @ L.T)
+                    for n, o in ok.items()}
+        base_list = explained_base.tolist()
         rows = []
-        for i, c in enumerate(labels):
+        for i, c in enumerate(labels.tolist()):
             explained = [
-                Explained(k, float(explained_base[k]), explained_contrib[i, :, k],
+                Explained(k, base_list[k], explained_contrib[i, :, k],
                           float(explained_scores[i, k]))
                 for k in range(n_classes)
             ]
@@ -182,26 +187,21 @@ class Ensemble:
                 if m.name in errors:
                     members.append(MemberOutput(m.name, m.version, m.weight, error=errors[m.name]))
                     continue
-                # Members explain the ensemble's class, so their charts compare side by side.
-                p, ms = ok[m.name]
+                m_base, m_contrib, m_scores = in_space[m.name]
                 members.append(
                     MemberOutput(
                         m.name,
                         m.version,
                         m.weight,
-                        probabilities=p[i],
-                        explanation=Explained(
-                            int(c),
-                            float((ms.base @ L.T)[c]),
-                            (ms.contributions[i] @ L.T)[:, c],
-                            float((ms.scores[i] @ L.T)[c]),
-                        ),
+                        probabilities=ok[m.name][0][i],
+                        explanation=Explained(c, float(m_base[c]), m_contrib[i, :, c],
+                                              float(m_scores[i, c])),
                     )
                 )
             rows.append(
                 RowResult(
                     probabilities=proba[i],
-                    label=int(c),
+                    label=c,
                     prediction_set=sets[i],
                     explanation=explained[c],
                     members=members,
