@@ -13,10 +13,12 @@ records become one transaction (one commit, one audit-lock hold).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
+import gc
 import os
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -140,3 +142,32 @@ class InferencePool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class _CollectorPause:
+    """Counts the large batches in flight on this process's event loop; the cyclic garbage
+    collector is off while there is one (and if it was on before the first)."""
+
+    def __init__(self) -> None:
+        self.holders = 0
+        self.resume = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        if self.holders == 0:
+            self.resume = gc.isenabled()
+            gc.disable()
+        self.holders += 1
+        try:
+            yield
+        finally:
+            self.holders -= 1
+            if self.holders == 0 and self.resume:
+                gc.enable()
+
+
+# A 10,000-row predictBatch makes about 1.5 million objects that live until it is answered;
+# collections triggered by them walk them again and again (0.5 s of 10.7 s, measured). They
+# hold no reference cycles, so pausing the collector for the batch loses nothing; reference
+# counting still frees everything else meanwhile.
+collector_paused = _CollectorPause()

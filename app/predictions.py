@@ -5,6 +5,7 @@ Resolvers call these functions; so do tests, without GraphQL.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -24,7 +25,7 @@ from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import audit, logs, stages
-from app.batching import Batcher, InferencePool
+from app.batching import Batcher, InferencePool, collector_paused
 from app.db.pagination import Page, check_page_size, paginate
 from app.db.tables import Prediction, ReviewItem, StageChange
 from app.db.types import utcnow
@@ -48,6 +49,7 @@ from app.settings import Settings
 from app.shadows import ShadowScorer
 
 IDEMPOTENCY_KEY_MAX = 200
+LARGE_BATCH = 1_000  # rows from which predictBatch pauses the cyclic garbage collector
 log = logging.getLogger("arbiter.predictions")
 
 
@@ -439,9 +441,10 @@ async def predict_batch(
         )
     keys = [_check_key(k, "entityKeys") for k in entity_keys]
     validated = time.perf_counter() - started
-    inference = await _infer(services, task, rows, caller, None, started, keys)
-    storing = time.perf_counter()
-    await _store(services, inference.policies, inference.records, _actor(caller))
+    with collector_paused() if len(rows) >= LARGE_BATCH else contextlib.nullcontext():
+        inference = await _infer(services, task, rows, caller, None, started, keys)
+        storing = time.perf_counter()
+        await _store(services, inference.policies, inference.records, _actor(caller))
     _record_stored(task, inference, validated, time.perf_counter() - storing, rows)
     _observe(services, inference)
     return inference.records

@@ -5,6 +5,7 @@ answer, its own errors and its own audit event."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -15,12 +16,12 @@ from sqlmodel import func, select
 from threadpoolctl import threadpool_info
 
 from app import audit
-from app.batching import PARALLEL_ROWS, Batcher
+from app.batching import PARALLEL_ROWS, Batcher, collector_paused
 from app.db.tables import ApiKey, AuditEvent, Prediction, ReviewItem
 from app.errors import IdempotencyConflictError
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.task import TaskSpec
-from app.predictions import Services, predict, predict_batch
+from app.predictions import LARGE_BATCH, Services, predict, predict_batch
 from app.roles import Principal, Role
 from app.settings import Settings
 from tests.conftest import example_inputs, make_key
@@ -219,3 +220,44 @@ def test_models_run_on_one_openmp_thread_unless_the_call_is_large(settings: Sett
         assert set(large) == {os.cpu_count()}
     else:
         pytest.skip("one core: nothing to lift")
+
+
+def test_the_collector_pauses_for_a_large_batch_only_and_always_resumes(
+    settings: Settings, example_tasks: dict[str, TaskSpec]
+) -> None:
+    task = example_tasks[TASK]
+    large = example_inputs(task, LARGE_BATCH, seed=24)
+
+    async def watch(batch: list[dict[str, Any]], services: Services) -> set[bool]:
+        seen: set[bool] = set()
+        running = asyncio.ensure_future(predict_batch(services, None, TASK, batch))
+        while not running.done():
+            seen.add(gc.isenabled())
+            await asyncio.sleep(0)
+        await running
+        return seen
+
+    async def work(services: Services) -> tuple[set[bool], set[bool], bool]:
+        await services.registry.load_all()
+        during_large = await watch(large, services)
+        during_small = await watch(large[:50], services)
+        return during_large, during_small, gc.isenabled()
+
+    assert gc.isenabled()
+    during_large, during_small, after = run_with(settings, work)
+    assert False in during_large and during_small == {True} and after
+
+
+def test_nested_pauses_resume_once_and_never_enable_a_collector_that_was_off() -> None:
+    with collector_paused():
+        with collector_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the outer batch still runs
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
