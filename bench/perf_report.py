@@ -115,6 +115,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=1000,
                         help="measured online requests per server")
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured requests first")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="online rounds per server, Arbiter and baseline alternating")
     parser.add_argument("--batch-rows", type=int, default=10_000, help="predictBatch rows")
     parser.add_argument("--rss-predictions", type=int, default=2_000,
                         help="predictions between the two RSS readings (issue: 100,000)")
@@ -357,10 +359,16 @@ def prepare(data_dir: Path, env: dict[str, str], tasks: Sequence[str]) -> str:
 
 def online(report: Report, label: str, target: Any, rows: list[dict[str, Any]],
            args: argparse.Namespace) -> None:
+    """One round of load; the rounds of a label add up (requests, failures, time)."""
     log.log(f"{label}: {args.requests} requests at {args.concurrency} clients ...")
     result = asyncio.run(measure(target, rows, args.concurrency, args.requests, args.warmup))
     if result.first_error:
         log.log(f"[yellow]{label}: {result.failures} failures; first: {result.first_error}")
+    before = report.online.get(label)
+    if before is not None:
+        result = LevelResult(result.concurrency, before.latencies + result.latencies,
+                             before.failures + result.failures, before.elapsed + result.elapsed,
+                             before.first_error or result.first_error)
     report.online[label] = result
 
 
@@ -397,9 +405,13 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> Report:
     stack.callback(stop_server, baseline)
     wait_ready(baseline, status_ok, args.startup_timeout)
 
-    online(report, "Arbiter SQLite", arbiter_target(arbiter.base_url, key, task.name), rows, args)
+    # Rounds alternate the two servers, so that a change in what else the machine is doing
+    # falls on both sides.
+    for _ in range(args.rounds):
+        online(report, "Arbiter SQLite", arbiter_target(arbiter.base_url, key, task.name), rows,
+               args)
+        online(report, "Baseline", baseline_target(baseline.base_url), rows, args)
     report.stages["SQLite"] = stage_means(arbiter.base_url, task.name)
-    online(report, "Baseline", baseline_target(baseline.base_url), rows, args)
     stop_server(baseline)
 
     report.rss_loaded = tree_rss_mib(arbiter.process.pid)
@@ -420,8 +432,9 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> Report:
         log.log("starting arbiter serve (PostgreSQL) ...")
         pg, _ = start_arbiter("arbiter-pg", pg_dir, pg_env, None, args.startup_timeout)
         stack.callback(stop_server, pg)
-        online(report, "Arbiter PostgreSQL", arbiter_target(pg.base_url, pg_key, task.name),
-               rows, args)
+        for _ in range(args.rounds):
+            online(report, "Arbiter PostgreSQL", arbiter_target(pg.base_url, pg_key, task.name),
+                   rows, args)
         report.stages["PostgreSQL"] = stage_means(pg.base_url, task.name)
         log.log(f"predictBatch of {args.batch_rows} rows (PostgreSQL) ...")
         report.batch["PostgreSQL"] = batch_seconds(pg.base_url, pg_key, task.name, batch_rows)
@@ -447,7 +460,8 @@ def render(report: Report, args: argparse.Namespace) -> Table:
     table = Table(
         title=f"Issue 9: Arbiter vs baseline vs floor, task {args.task}",
         caption=(f"{machine_line()}; OMP_NUM_THREADS={omp}\n"
-                 f"online: {args.requests} requests after {args.warmup} warm-up at "
+                 f"online: {args.rounds} x {args.requests} requests (each after {args.warmup} "
+                 f"warm-up) at "
                  f"{args.concurrency} clients; baseline = bare Starlette + "
                  f"{report.heaviest}.predict_proba (heaviest single-row member; per member "
                  f"single-row predict_proba+SHAP: {members})\n"
