@@ -46,6 +46,7 @@ from predict_throughput import (  # bench/ is sys.path[0] when run as a script
 )
 from rich.console import Console
 from rich.table import Table
+from websockets.typing import Subprotocol
 
 log = Console(stderr=True)
 PREDICT = ("mutation($input: JSON!) {{ predict(task: {task}, input: $input) "
@@ -76,7 +77,7 @@ class Subscriber:
         self.task_handle: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        self.ws = await websockets.connect(self.url, subprotocols=["graphql-transport-ws"],
+        self.ws = await websockets.connect(self.url, subprotocols=[Subprotocol("graphql-transport-ws")],
                                            max_size=2**22, ping_interval=None)
         await self.ws.send(json.dumps({"type": "connection_init",
                                        "payload": {"Authorization": f"Bearer {self.key}"}}))
