@@ -77,8 +77,9 @@ class Subscriber:
         self.task_handle: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        self.ws = await websockets.connect(self.url, subprotocols=[Subprotocol("graphql-transport-ws")],
-                                           max_size=2**22, ping_interval=None)
+        self.ws = await websockets.connect(
+            self.url, subprotocols=[Subprotocol("graphql-transport-ws")], max_size=2**22,
+            ping_interval=None)
         await self.ws.send(json.dumps({"type": "connection_init",
                                        "payload": {"Authorization": f"Bearer {self.key}"}}))
         ack = json.loads(await self.ws.recv())
