@@ -421,9 +421,11 @@ async def predict_batch(
     task_name: str,
     raws: Sequence[Any],
     entity_keys: Sequence[str | None] | None = None,
+    actor: str | None = None,
 ) -> list[Prediction]:
     """All inputs validated first (every problem listed), then stored in one transaction.
-    ``entity_keys`` (one per input, or none) keep canary assignment sticky per row."""
+    ``entity_keys`` (one per input, or none) keep canary assignment sticky per row;
+    ``actor`` names who acts in the audit log when there is no caller (the CLI)."""
     started = time.perf_counter()
     task = services.registry.task(task_name)
     logs.bind(task=task.name)
@@ -444,7 +446,8 @@ async def predict_batch(
     with collector_paused() if len(rows) >= LARGE_BATCH else contextlib.nullcontext():
         inference = await _infer(services, task, rows, caller, None, started, keys)
         storing = time.perf_counter()
-        await _store(services, inference.policies, inference.records, _actor(caller))
+        await _store(services, inference.policies, inference.records,
+                     actor or _actor(caller))
     _record_stored(task, inference, validated, time.perf_counter() - storing, rows)
     _observe(services, inference)
     return inference.records

@@ -1,0 +1,125 @@
+"""Scoring a file: its rows go through ``predict_batch`` a chunk at a time.
+
+Every chunk is one ``predictBatch``: validated whole, explained, routed, stored and audited
+in one transaction, exactly as over GraphQL. A chunk's answers are appended to the output
+(JSON Lines, one per input row, in order) after its transaction commits, and flushed to
+disk: a killed run leaves committed chunks listed and nothing half-listed. ``skip``
+resumes after the rows the output already lists; a chunk that committed but was not yet
+written when the process died is predicted again (at most one chunk, stored twice).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from app.errors import BadRequestError, InputValidationError
+from app.ml.task import FeatureType, TaskSpec
+from app.predictions import Services, predict_batch
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+
+
+def _typed(task: TaskSpec, row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row with the JSON types the task's contract expects: an empty cell is a value
+    left out; what does not convert stays text, for validation to name."""
+    kinds = {f.name: f.type for f in task.features}
+    out: dict[str, Any] = {}
+    for name, text in row.items():
+        if text == "" or name is None:
+            continue
+        kind = kinds.get(name)
+        if kind is FeatureType.NUMERIC:
+            try:
+                out[name] = float(text)
+            except ValueError:
+                out[name] = text
+        elif kind is FeatureType.BOOLEAN and text.lower() in TRUE | FALSE:
+            out[name] = text.lower() in TRUE
+        else:
+            out[name] = text
+    return out
+
+
+def read_rows(task: TaskSpec, path: Path) -> Iterator[Any]:
+    """The inputs of a CSV file (header row: feature names) or a JSON Lines file (one
+    object per line; blank lines are skipped), streamed."""
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise BadRequestError(f"{path}: unknown format {path.suffix!r}; "
+                              f"use one of {', '.join(sorted(FORMATS))}")
+    with path.open(encoding="utf-8", newline="") as source:
+        if kind == "csv":
+            for row in csv.DictReader(source):
+                yield _typed(task, row)
+            return
+        for number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise BadRequestError(f"{path}, line {number}: not JSON ({exc.msg})") from None
+
+
+def listed_rows(output: Path) -> int:
+    """How many answers an earlier run wrote; a last line cut short by a crash (written
+    before the flush finished) is removed, so that appending goes on from a whole line."""
+    if not output.exists():
+        return 0
+    data = output.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):
+        with output.open("r+b") as listed:
+            listed.truncate(whole)
+    return data.count(b"\n")
+
+
+@dataclass
+class FileResult:
+    predicted: int = 0
+    routed: int = 0
+
+
+def _shifted(exc: InputValidationError, task: str, offset: int) -> InputValidationError:
+    """The chunk's problems numbered by row of the file (1 = the first data row)."""
+    return InputValidationError(task, [
+        dataclasses.replace(p, index=None if p.index is None else p.index + offset + 1)
+        for p in exc.problems])
+
+
+async def predict_file(services: Services, task: str, rows: Iterable[Any], output: TextIO,
+                       *, actor: str, chunk_rows: int, skip: int = 0,
+                       progress: Callable[[int], None] = lambda _: None) -> FileResult:
+    """Predict every row after the first ``skip``, ``chunk_rows`` per transaction, writing
+    ``{"row", "id", "label", "confidence", "route", "status"}`` per row to ``output``."""
+    if not 1 <= chunk_rows <= services.settings.max_batch_size:
+        raise BadRequestError(f"chunk rows must be 1 to {services.settings.max_batch_size} "
+                              f"(ARBITER_MAX_BATCH_SIZE), got {chunk_rows}")
+    result = FileResult()
+    source = itertools.islice(iter(rows), skip, None)
+    start = skip
+    while chunk := list(itertools.islice(source, chunk_rows)):
+        try:
+            stored = await predict_batch(services, None, task, chunk, actor=actor)
+        except InputValidationError as exc:
+            raise _shifted(exc, task, start) from None
+        output.writelines(
+            json.dumps({"row": start + n + 1, "id": p.id, "label": p.label,
+                        "confidence": p.confidence, "route": p.route, "status": p.status})
+            + "\n" for n, p in enumerate(stored))
+        output.flush()
+        os.fsync(output.fileno())
+        result.predicted += len(stored)
+        result.routed += sum(p.route == "REVIEW" for p in stored)
+        start += len(chunk)
+        progress(len(chunk))
+    return result
