@@ -29,7 +29,6 @@ from threadpoolctl import ThreadpoolController
 from app.metrics import BATCH_SIZE
 
 Item = TypeVar("Item")
-Out = TypeVar("Out")
 T = TypeVar("T")
 
 # A batch's outcome per item: its result, or the exception that item's caller gets.
