@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from app.errors import BadRequestError, InputValidationError
+from app.ml.routing import Route
 from app.ml.task import FeatureType, TaskSpec
 from app.predictions import Services, predict_batch
 
@@ -28,10 +29,10 @@ FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
 
-def _typed(task: TaskSpec, row: dict[str, str]) -> dict[str, Any]:
-    """A CSV row with the JSON types the task's contract expects: an empty cell is a value
-    left out; what does not convert stays text, for validation to name."""
-    kinds = {f.name: f.type for f in task.features}
+def _typed(kinds: dict[str, FeatureType], row: dict[str, str]) -> dict[str, Any]:
+    """A CSV row with the JSON types the task's contract expects (``kinds``: feature ->
+    type): an empty cell is a value left out; what does not convert stays text, for
+    validation to name."""
     out: dict[str, Any] = {}
     for name, text in row.items():
         if text == "" or name is None:
@@ -58,8 +59,9 @@ def read_rows(task: TaskSpec, path: Path) -> Iterator[Any]:
                               f"use one of {', '.join(sorted(FORMATS))}")
     with path.open(encoding="utf-8", newline="") as source:
         if kind == "csv":
+            kinds = {f.name: f.type for f in task.features}
             for row in csv.DictReader(source):
-                yield _typed(task, row)
+                yield _typed(kinds, row)
             return
         for number, line in enumerate(source, start=1):
             if not line.strip():
@@ -75,12 +77,16 @@ def listed_rows(output: Path) -> int:
     before the flush finished) is removed, so that appending goes on from a whole line."""
     if not output.exists():
         return 0
-    data = output.read_bytes()
-    whole = data.rfind(b"\n") + 1
-    if whole < len(data):
-        with output.open("r+b") as listed:
+    lines, whole, read = 0, 0, 0  # complete lines, bytes up to the last newline, bytes read
+    with output.open("r+b") as listed:
+        while block := listed.read(1 << 20):  # streamed: an output can hold millions of rows
+            lines += block.count(b"\n")
+            if (end := block.rfind(b"\n")) >= 0:
+                whole = read + end + 1
+            read += len(block)
+        if whole < read:
             listed.truncate(whole)
-    return data.count(b"\n")
+    return lines
 
 
 @dataclass
@@ -119,7 +125,7 @@ async def predict_file(services: Services, task: str, rows: Iterable[Any], outpu
         output.flush()
         os.fsync(output.fileno())
         result.predicted += len(stored)
-        result.routed += sum(p.route == "REVIEW" for p in stored)
+        result.routed += sum(p.route == Route.REVIEW for p in stored)
         start += len(chunk)
         progress(len(chunk))
     return result
