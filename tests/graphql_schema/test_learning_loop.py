@@ -130,7 +130,7 @@ def crippled_tasks(folder: Path) -> Path:
     for path in EXAMPLE_TASKS_DIR.glob("*.toml"):
         text = path.read_text()
         if path.stem == TASK:
-            text = text.replace("max_iter = 200, learning_rate = 0.08", "max_iter = 2, "
+            text = text.replace("max_iter = 120, learning_rate = 0.1", "max_iter = 2, "
                                 "learning_rate = 0.01").replace("C = 1.0", "C = 0.0001")
             assert "max_iter = 2," in text and "C = 0.0001" in text
         (folder / path.name).write_text(text)

@@ -36,7 +36,7 @@ def slow_tasks(folder: Path) -> Path:
     for path in EXAMPLE_TASKS_DIR.glob("*.toml"):
         text = path.read_text()
         if path.stem == "loan_default":
-            text = text.replace("max_iter = 200, learning_rate = 0.08",
+            text = text.replace("max_iter = 120, learning_rate = 0.1",
                                 "max_iter = 4000, learning_rate = 0.005")
             assert "max_iter = 4000" in text
         (folder / path.name).write_text(text)
