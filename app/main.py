@@ -18,7 +18,7 @@ from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.types.unset import UNSET, UnsetType
 
-from app import metrics
+from app import json_codec, metrics
 from app.authn import ApiKeyAuth
 from app.body_limit import BodySizeLimit
 from app.db.engine import make_engine, make_sessionmaker
@@ -61,6 +61,13 @@ class ArbiterGraphQL(GraphQL[Context, None]):
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         principal = request.scope.get("state", {}).get("principal")
         return Context(self.services, principal, request, response)
+
+    def decode_json(self, data: str | bytes) -> object:
+        return json_codec.loads(data)
+
+    def encode_json(self, data: object) -> str:
+        # Text, not bytes: Strawberry sends bytes over a websocket as binary frames.
+        return json_codec.dumps(data)
 
 
 def build_services(settings: Settings) -> tuple[Services, Any]:

@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app import json_codec
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -23,19 +25,24 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# JSON columns are encoded and decoded with orjson (see app.json_codec).
+_JSON = {"json_serializer": json_codec.dumps, "json_deserializer": json_codec.loads}
+
+
 def make_engine(url: str, pooled: bool = True) -> AsyncEngine:
     """``pooled=False`` opens a connection per session: for rare users (jobs) whose event
     loop may stop before anyone could dispose of a pool."""
     if not pooled:
-        engine = create_async_engine(url, poolclass=NullPool)
+        engine = create_async_engine(url, poolclass=NullPool, **_JSON)
         if url.startswith("sqlite"):
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                                     **_JSON)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **_JSON)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

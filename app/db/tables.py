@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import Field, SQLModel
 
 from app.db.types import JSONType, UTCDateTime, utcnow
@@ -17,6 +18,31 @@ def _json(nullable: bool = False) -> Any:
 
 def _time(nullable: bool = False) -> Any:
     return Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=nullable))
+
+
+Row = TypeVar("Row", bound=SQLModel)
+
+
+def built(table: type[Row], values: dict[str, Any]) -> Row:
+    """A row object made from already checked column values (every column given), the way
+    SQLAlchemy makes one it loaded: no validation, no per-attribute change events. The
+    prediction path makes thousands per batch and inserts their values with Core; the
+    constructor's validation and attribute events cost 0.44 ms per prediction there.
+    The object is not meant for a session (nothing is tracked as changed)."""
+    missing = table.model_fields.keys() - values.keys()
+    if missing:
+        raise ValueError(f"{table.__name__} needs every column; missing {sorted(missing)}")
+    row: Row = manager_of_class(table).new_instance()
+    row.__dict__.update(values)
+    object.__setattr__(row, "__pydantic_fields_set__", set(values))
+    return row
+
+
+def values_of(row: SQLModel) -> dict[str, Any]:
+    """A row object's column values, for a Core ``INSERT``."""
+    held = row.__dict__
+    return {name: held[name] if name in held else getattr(row, name)
+            for name in type(row).model_fields}
 
 
 class ApiKey(SQLModel, table=True):
