@@ -209,7 +209,16 @@ class Explanation:
                              derived=c["derived"], task=self.task) for c in self.stored]
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], task: str) -> Explanation:
+    def from_json(cls, d: dict[str, Any], task: str,
+                  features: list[dict[str, Any]] | None = None) -> Explanation:
+        """A stored explanation; a compact one (a member's: ``shap`` values alone) takes
+        its features and values from ``features``, the prediction's contributions."""
+        if "contributions" in d:
+            stored = d["contributions"]
+        else:
+            if features is None:
+                raise ValueError("a compact explanation needs the prediction's features")
+            stored = [{**c, "shap": s} for c, s in zip(features, d["shap"], strict=True)]
         return cls(
             status=d["status"],
             space=ExplanationSpace(d["space"]),
@@ -217,7 +226,7 @@ class Explanation:
             base_value=d["baseValue"],
             output_value=d["outputValue"],
             task=task,
-            stored=d["contributions"],
+            stored=stored,
         )
 
 
@@ -275,6 +284,7 @@ def _prediction_set(root: Prediction) -> list[str]:
 
 
 def _members(root: Prediction) -> list[MemberPrediction]:
+    features = root.row.explanation["contributions"]
     return [
         MemberPrediction(
             name=m["name"],
@@ -283,7 +293,7 @@ def _members(root: Prediction) -> list[MemberPrediction]:
             weight=m["weight"],
             error=m["error"],
             probabilities=_probs(m["probabilities"]),
-            explanation=Explanation.from_json(m["explanation"], root.task)
+            explanation=Explanation.from_json(m["explanation"], root.task, features)
             if m["explanation"] and not root.hide_explanation
             else None,
         )

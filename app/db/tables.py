@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import Field, SQLModel
 
@@ -32,6 +33,7 @@ def built(table: type[Row], values: dict[str, Any]) -> Row:
     missing = table.model_fields.keys() - values.keys()
     if missing:
         raise ValueError(f"{table.__name__} needs every column; missing {sorted(missing)}")
+    configure_mappers()  # done once per process (a constructor or a query would do it)
     row: Row = manager_of_class(table).new_instance()
     row.__dict__.update(values)
     object.__setattr__(row, "__pydantic_fields_set__", set(values))

@@ -10,18 +10,22 @@ from typing import Any
 import httpx
 import pytest
 
+from app.db.engine import make_engine, make_sessionmaker
+from app.db.tables import Prediction
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, example_inputs, make_key
+from tests.conftest import Api, example_inputs, make_key, run
 
 CONTRACT = """
 mutation($task: String!, $input: JSON!, $key: String) {
   predict(task: $task, input: $input, idempotencyKey: $key) {
     id task release label confidence
     probabilities { label probability } predictionSet
-    members { name version label weight error probabilities { label probability } }
+    members { name version label weight error probabilities { label probability }
+              explanation { status space explainedClass baseValue outputValue
+                            contributions { feature value shap derived } } }
     explanation { status space explainedClass baseValue outputValue
-                  contributions { feature value shap } }
+                  contributions { feature value shap derived } }
     route reasons { code detail } status finalLabel createdAt } }
 """
 FIELDS = CONTRACT.split("{", 2)[2].rsplit("}", 1)[0]  # the selection set of `predict`
@@ -47,6 +51,7 @@ def check_prediction(task: TaskSpec, p: dict[str, Any]) -> None:
         assert abs(ex["outputValue"] - (math.log(q) - mean_log)) < 1e-6
     assert [c["feature"] for c in ex["contributions"]] == task.model_columns
     assert {m["name"] for m in p["members"]} == {m.name for m in task.members}
+    check_members(p)
     assert set(p["predictionSet"]) <= set(task.classes)
     assert (p["route"] == "AUTO") == (not p["reasons"])
     if p["route"] == "AUTO":
@@ -54,6 +59,24 @@ def check_prediction(task: TaskSpec, p: dict[str, Any]) -> None:
         assert p["predictionSet"] == [p["label"]]
     else:
         assert p["status"] == "PENDING_REVIEW" and p["finalLabel"] is None
+
+
+def check_members(p: dict[str, Any]) -> None:
+    """Each member explains the ensemble's class over the same features and values, exactly
+    (base + SHAP = output), and the ensemble's SHAP values are their weighted sum."""
+    ex = p["explanation"]
+    features = [(c["feature"], c["value"], c["derived"]) for c in ex["contributions"]]
+    for m in p["members"]:
+        mex = m["explanation"]
+        assert mex["explainedClass"] == ex["explainedClass"] and mex["space"] == ex["space"]
+        assert [(c["feature"], c["value"], c["derived"]) for c in mex["contributions"]] == features
+        total = mex["baseValue"] + sum(c["shap"] for c in mex["contributions"])
+        assert abs(total - mex["outputValue"]) < 1e-6
+    weight = sum(m["weight"] for m in p["members"])
+    for j, c in enumerate(ex["contributions"]):
+        mixed = sum(m["weight"] / weight * m["explanation"]["contributions"][j]["shap"]
+                    for m in p["members"])
+        assert abs(mixed - c["shap"]) < 1e-9
 
 
 @pytest.mark.parametrize("task_name", ["breast_cancer", "loan_default"])
@@ -311,3 +334,36 @@ def test_a_release_can_override_the_routing_policy(
     assert missing["errors"][0]["extensions"]["code"] == "NOT_FOUND"
     forbidden = predictor(set_routing, p={})
     assert forbidden["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+def test_member_explanations_stored_in_full_still_read_the_same(
+    predictor: Api, settings: Settings, example_tasks: dict[str, TaskSpec]
+) -> None:
+    """Members' explanations are stored compact (SHAP values alone); rows stored before,
+    with every contribution spelled out, answer exactly as the compact ones do."""
+    [row] = example_inputs(example_tasks["loan_default"], 1)
+    p = predictor(CONTRACT, task="loan_default", input=row)["data"]["predict"]
+
+    async def spell_out() -> None:
+        engine = make_engine(settings.resolved_database_url)
+        try:
+            async with make_sessionmaker(engine)() as session, session.begin():
+                stored = await session.get(Prediction, p["id"])
+                assert stored is not None
+                features = stored.explanation["contributions"]
+                members = []
+                for m in stored.members:
+                    compact = m["explanation"]
+                    assert set(compact) == {"status", "space", "explainedClass", "baseValue",
+                                            "outputValue", "shap"}
+                    full = {k: v for k, v in compact.items() if k != "shap"}
+                    full["contributions"] = [{**c, "shap": s}
+                                             for c, s in zip(features, compact["shap"],
+                                                             strict=True)]
+                    members.append({**m, "explanation": full})
+                stored.members = members
+        finally:
+            await engine.dispose()
+
+    run(spell_out())
+    assert predictor(GET, id=p["id"])["data"]["prediction"] == p
