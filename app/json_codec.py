@@ -19,14 +19,10 @@ import orjson
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 
 
-def dumps_bytes(value: Any) -> bytes:
-    """Compact UTF-8 JSON; dict keys that are not strings are written as strings (as the
-    standard library does) and NumPy numbers and arrays as plain JSON."""
-    return orjson.dumps(value, option=_OPTIONS)
-
-
 def dumps(value: Any) -> str:
-    return dumps_bytes(value).decode()
+    """Compact JSON; dict keys that are not strings are written as strings (as the
+    standard library does) and NumPy numbers and arrays as plain JSON."""
+    return orjson.dumps(value, option=_OPTIONS).decode()
 
 
 def loads(text: str | bytes) -> Any:

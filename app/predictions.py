@@ -111,6 +111,16 @@ class _Shape:
                    [(j, name, name in derived) for j, name in enumerate(task.model_columns)])
 
 
+def _explanation_head(shape: _Shape, ex: Explained, status: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "space": shape.space,
+        "explainedClass": shape.task.classes[ex.explained_class],
+        "baseValue": ex.base,
+        "outputValue": ex.output,
+    }
+
+
 def _explanation_json(
     shape: _Shape, ex: Explained, row: dict[str, Any], model_values: list[Any], status: str
 ) -> dict[str, Any]:
@@ -124,28 +134,14 @@ def _explanation_json(
         }
         for j, name, derived in shape.columns
     ]
-    return {
-        "status": status,
-        "space": shape.space,
-        "explainedClass": shape.task.classes[ex.explained_class],
-        "baseValue": ex.base,
-        "outputValue": ex.output,
-        "contributions": contributions,
-    }
+    return {**_explanation_head(shape, ex, status), "contributions": contributions}
 
 
 def _member_explanation_json(shape: _Shape, ex: Explained) -> dict[str, Any]:
     """A member's explanation, stored compact: its SHAP values alone, in the order of the
     prediction's ``explanation.contributions``, whose features and values they share (a
     third of the bytes of a full one; the API returns both the same way)."""
-    return {
-        "status": "OK",
-        "space": shape.space,
-        "explainedClass": shape.task.classes[ex.explained_class],
-        "baseValue": ex.base,
-        "outputValue": ex.output,
-        "shap": ex.contributions.tolist(),
-    }
+    return {**_explanation_head(shape, ex, "OK"), "shap": ex.contributions.tolist()}
 
 
 def _with_other_classes(

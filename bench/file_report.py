@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from perf_report import (  # bench/ is sys.path[0] when run as a script
+    admin_dsn,
     compute_floor,
     env_for,
     live_members,
@@ -47,7 +48,9 @@ def parse_args() -> argparse.Namespace:
                         help="rows per NumPy batch of the floor")
     parser.add_argument("--database-url", default=None,
                         help="'postgresql' (or an admin DSN) to run on a fresh database")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.database_url = admin_dsn(parser, args.database_url)
+    return args
 
 
 def write_inputs(path: Path, rows: list[dict[str, object]]) -> None:
@@ -66,10 +69,8 @@ def main() -> int:
         prepare(data_dir, sqlite_env, [args.task])  # the floor's members come from here
         env = sqlite_env
         if args.database_url:
-            admin = ("postgresql://postgres@127.0.0.1:5432/postgres"
-                     if args.database_url == "postgresql" else args.database_url)
-            env = env_for(Path(tmp) / "data-pg", stack.enter_context(postgres_database(admin)),
-                          None)
+            pg_url = stack.enter_context(postgres_database(args.database_url))
+            env = env_for(Path(tmp) / "data-pg", pg_url, None)
             prepare(Path(tmp) / "data-pg", env, [args.task])
         log.log(f"writing {args.rows} inputs ...")
         rows = input_rows(task, args.rows, seed=2024)

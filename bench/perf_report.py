@@ -108,6 +108,15 @@ LIST_DEPENDENCIES = (
 )
 
 
+def admin_dsn(parser: argparse.ArgumentParser, value: str | None) -> str | None:
+    """``--database-url``: 'postgresql' (the local server) or an admin DSN."""
+    if value == "postgresql":
+        return "postgresql://postgres@127.0.0.1:5432/postgres"
+    if value and not value.startswith("postgresql://"):
+        parser.error("--database-url must be 'postgresql' or postgresql://user@host:port/db")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="loan_default", help="task to predict")
@@ -129,10 +138,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "and write its stats here")
     parser.add_argument("--startup-timeout", type=float, default=240.0)
     args = parser.parse_args(argv)
-    if args.database_url == "postgresql":
-        args.database_url = "postgresql://postgres@127.0.0.1:5432/postgres"
-    if args.database_url and not args.database_url.startswith("postgresql://"):
-        parser.error("--database-url must be 'postgresql' or postgresql://user@host:port/db")
+    args.database_url = admin_dsn(parser, args.database_url)
     for name in ("concurrency", "requests", "batch_rows", "rss_predictions"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
