@@ -92,8 +92,13 @@ class Services:
         await stages.publish(self.events, self.sessions, changes)
 
 
+_SORTED = json.JSONEncoder(sort_keys=True)  # json.dumps(sort_keys=True), without a new encoder
+
+
 def input_hash(raw: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(raw, sort_keys=True).encode()).hexdigest()
+    """SHA-256 of the input as ``json.dumps(raw, sort_keys=True)`` spells it (stored hashes
+    depend on that spelling: keep it)."""
+    return hashlib.sha256(_SORTED.encode(raw).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -444,16 +449,16 @@ async def predict_batch(
     limit = services.settings.max_batch_size
     if len(raws) > limit:
         raise BadRequestError(f"predictBatch takes at most {limit} inputs, got {len(raws)}")
-    rows = validate_inputs(task, raws, batch=True)
     if entity_keys is None:
-        entity_keys = [None] * len(rows)
-    if len(entity_keys) != len(rows):
+        entity_keys = [None] * len(raws)
+    if len(entity_keys) != len(raws):
         raise BadRequestError(
-            f"entityKeys must have one key per input: {len(entity_keys)} keys, {len(rows)} inputs"
+            f"entityKeys must have one key per input: {len(entity_keys)} keys, {len(raws)} inputs"
         )
-    keys = [_check_key(k, "entityKeys") for k in entity_keys]
-    validated = time.perf_counter() - started
-    with collector_paused() if len(rows) >= LARGE_BATCH else contextlib.nullcontext():
+    with collector_paused() if len(raws) >= LARGE_BATCH else contextlib.nullcontext():
+        rows = validate_inputs(task, raws, batch=True)
+        keys = [_check_key(k, "entityKeys") for k in entity_keys]
+        validated = time.perf_counter() - started
         inference = await _infer(services, task, rows, caller, None, started, keys)
         storing = time.perf_counter()
         await _store(services, inference.policies, inference.records,
@@ -485,17 +490,17 @@ REASON_PRIORITY = {
 
 def open_review_item(policy: ReviewPolicy, p: Prediction) -> ReviewItem:
     """The review item of a prediction routed to REVIEW, under its release's policy."""
-    return ReviewItem(
-        id=str(uuid.uuid4()),
-        prediction_id=p.id,
-        task=p.task,
-        release_version=p.release_version,
-        status="PENDING",
-        priority=sum(REASON_PRIORITY.get(r["code"], 1) for r in p.reasons),
-        due_at=p.created_at + timedelta(hours=policy.sla_hours),
-        created_at=p.created_at,
-        required_reviews=policy.required_reviews,
-    )
+    return built(ReviewItem, {
+        "id": str(uuid.uuid4()),
+        "prediction_id": p.id,
+        "task": p.task,
+        "release_version": p.release_version,
+        "status": "PENDING",
+        "priority": sum(REASON_PRIORITY.get(r["code"], 1) for r in p.reasons),
+        "due_at": p.created_at + timedelta(hours=policy.sla_hours),
+        "created_at": p.created_at,
+        "required_reviews": policy.required_reviews,
+    })
 
 
 def _actor(caller: Principal | None) -> str:

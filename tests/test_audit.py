@@ -26,7 +26,7 @@ from app.db.types import utcnow
 from app.errors import StageChangeError
 from app.main import build_services
 from app.ml.task import TaskSpec
-from app.predictions import Services, predict, predict_batch
+from app.predictions import Services, input_hash, predict, predict_batch
 from app.releases import set_routing, store_release
 from app.retraining import Trigger, request_retrain
 from app.roles import Principal, Role
@@ -252,3 +252,16 @@ def test_an_export_reverifies_and_names_what_was_changed() -> None:
 
     dropped = audit.verify_lines([*lines[:2], *lines[3:]])
     assert dropped.first_broken_event_id == 3 and "missing" in (dropped.reason or "")
+
+
+def test_stored_spellings_do_not_change() -> None:
+    """Hashes already stored (the chain, predictions' input hashes) were computed over these
+    exact spellings: a faster encoder must produce the same bytes."""
+    payload = {"z": [1.5, None, True], "a": "é\n\u2028", "m": {"b": 1e-07, "a": 10**20}}
+    assert audit.canonical(payload) == (
+        '{"a":"é\\n\u2028","m":{"a":100000000000000000000,"b":1e-07},"z":[1.5,null,true]}')
+    with pytest.raises(ValueError):
+        audit.canonical({"x": float("nan")})
+    # sha256 of '{"a": "\\u00e9", "b": 2.5}' (json.dumps(sort_keys=True)'s spelling)
+    assert input_hash({"b": 2.5, "a": "é"}) == (
+        "28ab9ce69b0b5de73a83651d4d3d7a7b988bf9637780f0bf4dc63792dcedaab0")
