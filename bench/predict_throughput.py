@@ -2,7 +2,7 @@
 
 Trains the task in a fresh data dir (or reuses ``--data-dir``), creates a predictor key,
 starts ``arbiter serve`` and ``bench/baseline_app.py`` as separate processes, drives both
-with the same asyncio httpx client at each concurrency, and prints one table.
+with the same asyncio aiohttp client at each concurrency, and prints one table.
 
 Run from the repository root:  uv run python bench/predict_throughput.py --requests 400
 """
@@ -28,8 +28,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
 from baseline_app import find_live_member  # bench/ is sys.path[0] when run as a script
 from rich.console import Console
@@ -234,6 +236,17 @@ def wait_ready(server: Server, ready: Callable[[httpx.Response], bool], timeout:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """What a load request got back."""
+
+    status: int
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+@dataclass(frozen=True)
 class Target:
     """One endpoint to drive: how to build a request body and how to judge a response."""
 
@@ -241,31 +254,35 @@ class Target:
     url: str
     headers: dict[str, str]
     body: Callable[[Row], dict[str, Any]]
-    ok: Callable[[httpx.Response], bool]
+    ok: Callable[[Answer], bool]
 
 
-def graphql_ok(response: httpx.Response) -> bool:
-    if response.status_code != 200:
+def graphql_ok(answer: Answer) -> bool:
+    if answer.status != 200:
         return False
     try:
-        payload = response.json()
+        payload = answer.json()
     except ValueError:
         return False
     return not payload.get("errors") and (payload.get("data") or {}).get("predict") is not None
 
 
-def baseline_ok(response: httpx.Response) -> bool:
-    return response.status_code == 200 and "label" in response.json()
+def baseline_ok(answer: Answer) -> bool:
+    return answer.status == 200 and "label" in answer.json()
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def arbiter_target(base_url: str, key: str, task: str) -> Target:
     query = PREDICT_QUERY.format(task=json.dumps(task))
-    return Target("Arbiter", f"{base_url}/graphql", {"Authorization": f"Bearer {key}"},
+    return Target("Arbiter", f"{base_url}/graphql",
+                  {**JSON_HEADERS, "Authorization": f"Bearer {key}"},
                   lambda row: {"query": query, "variables": {"input": row}}, graphql_ok)
 
 
 def baseline_target(base_url: str) -> Target:
-    return Target("Baseline", f"{base_url}/predict", {}, lambda row: row, baseline_ok)
+    return Target("Baseline", f"{base_url}/predict", JSON_HEADERS, lambda row: row, baseline_ok)
 
 
 @dataclass
@@ -275,6 +292,7 @@ class LevelResult:
     failures: int
     elapsed: float
     first_error: str | None
+    client_cpu: float = 0.0  # seconds of this process's CPU while it drove the requests
 
     @property
     def throughput(self) -> float:
@@ -282,6 +300,12 @@ class LevelResult:
 
     def percentile_ms(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+    @property
+    def client_ms(self) -> float:
+        """The load generator's own CPU per request, in ms."""
+        done = len(self.latencies) + self.failures
+        return self.client_cpu / done * 1000 if done else float("nan")
 
 
 @dataclass
@@ -291,15 +315,17 @@ class Tally:
     first_error: str | None = None
 
 
-async def one_request(client: httpx.AsyncClient, target: Target, row: Row,
+async def one_request(client: aiohttp.ClientSession, target: Target, row: Row,
                       tally: Tally) -> None:
     start = time.perf_counter()
     error: str | None = None
     try:
-        response = await client.post(target.url, json=target.body(row), headers=target.headers)
-        if not target.ok(response):
-            error = f"HTTP {response.status_code}: {response.text[:300]}"
-    except (httpx.HTTPError, ValueError) as exc:
+        async with client.post(target.url, data=orjson.dumps(target.body(row)),
+                               headers=target.headers) as response:
+            answer = Answer(response.status, await response.read())
+        if not target.ok(answer):
+            error = f"HTTP {answer.status}: {answer.body[:300]!r}"
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     if error is None:
         tally.latencies.append(time.perf_counter() - start)
@@ -308,7 +334,7 @@ async def one_request(client: httpx.AsyncClient, target: Target, row: Row,
         tally.first_error = tally.first_error or error
 
 
-async def drive(client: httpx.AsyncClient, target: Target, rows: Sequence[Row],
+async def drive(client: aiohttp.ClientSession, target: Target, rows: Sequence[Row],
                 concurrency: int, total: int, offset: int) -> Tally:
     """``total`` requests from ``concurrency`` workers; rows cycled from ``offset``."""
     tally = Tally([])
@@ -324,13 +350,17 @@ async def drive(client: httpx.AsyncClient, target: Target, rows: Sequence[Row],
 
 async def measure(target: Target, rows: Sequence[Row], concurrency: int, requests: int,
                   warmup: int) -> LevelResult:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+    """The load generator is aiohttp: at 32 clients httpx's own CPU per request was about
+    as large as the server's work and its scheduling added most of the p99 (see README)."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60.0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
         await drive(client, target, rows, concurrency, warmup, 0)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         tally = await drive(client, target, rows, concurrency, requests, warmup)
-        elapsed = time.perf_counter() - start
-    return LevelResult(concurrency, tally.latencies, tally.failures, elapsed, tally.first_error)
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return LevelResult(concurrency, tally.latencies, tally.failures, elapsed, tally.first_error,
+                       cpu)
 
 
 async def measure_all(targets: Sequence[Target], rows: Sequence[Row], levels: Sequence[int],
@@ -382,7 +412,10 @@ def render(results: dict[str, list[LevelResult]], task: str, release: int,
                f"vs naive baseline ({args.member}.predict_proba)"),
         caption=(f"{machine_line()}; OMP_NUM_THREADS={omp}\n{args.requests} measured "
                  f"requests per level after {args.warmup} warm-up; latencies of successful "
-                 "requests; A/B = Arbiter / baseline"),
+                 "requests; A/B = Arbiter / baseline\nload generator: aiohttp in one "
+                 "process, its CPU ms per request at each level: " + "; ".join(
+                     f"{name} " + " / ".join(f"{r.client_ms:.2f}" for r in levels)
+                     for name, levels in results.items())),
     )
     table.add_column("conc.", justify="right")
     for name in ("Arbiter", "Baseline"):
