@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import configure_mappers
-from sqlalchemy.orm.instrumentation import manager_of_class
+from sqlalchemy.orm.instrumentation import ClassManager, manager_of_class
 from sqlmodel import Field, SQLModel
 
 from app.db.types import JSONType, UTCDateTime, utcnow
@@ -26,12 +26,16 @@ Row = TypeVar("Row", bound=SQLModel)
 
 
 @functools.cache
-def _plain_defaults(table: type[SQLModel]) -> dict[str, Any]:
-    """The columns whose default is a plain immutable value (None, a number, a string):
-    ``built`` may leave those out. A default made by a factory (a time) must be given."""
-    return {name: f.default for name, f in table.model_fields.items()
-            if f.default_factory is None
-            and (f.default is None or isinstance(f.default, bool | int | float | str))}
+def _layout(table: type[SQLModel]) -> tuple[ClassManager[Any], frozenset[str], dict[str, Any]]:
+    """Once per table: its class manager (mappers configured first, as a constructor or a
+    query would), the columns ``built`` needs, and the plain defaults it may fill in (None,
+    a number, a string; a default made by a factory, such as a time, must be given)."""
+    configure_mappers()
+    defaults = {name: f.default for name, f in table.model_fields.items()
+                if f.default_factory is None
+                and (f.default is None or isinstance(f.default, bool | int | float | str))}
+    return (manager_of_class(table), frozenset(table.model_fields.keys() - defaults.keys()),
+            defaults)
 
 
 def built(table: type[Row], values: dict[str, Any]) -> Row:
@@ -41,15 +45,15 @@ def built(table: type[Row], values: dict[str, Any]) -> Row:
     their values with Core; the constructor's validation and attribute events cost 0.44 ms
     per prediction there. The object is not meant for a session (nothing is tracked as
     changed)."""
-    defaults = _plain_defaults(table)
-    missing = table.model_fields.keys() - values.keys() - defaults.keys()
-    if missing:
+    manager, required, defaults = _layout(table)
+    if not required <= values.keys():
+        missing = sorted(required - values.keys())
         raise ValueError(f"{table.__name__} needs every column without a plain default; "
-                         f"missing {sorted(missing)}")
-    configure_mappers()  # done once per process (a constructor or a query would do it)
-    row: Row = manager_of_class(table).new_instance()
-    row.__dict__.update(defaults)
-    row.__dict__.update(values)
+                         f"missing {missing}")
+    row: Row = manager.new_instance()
+    held = row.__dict__
+    held.update(defaults)
+    held.update(values)
     object.__setattr__(row, "__pydantic_fields_set__", set(values))
     return row
 
