@@ -43,6 +43,7 @@ from predict_throughput import (  # bench/ is sys.path[0] when run as a script
     arbiter_exe,
     arbiter_target,
     baseline_target,
+    client_caption,
     create_key,
     free_port,
     input_rows,
@@ -372,10 +373,7 @@ def online(report: Report, label: str, target: Any, rows: list[dict[str, Any]],
         log.log(f"[yellow]{label}: {result.failures} failures; first: {result.first_error}")
     before = report.online.get(label)
     if before is not None:
-        result = LevelResult(result.concurrency, before.latencies + result.latencies,
-                             before.failures + result.failures, before.elapsed + result.elapsed,
-                             before.first_error or result.first_error,
-                             before.client_cpu + result.client_cpu)
+        result = before.combined(result)
     report.online[label] = result
 
 
@@ -464,8 +462,6 @@ def render(report: Report, args: argparse.Namespace) -> Table:
     omp = args.omp_threads or os.environ.get("OMP_NUM_THREADS") or "unset"
     members = ", ".join(f"{m.name} {m.proba_ms:.2f}+{m.shap_ms:.2f} ms"
                         for m in report.members)
-    client = ", ".join(f"{label} {result.client_ms:.2f} ms"
-                       for label, result in report.online.items())
     table = Table(
         title=f"Issue 9: Arbiter vs baseline vs floor, task {args.task}",
         caption=(f"{machine_line()}; OMP_NUM_THREADS={omp}\n"
@@ -474,7 +470,8 @@ def render(report: Report, args: argparse.Namespace) -> Table:
                  f"{args.concurrency} clients; baseline = bare Starlette + "
                  f"{report.heaviest}.predict_proba (heaviest single-row member; per member "
                  f"single-row predict_proba+SHAP: {members})\n"
-                 f"load generator: aiohttp in one process, its CPU per request: {client}\n"
+                 + client_caption([f"{label} {result.client_ms:.2f}"
+                                   for label, result in report.online.items()]) + "\n"
                  f"bare import: {report.bare_modules} dependency modules the server holds; "
                  f"RSS = the server's process tree; RSS flatness over {args.rss_predictions} "
                  "predictions (issue: 100,000)"),

@@ -307,6 +307,19 @@ class LevelResult:
         done = len(self.latencies) + self.failures
         return self.client_cpu / done * 1000 if done else float("nan")
 
+    def combined(self, more: LevelResult) -> LevelResult:
+        """This round and another of the same level, as one: requests, failures, wall and
+        client CPU time add up, latencies are pooled."""
+        return LevelResult(self.concurrency, self.latencies + more.latencies,
+                           self.failures + more.failures, self.elapsed + more.elapsed,
+                           self.first_error or more.first_error,
+                           self.client_cpu + more.client_cpu)
+
+
+def client_caption(cells: Sequence[str]) -> str:
+    """The caption line that shows whether the load generator itself was busy."""
+    return "load generator: aiohttp in one process, its CPU ms per request: " + "; ".join(cells)
+
 
 @dataclass
 class Tally:
@@ -412,10 +425,9 @@ def render(results: dict[str, list[LevelResult]], task: str, release: int,
                f"vs naive baseline ({args.member}.predict_proba)"),
         caption=(f"{machine_line()}; OMP_NUM_THREADS={omp}\n{args.requests} measured "
                  f"requests per level after {args.warmup} warm-up; latencies of successful "
-                 "requests; A/B = Arbiter / baseline\nload generator: aiohttp in one "
-                 "process, its CPU ms per request at each level: " + "; ".join(
-                     f"{name} " + " / ".join(f"{r.client_ms:.2f}" for r in levels)
-                     for name, levels in results.items())),
+                 "requests; A/B = Arbiter / baseline\n" + client_caption(
+                     [f"{name} " + " / ".join(f"{r.client_ms:.2f}" for r in levels)
+                      for name, levels in results.items()])),
     )
     table.add_column("conc.", justify="right")
     for name in ("Arbiter", "Baseline"):
