@@ -4,8 +4,10 @@ Every chunk is one ``predictBatch``: validated whole, explained, routed, stored 
 in one transaction, exactly as over GraphQL. A chunk's answers are appended to the output
 (JSON Lines, one per input row, in order) after its transaction commits, and flushed to
 disk: a killed run leaves committed chunks listed and nothing half-listed. ``skip``
-resumes after the rows the output already lists; a chunk that committed but was not yet
-written when the process died is predicted again (at most one chunk, stored twice).
+resumes after the rows the output already lists. Each row is stored under the idempotency
+key ``<run key>:<row number>``, the run key being kept beside the output
+(``<output>.run``): a chunk that committed but was not yet written when the process died
+is answered on resume with the predictions it stored, never stored twice.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import dataclasses
 import itertools
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.errors import BadRequestError, InputValidationError
+from app.errors import BadRequestError, IdempotencyConflictError, InputValidationError
 from app.ml.routing import Route
 from app.ml.task import FeatureType, TaskSpec
 from app.predictions import Services, predict_batch
@@ -89,6 +92,26 @@ def listed_rows(output: Path) -> int:
     return lines
 
 
+def run_key(source: Path, output: Path) -> str:
+    """The key that names this run's rows: the one kept in ``<output>.run`` when the output
+    exists and was started from the same source (a resume, or a rerun after a crash that
+    listed nothing), else a new one, kept there before the output is opened."""
+    marker = output.with_name(output.name + ".run")
+    origin = str(source.resolve())
+    if output.exists() and marker.exists():
+        try:
+            kept = json.loads(marker.read_text(encoding="utf-8"))
+            if kept.get("source") == origin and isinstance(kept.get("key"), str):
+                return str(kept["key"])
+        except (json.JSONDecodeError, AttributeError):
+            pass  # a marker cut short by a crash: nothing was stored under it yet
+    key = f"file-{uuid.uuid4().hex}"
+    written = marker.with_name(marker.name + ".tmp")
+    written.write_text(json.dumps({"key": key, "source": origin}), encoding="utf-8")
+    os.replace(written, marker)
+    return key
+
+
 @dataclass
 class FileResult:
     predicted: int = 0
@@ -103,10 +126,11 @@ def _shifted(exc: InputValidationError, task: str, offset: int) -> InputValidati
 
 
 async def predict_file(services: Services, task: str, rows: Iterable[Any], output: TextIO,
-                       *, actor: str, chunk_rows: int, skip: int = 0,
+                       *, actor: str, chunk_rows: int, run: str, skip: int = 0,
                        progress: Callable[[int], None] = lambda _: None) -> FileResult:
-    """Predict every row after the first ``skip``, ``chunk_rows`` per transaction, writing
-    ``{"row", "id", "label", "confidence", "route", "status"}`` per row to ``output``."""
+    """Predict every row after the first ``skip``, ``chunk_rows`` per transaction, each
+    stored under the key ``<run>:<row number>``, writing ``{"row", "id", "label",
+    "confidence", "route", "status"}`` per row to ``output``."""
     if not 1 <= chunk_rows <= services.settings.max_batch_size:
         raise BadRequestError(f"chunk rows must be 1 to {services.settings.max_batch_size} "
                               f"(ARBITER_MAX_BATCH_SIZE), got {chunk_rows}")
@@ -114,10 +138,17 @@ async def predict_file(services: Services, task: str, rows: Iterable[Any], outpu
     source = itertools.islice(iter(rows), skip, None)
     start = skip
     while chunk := list(itertools.islice(source, chunk_rows)):
+        keys = [f"{run}:{start + n + 1}" for n in range(len(chunk))]
         try:
-            stored = await predict_batch(services, None, task, chunk, actor=actor)
+            stored = await predict_batch(services, None, task, chunk, actor=actor,
+                                         idempotency_keys=keys)
         except InputValidationError as exc:
             raise _shifted(exc, task, start) from None
+        except IdempotencyConflictError as exc:
+            raise BadRequestError(
+                f"a row from {start + 1} to {start + len(chunk)} was stored by the interrupted "
+                f"run with other values ({exc}); put the file back as it was, or score it "
+                f"into a new --output") from None
         output.writelines(
             json.dumps({"row": start + n + 1, "id": p.id, "label": p.label,
                         "confidence": p.confidence, "route": p.route, "status": p.status})

@@ -191,6 +191,7 @@ def predict_file(
         raise ArbiterError(f"{output} already lists answers; pass --resume to go on after "
                            f"them, or choose another --output")
     skip = batch_files.listed_rows(output)
+    run = batch_files.run_key(source, output)
 
     async def work(bar: Progress, shown: Any, out: Any) -> batch_files.FileResult:
         services, engine = build_services(settings)
@@ -199,7 +200,8 @@ def predict_file(
             await services.registry.load_all()
             return await batch_files.predict_file(
                 services, task, batch_files.read_rows(spec, source), out, actor=cli_actor(),
-                chunk_rows=chunk_rows, skip=skip, progress=lambda n: bar.advance(shown, n))
+                chunk_rows=chunk_rows, run=run, skip=skip,
+                progress=lambda n: bar.advance(shown, n))
         finally:
             await services.shadows.drain()
             services.close()

@@ -302,12 +302,13 @@ async def _infer(
     task: TaskSpec,
     rows: list[dict[str, Any]],
     caller: Principal | None,
-    key: str | None,
+    keys: Sequence[str | None],
     started: float,
     traffic_keys: Sequence[str | None] | None,
 ) -> _Inference:
-    """Each row answered by the LIVE release or, by sticky assignment on its traffic key,
-    the CANARY; ``traffic_keys=None`` asks LIVE alone (dry runs)."""
+    """Each row (stored under its idempotency key in ``keys``) answered by the LIVE release
+    or, by sticky assignment on its traffic key, the CANARY; ``traffic_keys=None`` asks
+    LIVE alone (dry runs)."""
     deployment = await services.registry.deployment(task.name)
     X = to_matrix(task, rows)
     chosen = ([deployment.live] * len(rows) if traffic_keys is None
@@ -321,7 +322,8 @@ async def _infer(
         routing = time.perf_counter()  # the routing decision and the record it goes into
         shape = _Shape.of(task, ensemble)
         for i, r in zip(indices, results, strict=True):
-            records[i] = _to_record(shape, ensemble, r, rows[i], X[i], caller, key, latency_ms)
+            records[i] = _to_record(shape, ensemble, r, rows[i], X[i], caller, keys[i],
+                                    latency_ms)
         add_time(timings, "route", time.perf_counter() - routing)
     policies = {e.release_id: e.policy for e in chosen}
     return _Inference([r for r in records if r is not None], policies, deployment, X, timings)
@@ -368,21 +370,6 @@ def _observe(services: Services, inference: _Inference) -> None:
             services.shadows.submit(observer, ids, inference.X[indices])
 
 
-async def _find_by_key(
-    session: AsyncSession, caller: Principal | None, task: str, key: str
-) -> Prediction | None:
-    caller_id = caller.key_id if caller else None
-    return (
-        await session.exec(
-            select(Prediction).where(
-                Prediction.caller_key_id == caller_id,
-                Prediction.task == task,
-                Prediction.idempotency_key == key,
-            )
-        )
-    ).first()
-
-
 def _replay(existing: Prediction, raw: dict[str, Any], key: str) -> Prediction:
     if existing.input_hash != input_hash(raw):
         raise IdempotencyConflictError(key, existing.id)
@@ -406,25 +393,20 @@ async def predict(
     key = _check_key(idempotency_key)
     entity = _check_key(entity_key, "entityKey")
     validated = time.perf_counter() - started
-    if key is not None:
-        async with services.sessions() as session:
-            existing = await _find_by_key(session, caller, task.name, key)
-        if existing is not None:
-            return _replay(existing, row, key)
-    inference = await _infer(services, task, [row], caller, key, started, [entity or key])
+    [existing] = await _stored_answers(services, caller, task.name, [key], [row])
+    if existing is not None:
+        return existing
+    inference = await _infer(services, task, [row], caller, [key], started, [entity or key])
     [record] = inference.records
     storing = time.perf_counter()
     try:
         await _store(services, inference.policies, [record], _actor(caller))
     except IntegrityError:
         # A concurrent request with the same key stored first: answer with its prediction.
-        if key is None:
-            raise
-        async with services.sessions() as session:
-            existing = await _find_by_key(session, caller, task.name, key)
+        [existing] = await _stored_answers(services, caller, task.name, [key], [row])
         if existing is None:
             raise
-        return _replay(existing, row, key)
+        return existing
     _record_stored(task, inference, validated, time.perf_counter() - storing, [row])
     _observe(services, inference)
     return record
@@ -437,10 +419,14 @@ async def predict_batch(
     raws: Sequence[Any],
     entity_keys: Sequence[str | None] | None = None,
     actor: str | None = None,
+    idempotency_keys: Sequence[str | None] | None = None,
 ) -> list[Prediction]:
     """All inputs validated first (every problem listed), then stored in one transaction.
     ``entity_keys`` (one per input, or none) keep canary assignment sticky per row;
-    ``actor`` names who acts in the audit log when there is no caller (the CLI)."""
+    ``idempotency_keys`` (one per input, or none; a row without one is always new) make a
+    retried batch answer the rows it stored before with the stored predictions, and store
+    only the others; ``actor`` names who acts in the audit log when there is no caller
+    (the CLI)."""
     started = time.perf_counter()
     task = services.registry.task(task_name)
     logs.bind(task=task.name)
@@ -449,23 +435,89 @@ async def predict_batch(
     limit = services.settings.max_batch_size
     if len(raws) > limit:
         raise BadRequestError(f"predictBatch takes at most {limit} inputs, got {len(raws)}")
-    if entity_keys is None:
-        entity_keys = [None] * len(raws)
-    if len(entity_keys) != len(raws):
-        raise BadRequestError(
-            f"entityKeys must have one key per input: {len(entity_keys)} keys, {len(raws)} inputs"
-        )
     with collector_paused() if len(raws) >= LARGE_BATCH else contextlib.nullcontext():
+        entities = _keys_per_input(entity_keys, len(raws), "entityKeys")
+        keys = _keys_per_input(idempotency_keys, len(raws), "idempotencyKeys")
+        _no_repeats(keys)
         rows = validate_inputs(task, raws, batch=True)
-        keys = [_check_key(k, "entityKeys") for k in entity_keys]
         validated = time.perf_counter() - started
-        inference = await _infer(services, task, rows, caller, None, started, keys)
-        storing = time.perf_counter()
-        await _store(services, inference.policies, inference.records,
-                     actor or _actor(caller))
-    _record_stored(task, inference, validated, time.perf_counter() - storing, rows)
+        for attempt in range(1, _STORE_ATTEMPTS + 1):
+            answers: list[Prediction | None] = await _stored_answers(
+                services, caller, task.name, keys, rows)
+            new = [i for i, a in enumerate(answers) if a is None]
+            if not new:
+                return [a for a in answers if a is not None]
+            inference = await _infer(services, task, [rows[i] for i in new], caller,
+                                     [keys[i] for i in new], started,
+                                     [entities[i] or keys[i] for i in new])
+            storing = time.perf_counter()
+            try:
+                await _store(services, inference.policies, inference.records,
+                             actor or _actor(caller))
+                break
+            except IntegrityError:
+                # A concurrent call stored some of these keys first: answer those with its
+                # predictions, and store the rest.
+                if attempt == _STORE_ATTEMPTS or not any(keys[i] for i in new):
+                    raise
+    _record_stored(task, inference, validated, time.perf_counter() - storing,
+                   [rows[i] for i in new])
     _observe(services, inference)
-    return inference.records
+    for i, record in zip(new, inference.records, strict=True):
+        answers[i] = record
+    return [a for a in answers if a is not None]
+
+
+# How often a keyed batch that lost a race to a concurrent one looks its keys up again.
+_STORE_ATTEMPTS = 3
+# Keys looked up per query (well under the parameter limits of SQLite and asyncpg).
+_LOOKUP_KEYS = 1_000
+
+
+def _keys_per_input(keys: Sequence[str | None] | None, inputs: int, name: str
+                    ) -> list[str | None]:
+    if keys is None:
+        return [None] * inputs
+    if len(keys) != inputs:
+        raise BadRequestError(
+            f"{name} must have one key per input: {len(keys)} keys, {inputs} inputs")
+    return [_check_key(k, name) for k in keys]
+
+
+def _no_repeats(keys: Sequence[str | None]) -> None:
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key is None:
+            continue
+        if key in first:
+            raise BadRequestError(
+                f"idempotencyKeys repeats {key!r} (inputs {first[key]} and {i}); "
+                f"a key names one prediction")
+        first[key] = i
+
+
+async def _stored_answers(
+    services: Services, caller: Principal | None, task: str, keys: Sequence[str | None],
+    rows: Sequence[dict[str, Any]],
+) -> list[Prediction | None]:
+    """Per input, the prediction already stored under its key (its input must be the
+    same), or None for an input to predict."""
+    answers: list[Prediction | None] = [None] * len(keys)
+    keyed = {k: i for i, k in enumerate(keys) if k is not None}
+    if not keyed:
+        return answers
+    caller_id = caller.key_id if caller else None
+    names = list(keyed)
+    async with services.sessions() as session:
+        for start in range(0, len(names), _LOOKUP_KEYS):
+            found = await session.exec(select(Prediction).where(
+                Prediction.caller_key_id == caller_id,
+                Prediction.task == task,
+                col(Prediction.idempotency_key).in_(names[start:start + _LOOKUP_KEYS])))
+            for p in found:
+                i = keyed[p.idempotency_key or ""]
+                answers[i] = _replay(p, rows[i], p.idempotency_key or "")
+    return answers
 
 
 def _check_key(key: str | None, name: str = "idempotencyKey") -> str | None:
@@ -655,7 +707,8 @@ async def preview_routing(
             f"routingPreview takes at most {services.settings.max_batch_size} "
             f"inputs, got {len(raws)}"
         )
-    records = (await _infer(services, task, validate_inputs(task, raws, batch=True), None, None,
+    rows = validate_inputs(task, raws, batch=True)
+    records = (await _infer(services, task, rows, None, [None] * len(rows),
                             time.perf_counter(), None)).records
     reasons: dict[str, int] = {}
     sole: dict[str, int] = {}

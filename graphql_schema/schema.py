@@ -181,13 +181,17 @@ class Mutation(ReviewMutation, ReleaseMutation, TrainingMutation, KeyMutation):
     @strawberry.mutation(
         permission_classes=GUARDED,
         description="Many predictions, validated together, stored together; entityKeys "
-        "(one per input) keep each entity on the same side of a canary.",
+        "(one per input) keep each entity on the same side of a canary; idempotencyKeys "
+        "(one per input, null for none) make a retried batch answer the inputs it stored "
+        "before with their stored predictions and store only the rest.",
     )
     async def predict_batch(self, info: Info, task: str, inputs: list[JSON],
-                            entity_keys: list[str | None] | None = None) -> list[Prediction]:
+                            entity_keys: list[str | None] | None = None,
+                            idempotency_keys: list[str | None] | None = None,
+                            ) -> list[Prediction]:
         ctx = info.context
         rows = await predictions.predict_batch(ctx.services, ctx.caller(), task, inputs,
-                                               entity_keys)
+                                               entity_keys, idempotency_keys=idempotency_keys)
         return [Prediction.from_row(r) for r in rows]
 
 

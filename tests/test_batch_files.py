@@ -10,12 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlmodel import func, select
 
-from app import audit
+from app import audit, batch_files
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.tables import AuditEvent, Prediction
 from app.examples.loan import generate
+from app.main import build_services
 from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.test_cli import arbiter, env  # noqa: F401  (env is a fixture)
@@ -128,3 +130,69 @@ def test_unknown_formats_and_missing_files_are_named(
     missing = arbiter(env, "predict-file", TASK, str(tmp_path / "nope.csv"))
     assert missing.returncode == 2 and "no such file" in missing.stderr
     assert stored(settings)[0] == {}
+
+
+class DiesBeforeWriting:
+    """The output file of a process that dies (raises) before the answers of chunk
+    ``dies_at`` reach it, after that chunk's transaction committed."""
+
+    def __init__(self, path: Path, dies_at: int) -> None:
+        self.file, self.chunks, self.dies_at = path.open("a", encoding="utf-8"), 0, dies_at
+
+    def writelines(self, lines: Any) -> None:
+        self.chunks += 1
+        if self.chunks == self.dies_at:
+            raise KeyboardInterrupt("killed between the commit and the write")
+        self.file.writelines(lines)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+
+def test_a_chunk_committed_but_not_listed_is_answered_on_resume_not_stored_again(
+    settings: Settings, example_tasks: dict[str, TaskSpec], tmp_path: Path,
+) -> None:
+    task = example_tasks[TASK]
+    rows = loan_rows(task, 500)
+    source, output = tmp_path / "loans.jsonl", tmp_path / "answers.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output.touch()
+    run = batch_files.run_key(source, output)
+
+    async def score(out: Any, skip: int) -> batch_files.FileResult:
+        services, engine = build_services(settings)
+        try:
+            await services.registry.load_all()
+            return await batch_files.predict_file(
+                services, TASK, rows, out, actor="cli:test", chunk_rows=200, run=run, skip=skip)
+        finally:
+            await services.shadows.drain()
+            services.close()
+            await engine.dispose()
+
+    dying = DiesBeforeWriting(output, dies_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(score(dying, 0))
+    dying.file.close()
+    assert len(answers(output)) == 200 and len(stored(settings)[0]) == 400
+
+    # The resume keeps the run's key and answers rows 201-400 with what was stored.
+    assert batch_files.run_key(source, output) == run
+    with output.open("a", encoding="utf-8") as resumed:
+        result = asyncio.run(score(resumed, batch_files.listed_rows(output)))
+    listed = answers(output)
+    assert [a["row"] for a in listed] == list(range(1, 501))
+    by_id, events, chain_ok = stored(settings)
+    assert len(by_id) == 500 and set(by_id) == {a["id"] for a in listed}
+    assert events == 500 and chain_ok
+    assert result.predicted == 300
+    assert by_id[listed[250]["id"]].idempotency_key == f"{run}:251"
+
+    # A new output, or another source, starts a new run.
+    assert batch_files.run_key(source, tmp_path / "other.jsonl") != run
+    other = tmp_path / "other-loans.jsonl"
+    other.write_text(source.read_text())
+    assert batch_files.run_key(other, output) != run

@@ -367,3 +367,81 @@ def test_member_explanations_stored_in_full_still_read_the_same(
 
     run(spell_out())
     assert predictor(GET, id=p["id"])["data"]["prediction"] == p
+
+
+KEYED_BATCH = """mutation($task: String!, $inputs: [JSON!]!, $keys: [String]) {
+  predictBatch(task: $task, inputs: $inputs, idempotencyKeys: $keys) { id idempotencyKey } }"""
+
+
+def test_a_retried_batch_stores_each_keyed_input_once(
+    predictor: Api, admin: Api, example_tasks: dict[str, TaskSpec]
+) -> None:
+    rows = example_inputs(example_tasks["loan_default"], 7, seed=31)
+    keys = ["a", "b", None, "d", "e"]
+
+    def batch(inputs: list[Any], keys: list[str | None]) -> list[dict[str, Any]]:
+        body = predictor(KEYED_BATCH, task="loan_default", inputs=inputs, keys=keys)
+        assert "errors" not in body, body
+        return list(body["data"]["predictBatch"])
+
+    def count() -> int:
+        return int(admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"])
+
+    first = batch(rows[:5], keys)
+    assert [p["idempotencyKey"] for p in first] == keys
+    retried = batch(rows[:5], keys)  # a client's retry after a timeout
+    same = [r["id"] == f["id"] for r, f in zip(retried, first, strict=True)]
+    assert same == [True, True, False, True, True]  # the input without a key is new
+    assert count() == 6
+
+    # Old keys among new ones, in another order: the old answered, the new stored, in order.
+    mixed = batch([rows[6], rows[3], rows[5], rows[0]], ["g", "d", "f", "a"])
+    assert mixed[1]["id"] == first[3]["id"] and mixed[3]["id"] == first[0]["id"]
+    assert len({p["id"] for p in mixed} | {p["id"] for p in first}) == 5 + 2
+    assert count() == 8
+
+
+def test_bad_batch_keys_are_refused_and_store_nothing(
+    predictor: Api, admin: Api, example_tasks: dict[str, TaskSpec]
+) -> None:
+    rows = example_inputs(example_tasks["loan_default"], 3, seed=32)
+    stored = predictor(KEYED_BATCH, task="loan_default", inputs=rows[:1], keys=["k1"])
+    assert "errors" not in stored, stored
+
+    def refused(inputs: list[Any], keys: list[str | None]) -> dict[str, Any]:
+        body = predictor(KEYED_BATCH, task="loan_default", inputs=inputs, keys=keys)
+        return dict(body["errors"][0])
+
+    # k1 with another input, beside a new key: the whole batch is refused.
+    conflict = refused([rows[1], rows[2]], ["k2", "k1"])
+    assert conflict["extensions"]["code"] == "IDEMPOTENCY_CONFLICT"
+    assert "'k1'" in conflict["message"]
+    repeated = refused([rows[1], rows[2]], ["k3", "k3"])
+    assert repeated["extensions"]["code"] == "BAD_REQUEST"
+    assert "repeats 'k3' (inputs 0 and 1)" in repeated["message"]
+    short = refused([rows[1], rows[2]], ["k4"])
+    assert short["extensions"]["code"] == "BAD_REQUEST"
+    assert "one key per input: 1 keys, 2 inputs" in short["message"]
+    blank = refused([rows[1]], [" "])
+    assert "idempotencyKeys must be 1 to 200 characters" in blank["message"]
+    assert admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"] == 1
+
+
+def test_concurrent_retries_of_a_keyed_batch_store_it_once(
+    server: Any, settings: Settings, admin: Api, example_tasks: dict[str, TaskSpec]
+) -> None:
+    key = make_key(settings, "predictor", "retrier")
+    rows = example_inputs(example_tasks["breast_cancer"], 10, seed=33)
+    keys = [f"row-{i}" for i in range(10)]
+
+    def call(_: int) -> list[str]:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            body = Api(client, key)(KEYED_BATCH, task="breast_cancer", inputs=rows, keys=keys)
+            assert "errors" not in body, body
+            return [p["id"] for p in body["data"]["predictBatch"]]
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(call, range(12)))
+    assert all(a == answers[0] for a in answers) and len(set(answers[0])) == 10
+    assert admin("{ predictions { totalCount } }")["data"]["predictions"]["totalCount"] == 10
+    assert admin("{ verifyAuditLog { ok } }")["data"]["verifyAuditLog"]["ok"]
