@@ -53,7 +53,9 @@ async def authenticate(context: Context, verify: Verify) -> None:
 
 class KeepAliveHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws with a ``ping`` every ``keep_alive_interval`` once acknowledged
-    (Strawberry pings only on the legacy protocol)."""
+    (Strawberry pings only on the legacy protocol). Before each ping the connection's key
+    is checked again: a revoked key's socket is closed with 4403, ending its subscriptions
+    within the keep-alive interval plus the key cache's time."""
 
     _pinger: asyncio.Task[None] | None = None
 
@@ -67,7 +69,15 @@ class KeepAliveHandler(BaseGraphQLTransportWSHandler[Context, None]):
         with contextlib.suppress(Exception):  # the socket closed: the handler shuts down
             while True:
                 await asyncio.sleep(interval)
+                if not await self._key_still_valid():
+                    await self.websocket.close(code=4403, reason="API key revoked")
+                    return
                 await self.send_message({"type": "ping"})
+
+    async def _key_still_valid(self) -> bool:
+        verify: Verify = getattr(self.view, "verify")  # noqa: B009 (the view's, not typed)
+        token = _bearer(self.context.connection_params or {})
+        return token is not None and await verify(token) is not None
 
     async def shutdown(self) -> None:
         if self._pinger is not None:

@@ -237,6 +237,50 @@ def test_subscriptions_per_connection_are_limited_and_the_server_pings(
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("live", [{"ws_keepalive_seconds": 0.2, "key_cache_seconds": 0.0}],
+                         indirect=True)
+def test_a_revoked_key_loses_its_open_subscriptions(live: LiveServer, settings: Settings) -> None:
+    admin, doomed = make_key(settings, "admin", "ops"), make_key(settings, "predictor", "old")
+
+    def revoke() -> None:
+        with httpx.Client(base_url=live.url, timeout=60) as http:
+            api = Api(http, admin)
+            keys = api("{ apiKeys { id name } }")["data"]["apiKeys"]
+            [key_id] = [k["id"] for k in keys if k["name"] == "old"]
+            revoked = api("mutation($id: Int!) { revokeApiKey(id: $id) { revokedAt } }",
+                          id=key_id)
+            assert revoked["data"]["revokeApiKey"]["revokedAt"], revoked
+
+    async def subscribe(key: str) -> Any:
+        ws = await _handshake(live.url, {"Authorization": f"Bearer {key}"})
+        assert json.loads(await asyncio.wait_for(ws.recv(), 60)) == {"type": "connection_ack"}
+        await ws.send(json.dumps({"type": "subscribe", "id": "1", "payload": {
+            "query": PREDICTIONS, "variables": {"task": "loan_default", "only": False}}}))
+        return ws
+
+    async def pings(ws: Any, n: int) -> None:
+        for _ in range(n):
+            assert json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] == "ping"
+
+    async def scenario() -> None:
+        kept, lost = await subscribe(admin), await subscribe(doomed)
+        await subscribed(live, 2)
+        await pings(lost, 2)  # checked and still good
+        await asyncio.to_thread(revoke)
+        gives_up = asyncio.get_running_loop().time() + 60
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while asyncio.get_running_loop().time() < gives_up:
+                await asyncio.wait_for(lost.recv(), 60)  # pings, until the socket closes
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4403
+        assert closed.value.rcvd.reason == "API key revoked"
+        bus = live.services.events  # the revoked key's subscription is gone from the bus
+        await until(lambda: bus.subscribers() == 1, "the revoked key's subscription ended")
+        await pings(kept, 3)  # the other key's socket stays open
+        await kept.close()
+
+    asyncio.run(scenario())
+
+
 @SQLITE_ONLY
 @pytest.mark.parametrize("live", [{"subscription_buffer": 16}], indirect=True)
 def test_a_subscriber_that_falls_a_buffer_behind_is_told_and_can_subscribe_again(
