@@ -153,6 +153,19 @@ class NoDriftReferenceError(ArbiterError):
     code = "NO_DRIFT_REFERENCE"
 
 
+class EventsMissedError(ArbiterError):
+    """The server lost the event stream (its Redis connection) while this subscription was
+    open: events published meanwhile never reached it."""
+
+    code = "EVENTS_MISSED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this server lost its connection to the event bus while the subscription was "
+            "open, so events may be missing; subscribe again and read what you missed with "
+            "the matching query")
+
+
 class SubscriberTooSlowError(ArbiterError):
     """A subscriber fell a whole buffer behind; its subscription ends instead of growing."""
 

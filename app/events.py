@@ -50,7 +50,7 @@ import redis
 import redis.asyncio as aredis
 
 from app.db.tables import Prediction, ReviewItem, values_of
-from app.errors import SubscriberTooSlowError
+from app.errors import EventsMissedError, SubscriberTooSlowError
 from app.settings import Settings
 
 log = logging.getLogger("arbiter.events")
@@ -143,12 +143,15 @@ class Subscription:
         self.topics = topics
         self.buffer = buffer
         self.dropped = 0
+        self.interrupted = False
         self._bus = bus
         self._events: collections.deque[Event] = collections.deque()
         self._ready = asyncio.Event()
 
     def offer(self, event: Event) -> None:
         """Called on the subscribers' loop; never blocks. A full buffer marks the gap."""
+        if self.interrupted:
+            return
         if self.dropped or len(self._events) >= self.buffer:
             self.dropped += 1
         else:
@@ -163,9 +166,18 @@ class Subscription:
             if self.dropped:
                 self.close()
                 raise SubscriberTooSlowError(self.dropped, self.buffer)
+            if self.interrupted:
+                self.close()
+                raise EventsMissedError()
             self._ready.clear()
             await self._ready.wait()
         return self._events.popleft()
+
+    def interrupt(self) -> None:
+        """The stream this subscription hangs on was cut: it ends, after the events it
+        already has, with ``EventsMissedError``."""
+        self.interrupted = True
+        self._ready.set()
 
     def close(self) -> None:
         self._bus.remove(self)
@@ -197,6 +209,10 @@ class _Fanout:
     def deliver(self, topic: str, event: Event) -> None:
         for sub in list(self._by_topic.get(topic, ())):
             sub.offer(event)
+
+    def interrupt(self) -> None:
+        for sub in {s for subs in self._by_topic.values() for s in subs}:
+            sub.interrupt()
 
     def count(self) -> int:
         return len({s for subs in self._by_topic.values() for s in subs})
@@ -281,6 +297,7 @@ class RedisBus(_Subscribers):
         self._down_until = 0.0
         self._lock = threading.Lock()
         self.connected = asyncio.Event()  # set while the listener holds its subscription
+        self._gap = False  # the listener lost its subscription and has not got it back
 
     def _client(self) -> aredis.Redis:
         if self._async is None:
@@ -347,7 +364,9 @@ class RedisBus(_Subscribers):
         self._sync.close()
 
     async def _run_listener(self) -> None:
-        """Subscribe, fan out, and on any connection failure wait and subscribe again."""
+        """Subscribe, fan out, and on any connection failure wait and subscribe again.
+        Events published while the listener was away are lost: the subscriptions open when
+        it went away, and those opened before it was back, end with ``EVENTS_MISSED``."""
         delay = RECONNECT_MIN_SECONDS
         while True:
             try:
@@ -355,7 +374,11 @@ class RedisBus(_Subscribers):
             except (redis.RedisError, OSError) as exc:
                 log.warning("event subscription to Redis lost (%s); retrying in %.1f s",
                             exc, delay)
+            if self.connected.is_set():  # it was listening: tell, and retry soon
+                self._fanout.interrupt()
+                delay = RECONNECT_MIN_SECONDS
             self.connected.clear()
+            self._gap = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
@@ -366,6 +389,9 @@ class RedisBus(_Subscribers):
         try:
             async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.psubscribe(self.prefix + "*")
+                if self._gap:  # subscribed during the outage: they missed its events
+                    self._fanout.interrupt()
+                    self._gap = False
                 self.connected.set()
                 log.info("listening for events on %s*", self.prefix)
                 async for message in pubsub.listen():

@@ -366,7 +366,7 @@ def test_embedded_worker_threads_publish_expiries_to_subscribers(
 
 @pytest.mark.redis
 @SQLITE_ONLY
-def test_a_subscription_rides_through_a_redis_restart(
+def test_a_redis_restart_ends_subscriptions_with_events_missed_and_they_resume(
         settings: Settings, example_tasks: dict[str, TaskSpec]) -> None:
     redis_server = RedisServer().start()
     scaled = settings.model_copy(update={"redis_url": redis_server.url,
@@ -390,20 +390,37 @@ def test_a_subscription_rides_through_a_redis_restart(
             await until(lambda: len(seen) == 1, "the event before the restart")
 
             redis_server.kill()
-            await until(lambda: not bus.connected.is_set(), "the server notices")
+            # The subscriber is told that events may be missing, not left waiting.
+            with pytest.raises(TransportQueryError) as told:
+                await asyncio.wait_for(following, 60)
+            assert told.value.errors is not None
+            assert told.value.errors[0]["extensions"]["code"] == "EVENTS_MISSED"
             during = await asyncio.to_thread(predict, rows[1])  # stored; its event is lost
+
+            # Subscribed again during the outage: ended again once the server is back (it
+            # missed `during`), then subscribed for good.
+            again = asyncio.create_task(follow(session, PREDICTIONS, seen,
+                                               task="loan_default", only=False))
+            await subscribed(live, 1)
             await asyncio.to_thread(redis_server.start)
+            with pytest.raises(TransportQueryError) as retold:
+                await asyncio.wait_for(again, 60)
+            assert retold.value.errors is not None
+            assert retold.value.errors[0]["extensions"]["code"] == "EVENTS_MISSED"
             await until(lambda: bus.connected.is_set(), "the server subscribes again")
+            resumed = asyncio.create_task(follow(session, PREDICTIONS, seen,
+                                                 task="loan_default", only=False))
+            await subscribed(live, 1)
 
             # The publisher skips Redis for a second after a failure: retry until it is back.
             after: list[str] = []
             while not any(p["predictions"]["id"] in after for p in seen):
                 after.append(await asyncio.to_thread(predict, rows[2]))
                 await asyncio.sleep(0.5)
-            following.cancel()
+            resumed.cancel()
         assert seen[0]["predictions"]["id"] == before
         assert during not in [p["predictions"]["id"] for p in seen]
-        assert seen[-1]["predictions"]["id"] in after  # the same subscription, never reopened
+        assert seen[-1]["predictions"]["id"] in after
 
     try:
         with LiveServer(scaled) as live:
