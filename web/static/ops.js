@@ -6,7 +6,7 @@
 import { graphql, storedKey } from "./api.js";
 import { clear, h, number, percent, table, when } from "./dom.js";
 import { signIn } from "./signin.js";
-import { SubscriptionClient } from "./ws.js";
+import { SubscriptionClient, eventsWereLost } from "./ws.js";
 
 const TASKS = "{ tasks { name } }";
 const RELEASES = `query($task: String!) {
@@ -417,8 +417,8 @@ async function chooseTask(name) {
   state.unsubscribe = state.ws.subscribe(EVENTS, { task: name }, {
     next: onEvent,
     error: (errors) => {
-      if (errors.some?.((x) => x.extensions?.code === "SUBSCRIBER_TOO_SLOW")) {
-        chooseTask(name); // fell behind: follow again and re-read
+      if (eventsWereLost(errors)) {
+        chooseTask(name); // events were lost: follow again and re-read
         return;
       }
       say(`Live updates stopped: ${[errors].flat().map((x) => x.message).join("; ")}`);

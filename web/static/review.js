@@ -8,7 +8,7 @@ import {
   EXPLANATION_FIELDS, PREDICTION_FIELDS, inputTable, membersTable, probabilityBars, reasonsList,
 } from "./prediction.js";
 import { signIn } from "./signin.js";
-import { SubscriptionClient } from "./ws.js";
+import { SubscriptionClient, eventsWereLost } from "./ws.js";
 
 const TASKS = "{ tasks { name classes hideExplanation leaseSeconds features { name } } }";
 const ITEM_FIELDS = "id status priority createdAt dueAt reviewsDone requiredReviews needsAdjudication";
@@ -95,8 +95,8 @@ function watch(task) {
   state.unsubscribe = state.ws.subscribe(EVENTS, { task }, {
     next: () => scheduleRefresh(),
     error: (errors) => {
-      if (errors.some?.((e) => e.extensions?.code === "SUBSCRIBER_TOO_SLOW")) {
-        watch(task); // fell behind: follow again and re-read what was missed
+      if (eventsWereLost(errors)) {
+        watch(task); // events were lost: follow again and re-read what was missed
         scheduleRefresh();
         return;
       }

@@ -5,6 +5,13 @@
 
 const PROTOCOL = "graphql-transport-ws";
 
+// Errors that end a subscription because events were lost on the way (the subscriber fell a
+// buffer behind, or the server lost the event bus): subscribe again and re-read.
+export function eventsWereLost(errors) {
+  return [errors].flat().some((e) => ["SUBSCRIBER_TOO_SLOW", "EVENTS_MISSED"]
+    .includes(e?.extensions?.code));
+}
+
 export class SubscriptionClient {
   constructor(key, { onStatus = () => {} } = {}) {
     this.key = key;
