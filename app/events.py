@@ -357,8 +357,12 @@ class RedisBus(_Subscribers):
     async def stop(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._listener
+            except asyncio.CancelledError:
+                pass
+            except Exception as exc:  # it failed on its way out: the rest still shuts down
+                log.warning("event listener stopped with %r", exc)
         if self._async is not None:
             await self._async.aclose()
         self._sync.close()
@@ -371,8 +375,9 @@ class RedisBus(_Subscribers):
         while True:
             try:
                 await self._listen_once()
-            except (redis.RedisError, OSError) as exc:
-                log.warning("event subscription to Redis lost (%s); retrying in %.1f s",
+            except Exception as exc:  # redis-py also raises RuntimeError from a transport
+                # closed under its reconnect: whatever it is, the listener must not die
+                log.warning("event subscription to Redis lost (%r); retrying in %.1f s",
                             exc, delay)
             if self.connected.is_set():  # it was listening: tell, and retry soon
                 self._fanout.interrupt()
