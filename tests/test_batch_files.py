@@ -19,6 +19,7 @@ from app.db.tables import AuditEvent, Prediction
 from app.examples.loan import generate
 from app.main import build_services
 from app.ml.task import TaskSpec
+from app.predictions import predict_batch
 from app.settings import Settings
 from tests.test_cli import arbiter, env  # noqa: F401  (env is a fixture)
 
@@ -196,3 +197,33 @@ def test_a_chunk_committed_but_not_listed_is_answered_on_resume_not_stored_again
     other = tmp_path / "other-loans.jsonl"
     other.write_text(source.read_text())
     assert batch_files.run_key(other, output) != run
+
+
+def test_two_runs_of_one_file_at_once_store_each_row_once(
+    settings: Settings, example_tasks: dict[str, TaskSpec],
+) -> None:
+    """Two processes scoring the same rows under the same keys, without an API key (as
+    `arbiter predict-file` does): both look the keys up before either commits, the second
+    commit is refused by the keyless unique index, and its retry answers with the first's."""
+    rows = loan_rows(example_tasks[TASK], 300)
+    keys = [f"run-1:{i}" for i in range(1, 301)]
+
+    async def both() -> list[list[Prediction]]:
+        made = [build_services(settings) for _ in range(2)]
+        try:
+            for services, _ in made:
+                await services.registry.load_all()
+            return list(await asyncio.gather(*(
+                predict_batch(services, None, TASK, rows, actor="cli:test", idempotency_keys=keys)
+                for services, _ in made)))
+        finally:
+            for services, engine in made:
+                await services.shadows.drain()
+                services.close()
+                await engine.dispose()
+
+    first, second = asyncio.run(both())
+    assert [p.id for p in first] == [p.id for p in second]
+    by_id, events, chain_ok = stored(settings)
+    assert len(by_id) == 300 and set(by_id) == {p.id for p in first}
+    assert events == 300 and chain_ok

@@ -267,6 +267,9 @@ class StageChange(SQLModel, table=True):
     at: datetime = _time()
 
 
+_KEYLESS = text("caller_key_id IS NULL")
+
+
 class Prediction(SQLModel, table=True):
     """Everything decided for one input, stored before the caller hears of it."""
 
@@ -275,6 +278,10 @@ class Prediction(SQLModel, table=True):
         UniqueConstraint(
             "caller_key_id", "task", "idempotency_key", name="uq_predictions_idempotency"
         ),
+        # The constraint above treats every NULL caller as different, so predictions made
+        # without a key (``arbiter predict-file``) have their keys kept unique by this one.
+        Index("uq_predictions_idempotency_keyless", "task", "idempotency_key", unique=True,
+              sqlite_where=_KEYLESS, postgresql_where=_KEYLESS),
         Index("ix_predictions_task_created", "task", "created_at", "id"),
     )
     id: str = Field(primary_key=True, max_length=36)
