@@ -154,16 +154,16 @@ class NoDriftReferenceError(ArbiterError):
 
 
 class EventsMissedError(ArbiterError):
-    """The server lost the event stream (its Redis connection) while this subscription was
-    open: events published meanwhile never reached it."""
+    """Events published while this subscription was open never reached it: this server's
+    listener lost Redis, or a publisher could not reach Redis and said so afterwards."""
 
     code = "EVENTS_MISSED"
 
     def __init__(self) -> None:
         super().__init__(
-            "this server lost its connection to the event bus while the subscription was "
-            "open, so events may be missing; subscribe again and read what you missed with "
-            "the matching query")
+            "a connection to the event bus was lost while the subscription was open, so "
+            "events may be missing; subscribe again and read what you missed with the "
+            "matching query")
 
 
 class SubscriberTooSlowError(ArbiterError):

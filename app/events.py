@@ -29,7 +29,10 @@ argument of ``workers.actors.register`` in actors)::
 
 ``publish`` works on any event loop (off the server's loop, Redis is reached through a
 thread); ``publish_sync`` blocks for one Redis round trip at most. Neither raises when
-Redis is down. The keys of a release event are ``RELEASE_EVENT_KEYS``.
+Redis is down: the events are dropped, and the publisher's next publish that reaches Redis
+first tells every listener on which topics it dropped events and when (``MISSED_TOPIC``),
+so that the subscriptions open then end with ``EVENTS_MISSED``. The keys of a release
+event are ``RELEASE_EVENT_KEYS``.
 """
 
 from __future__ import annotations
@@ -62,6 +65,13 @@ RECONNECT_MAX_SECONDS = 2.0
 # After a failed publish, publishers skip Redis this long instead of waiting on every call.
 PUBLISH_BACKOFF_SECONDS = 1.0
 REDIS_TIMEOUT_SECONDS = 2.0
+# A publisher's notice, published ahead of its next events once Redis takes them again:
+# ``{"topics": {topic: wall time of the last event it dropped there}}``. Not a task's topic
+# (those all have a ``kind.`` prefix), so older servers deliver it to nobody.
+MISSED_TOPIC = "missed"
+# Subscriptions opened up to this long after the last dropped event are told too: the
+# publisher's clock and the listener's may differ a little, and telling too many is safe.
+CLOCK_MARGIN_SECONDS = 1.0
 
 
 def predictions_topic(task: str) -> str:
@@ -144,6 +154,7 @@ class Subscription:
         self.buffer = buffer
         self.dropped = 0
         self.interrupted = False
+        self.opened_at = time.time()  # wall clock, compared with other processes' drops
         self._bus = bus
         self._events: collections.deque[Event] = collections.deque()
         self._ready = asyncio.Event()
@@ -213,6 +224,14 @@ class _Fanout:
     def interrupt(self) -> None:
         for sub in {s for subs in self._by_topic.values() for s in subs}:
             sub.interrupt()
+
+    def interrupt_missed(self, dropped: dict[str, float]) -> None:
+        """A publisher dropped events on these topics (topic -> time of its last drop):
+        the subscriptions that were open then missed them."""
+        for topic, last in dropped.items():
+            for sub in list(self._by_topic.get(topic, ())):
+                if sub.opened_at <= last + CLOCK_MARGIN_SECONDS:
+                    sub.interrupt()
 
     def count(self) -> int:
         return len({s for subs in self._by_topic.values() for s in subs})
@@ -296,6 +315,7 @@ class RedisBus(_Subscribers):
         self._listener: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._lock = threading.Lock()
+        self._dropped: dict[str, float] = {}  # topic -> time of the last event not published
         self.connected = asyncio.Event()  # set while the listener holds its subscription
         self._gap = False  # the listener lost its subscription and has not got it back
 
@@ -309,45 +329,81 @@ class RedisBus(_Subscribers):
     def _skipping(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception, messages: Sequence[tuple[str, Event]]) -> None:
         with self._lock:
             if not self._skipping():
                 log.warning("cannot publish events to Redis (%s); dropping events for %.0f s",
                             exc, PUBLISH_BACKOFF_SECONDS)
             self._down_until = time.monotonic() + PUBLISH_BACKOFF_SECONDS
+        self._drop(messages)
+
+    def _drop(self, messages: Sequence[tuple[str, Event]]) -> None:
+        """Remember where events were lost, to tell the listeners once Redis is back."""
+        now = time.time()
+        with self._lock:
+            for topic, _ in messages:
+                if topic != MISSED_TOPIC:
+                    self._dropped[topic] = now
+
+    def _with_notice(self, messages: Sequence[tuple[str, Event]]
+                     ) -> tuple[list[tuple[str, Event]], dict[str, float]]:
+        """The messages, behind a notice of the events dropped so far if there were any."""
+        with self._lock:
+            dropped = dict(self._dropped)
+        if not dropped:
+            return list(messages), dropped
+        return [(MISSED_TOPIC, {"topics": dropped}), *messages], dropped
+
+    def _told(self, dropped: dict[str, float]) -> None:
+        """The notice of ``dropped`` reached Redis: forget what it told (not later drops)."""
+        with self._lock:
+            for topic, at in dropped.items():
+                if self._dropped.get(topic) == at:
+                    del self._dropped[topic]
 
     async def publish(self, topic: str, event: Event) -> None:
         await self.publish_many([(topic, event)])
 
     async def publish_many(self, messages: Sequence[tuple[str, Event]]) -> None:
-        if not messages or self._skipping():
+        if not messages:
+            return
+        if self._skipping():
+            self._drop(messages)
             return
         if not self._fanout.on_loop():
             # Another loop (an actor's) or none started: the async client belongs to the
             # loop that started the bus, so use the blocking client off this loop.
             await asyncio.to_thread(self._publish_blocking, messages)
             return
+        sent, dropped = self._with_notice(messages)
         try:
             async with self._client().pipeline(transaction=False) as pipe:
-                for topic, event in messages:
+                for topic, event in sent:
                     pipe.publish(self.prefix + topic, json.dumps(event))
                 await pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            self._failed(exc)
+            self._failed(exc, messages)
+            return
+        self._told(dropped)
 
     def publish_sync(self, topic: str, event: Event) -> None:
         """Blocking (one round trip to Redis); safe from any thread."""
-        if not self._skipping():
+        if self._skipping():
+            self._drop([(topic, event)])
+        else:
             self._publish_blocking([(topic, event)])
 
     def _publish_blocking(self, messages: Sequence[tuple[str, Event]]) -> None:
+        sent, dropped = self._with_notice(messages)
         try:
             pipe = self._sync.pipeline(transaction=False)
-            for topic, event in messages:
+            for topic, event in sent:
                 pipe.publish(self.prefix + topic, json.dumps(event))
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            self._failed(exc)
+            self._failed(exc, messages)
+            return
+        self._told(dropped)
 
     async def start(self) -> None:
         self._fanout.loop = asyncio.get_running_loop()
@@ -370,7 +426,9 @@ class RedisBus(_Subscribers):
     async def _run_listener(self) -> None:
         """Subscribe, fan out, and on any connection failure wait and subscribe again.
         Events published while the listener was away are lost: the subscriptions open when
-        it went away, and those opened before it was back, end with ``EVENTS_MISSED``."""
+        it went away, and those opened before it was back, end with ``EVENTS_MISSED``; so do
+        the subscriptions to a topic on which a publisher dropped events (told by its
+        ``MISSED_TOPIC`` notice once it reaches Redis again)."""
         delay = RECONNECT_MIN_SECONDS
         while True:
             try:
@@ -400,8 +458,12 @@ class RedisBus(_Subscribers):
                 self.connected.set()
                 log.info("listening for events on %s*", self.prefix)
                 async for message in pubsub.listen():
-                    if message["type"] == "pmessage":
-                        topic = message["channel"].decode()[len(self.prefix):]
+                    if message["type"] != "pmessage":
+                        continue
+                    topic = message["channel"].decode()[len(self.prefix):]
+                    if topic == MISSED_TOPIC:
+                        self._fanout.interrupt_missed(json.loads(message["data"])["topics"])
+                    else:
                         self._fanout.deliver(topic, json.loads(message["data"]))
         finally:
             await client.aclose()

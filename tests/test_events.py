@@ -14,6 +14,8 @@ import redis
 
 from app.errors import EventsMissedError, SubscriberTooSlowError
 from app.events import (
+    CLOCK_MARGIN_SECONDS,
+    PUBLISH_BACKOFF_SECONDS,
     EventBus,
     LocalBus,
     RedisBus,
@@ -23,6 +25,7 @@ from app.events import (
     releases_topic,
 )
 from tests.redis_server import RedisServer
+from tests.tcp_proxy import TcpProxy
 from tests.workers.test_redis_worker import REDIS_URL, require_redis
 
 WAIT_SECONDS = 30
@@ -176,6 +179,52 @@ def test_a_redis_restart_ends_open_subscriptions_with_events_missed(namespace: s
         asyncio.run(asyncio.wait_for(scenario(), WAIT_SECONDS * 3))
     finally:
         server.kill()
+
+
+@pytest.mark.redis
+def test_events_a_publisher_could_not_send_end_the_subscriptions_that_missed_them(
+    namespace: str,
+) -> None:
+    """Redis stays up for the listening server; only the publisher (a worker) loses it.
+    Once the publisher reaches Redis again, its notice ends the subscriptions to the topics
+    it dropped events on that were open then, and no others."""
+    proxy = TcpProxy(int(REDIS_URL.split(":")[2].split("/")[0])).open()
+
+    async def scenario() -> None:
+        server = await _started(REDIS_URL, namespace)
+        worker = await _started(f"redis://127.0.0.1:{proxy.port}/0", namespace, listen=False)
+        missed = server.subscribe([releases_topic("t")])
+        elsewhere = server.subscribe([releases_topic("u")])
+        await worker.publish(releases_topic("t"), {"n": "before"})
+        assert await take(missed, 1) == [{"n": "before"}]
+
+        proxy.cut()
+        await worker.publish(releases_topic("t"), {"n": "lost"})  # fails, then skipped:
+        worker.publish_sync(releases_topic("t"), {"n": "lost too"})
+        assert server.connected.is_set()  # the listener never noticed anything
+
+        await asyncio.sleep(PUBLISH_BACKOFF_SECONDS + CLOCK_MARGIN_SECONDS + 0.1)
+        later = server.subscribe([releases_topic("t")])  # opened after the last drop
+        proxy.open()
+        await worker.publish_many([(releases_topic("t"), {"n": "after"}),
+                                   (releases_topic("u"), {"n": "after"})])
+        with pytest.raises(EventsMissedError):
+            await take(missed, 1)
+        assert await take(later, 1) == [{"n": "after"}]
+        assert await take(elsewhere, 1) == [{"n": "after"}]
+
+        # Told once: the next events reach everyone without another notice.
+        again = server.subscribe([releases_topic("t")])
+        await worker.publish(releases_topic("t"), {"n": "next"})
+        assert await take(again, 1) == [{"n": "next"}]
+        assert await take(later, 1) == [{"n": "next"}]
+        await worker.stop()
+        await server.stop()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), WAIT_SECONDS * 3))
+    finally:
+        proxy.close()
 
 
 def test_redis_publish_refuses_nothing_when_redis_was_never_there() -> None:
