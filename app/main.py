@@ -19,7 +19,7 @@ from strawberry.asgi import GraphQL
 from strawberry.types.unset import UNSET, UnsetType
 
 from app import json_codec, metrics
-from app.authn import ApiKeyAuth
+from app.authn import ApiKeyAuth, Verify
 from app.body_limit import BodySizeLimit
 from app.db.engine import make_engine, make_sessionmaker
 from app.events import build_bus
@@ -35,7 +35,7 @@ from app.registry import Registry
 from app.settings import Settings
 from graphql_schema.context import Context
 from graphql_schema.schema import build_schema
-from graphql_schema.websocket import KeepAliveHandler, Verify, authenticate, websocket_options
+from graphql_schema.websocket import KeepAliveHandler, authenticate, websocket_options
 from web.pages import page_routes
 from workers.runtime import JobRuntime
 
@@ -60,7 +60,7 @@ class ArbiterGraphQL(GraphQL[Context, None]):
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         principal = request.scope.get("state", {}).get("principal")
-        return Context(self.services, principal, request, response)
+        return Context(self.services, principal, self.verify, request, response)
 
     def decode_json(self, data: str | bytes) -> object:
         return json_codec.loads(data)

@@ -392,24 +392,9 @@ async def predict(
     [row] = validate_inputs(task, [raw])
     key = _check_key(idempotency_key)
     entity = _check_key(entity_key, "entityKey")
-    validated = time.perf_counter() - started
-    [existing] = await _stored_answers(services, caller, task.name, [key], [row])
-    if existing is not None:
-        return existing
-    inference = await _infer(services, task, [row], caller, [key], started, [entity or key])
-    [record] = inference.records
-    storing = time.perf_counter()
-    try:
-        await _store(services, inference.policies, [record], _actor(caller))
-    except IntegrityError:
-        # A concurrent request with the same key stored first: answer with its prediction.
-        [existing] = await _stored_answers(services, caller, task.name, [key], [row])
-        if existing is None:
-            raise
-        return existing
-    _record_stored(task, inference, validated, time.perf_counter() - storing, [row])
-    _observe(services, inference)
-    return record
+    [p] = await _predict_rows(services, caller, task, [row], [key], [entity or key],
+                              _actor(caller), started)
+    return p
 
 
 async def predict_batch(
@@ -440,26 +425,42 @@ async def predict_batch(
         keys = _keys_per_input(idempotency_keys, len(raws), "idempotencyKeys")
         _no_repeats(keys)
         rows = validate_inputs(task, raws, batch=True)
-        validated = time.perf_counter() - started
-        for attempt in range(1, _STORE_ATTEMPTS + 1):
-            answers: list[Prediction | None] = await _stored_answers(
-                services, caller, task.name, keys, rows)
-            new = [i for i, a in enumerate(answers) if a is None]
-            if not new:
-                return [a for a in answers if a is not None]
-            inference = await _infer(services, task, [rows[i] for i in new], caller,
-                                     [keys[i] for i in new], started,
-                                     [entities[i] or keys[i] for i in new])
-            storing = time.perf_counter()
-            try:
-                await _store(services, inference.policies, inference.records,
-                             actor or _actor(caller))
-                break
-            except IntegrityError:
-                # A concurrent call stored some of these keys first: answer those with its
-                # predictions, and store the rest.
-                if attempt == _STORE_ATTEMPTS or not any(keys[i] for i in new):
-                    raise
+        return await _predict_rows(services, caller, task, rows, keys,
+                                   [e or k for e, k in zip(entities, keys, strict=True)],
+                                   actor or _actor(caller), started)
+
+
+async def _predict_rows(
+    services: Services,
+    caller: Principal | None,
+    task: TaskSpec,
+    rows: list[dict[str, Any]],
+    keys: Sequence[str | None],
+    traffic_keys: Sequence[str | None],
+    actor: str,
+    started: float,
+) -> list[Prediction]:
+    """Validated rows answered: those whose key was stored before with the stored
+    prediction, the others predicted and stored in one transaction. A concurrent call that
+    stored some of the keys first makes the commit fail (unique keys): the keys are then
+    looked up again and only what is still missing is stored."""
+    validated = time.perf_counter() - started
+    for attempt in range(1, _STORE_ATTEMPTS + 1):
+        answers: list[Prediction | None] = await _stored_answers(
+            services, caller, task.name, keys, rows)
+        new = [i for i, a in enumerate(answers) if a is None]
+        if not new:
+            return [a for a in answers if a is not None]
+        inference = await _infer(services, task, [rows[i] for i in new], caller,
+                                 [keys[i] for i in new], started,
+                                 [traffic_keys[i] for i in new])
+        storing = time.perf_counter()
+        try:
+            await _store(services, inference.policies, inference.records, actor)
+            break
+        except IntegrityError:
+            if attempt == _STORE_ATTEMPTS or not any(keys[i] for i in new):
+                raise
     _record_stored(task, inference, validated, time.perf_counter() - storing,
                    [rows[i] for i in new])
     _observe(services, inference)

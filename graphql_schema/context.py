@@ -7,6 +7,7 @@ from typing import Any
 
 from strawberry.types import Info as _Info
 
+from app.authn import Verify
 from app.errors import AuthenticationError
 from app.predictions import Services
 from app.roles import Principal
@@ -18,6 +19,7 @@ class Context:
 
     services: Services
     principal: Principal | None
+    verify: Verify  # websockets check their key again before each ping
     request: Any = None
     response: Any = None
     connection_params: dict[str, Any] | None = None  # a websocket's connection_init payload

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,11 +17,10 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
-from app.roles import Principal
+from app.authn import Verify
 from app.settings import Settings
 from graphql_schema.context import Context
 
-Verify = Callable[[str], Awaitable[Principal | None]]
 log = logging.getLogger("arbiter.graphql")
 CONNECTION_INIT_TIMEOUT = timedelta(seconds=10)
 
@@ -79,12 +77,11 @@ class KeepAliveHandler(BaseGraphQLTransportWSHandler[Context, None]):
     async def _key_still_valid(self) -> bool:
         """False once the key is revoked; True while it cannot be checked (the database is
         away: the next ping checks again, and the connection is not cut for that)."""
-        verify: Verify = getattr(self.view, "verify")  # noqa: B009 (the view's, not typed)
         token = _bearer(self.context.connection_params or {})
         if token is None:
             return False
         try:
-            return await verify(token) is not None
+            return await self.context.verify(token) is not None
         except Exception as exc:
             log.warning("cannot check a websocket's API key again (%s); next ping retries", exc)
             return True
