@@ -56,6 +56,13 @@ PREDICTIONS = Counter(
     "Predictions stored, by task, release version and route (AUTO or REVIEW).",
     ["task", "release", "route"],
 )
+SHADOW_INPUTS = Counter(
+    "arbiter_shadow_inputs",
+    "Inputs scored off the response path by releases that did not answer them, by outcome: "
+    "scored (by the serving process), dropped (it was overloaded), failed, backfilled (by "
+    "the periodic catch-up job, in a worker).",
+    ["task", "outcome"],
+)
 LEASE_EXPIRIES = Counter(
     "arbiter_lease_expiries",
     "Review leases that lapsed unsettled and went back to the queue.",

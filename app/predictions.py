@@ -76,7 +76,7 @@ class Services:
     def __post_init__(self) -> None:
         s = self.settings
         self.inference = InferencePool(s.inference_threads)
-        self.shadows = ShadowScorer(self.sessions, self.inference)
+        self.shadows = ShadowScorer(self.sessions, self.inference, s.shadow_max_in_flight)
         window = s.batch_window_ms / 1000
         self.model_calls = Batcher("inference", functools.partial(_run_models, self.inference),
                                    s.batch_max_rows, window, size=lambda item: len(item[1]))

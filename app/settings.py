@@ -26,8 +26,8 @@ class Settings(BaseSettings):
         default="arbiter", description="Prefix of Arbiter's Redis keys (queues, channels)."
     )
     lease_sweep_seconds: float = Field(
-        default=30.0, gt=0, description="How often lapsed review leases are swept back."
-    )
+        default=30.0, gt=0, description="How often the periodic jobs are sent (lapsed review "
+        "leases swept back, retraining triggers, canary guard, drift, shadow backfill).")
     training_stale_seconds: float = Field(
         default=60.0,
         gt=0,
@@ -52,6 +52,14 @@ class Settings(BaseSettings):
     inference_threads: int = Field(
         default=1, ge=1, le=64,
         description="Threads running models per process (each uses one BLAS/OpenMP thread).")
+    shadow_max_in_flight: int = Field(
+        default=8, ge=0,
+        description="Shadow scoring batches a server runs at once after its predictions' "
+        "transactions; beyond that (or at 0) the periodic backfill job scores them instead.")
+    shadow_settle_seconds: float = Field(
+        default=60.0, ge=0,
+        description="The backfill job leaves predictions younger than this to the server "
+        "that made them.")
     subscription_buffer: int = Field(
         default=256, ge=1, description="Events a subscriber may fall behind before it is cut off."
     )

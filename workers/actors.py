@@ -13,6 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app import drift_checks, retraining, stages
 from app.canary import check_canary
 from app.events import EventBus
+from app.shadows import ShadowBackfill
 from review import notices, queue
 
 log = logging.getLogger("arbiter.workers")
@@ -78,6 +79,16 @@ def _check_drift(make_context: MakeContext) -> Callable[..., Awaitable[None]]:
     return check
 
 
+def _backfill_shadows(make_context: MakeContext, backfill: ShadowBackfill
+                      ) -> Callable[..., Awaitable[None]]:
+    async def backfill_shadows(**_: Any) -> None:
+        """Score what serving processes left unscored for the release comparisons and the
+        canary guard (killed with scoring in flight, or overloaded)."""
+        ctx = make_context()
+        await backfill.run(ctx.sessions, ctx.tasks)
+    return backfill_shadows
+
+
 MakeContext = Callable[[], retraining.JobContext]
 
 ACTORS: dict[str, Callable[[Sessions, EventBus], Callable[..., Awaitable[None]]]] = {
@@ -90,14 +101,17 @@ TRAINING_ACTORS: dict[str, Callable[[MakeContext], Callable[..., Awaitable[None]
     "releases.check_canaries": _check_canaries,
     "drift.check": _check_drift,
 }
+SHADOW_BACKFILL_ACTOR = "releases.backfill_shadows"
 TRAINING_TIME_LIMIT_MS = 3_600_000  # Dramatiq's default (10 min) is too short to train
 
 
 def register(broker: dramatiq.Broker, sessions: Sessions, events: EventBus,
-             make_context: MakeContext) -> dict[str, dramatiq.Actor[Any, Any]]:
+             make_context: MakeContext, backfill: ShadowBackfill
+             ) -> dict[str, dramatiq.Actor[Any, Any]]:
     """Declare every actor on ``broker``; ``sessions`` gives the calling loop's sessions,
     ``events`` is where actors publish what they changed, ``make_context`` what a training
-    job needs, on the calling loop."""
+    job needs, on the calling loop; ``backfill`` keeps the shadow catch-up's loaded
+    releases for the process."""
     def declare(name: str, fn: Callable[..., Awaitable[None]],
                 **options: Any) -> dramatiq.Actor[Any, Any]:
         return dramatiq.actor(actor_name=name, broker=broker, queue_name="arbiter",
@@ -106,4 +120,7 @@ def register(broker: dramatiq.Broker, sessions: Sessions, events: EventBus,
     actors = {name: declare(name, make(sessions, events)) for name, make in ACTORS.items()}
     actors.update({name: declare(name, make(make_context), time_limit=TRAINING_TIME_LIMIT_MS)
                    for name, make in TRAINING_ACTORS.items()})
+    actors[SHADOW_BACKFILL_ACTOR] = declare(SHADOW_BACKFILL_ACTOR,
+                                            _backfill_shadows(make_context, backfill),
+                                            time_limit=TRAINING_TIME_LIMIT_MS)
     return actors

@@ -27,8 +27,10 @@ BATCH = 100
 POLL_SECONDS = 1.0
 SWEEP_SECONDS = 30.0
 # Sent every sweep: lapsed leases back to the queue; retraining triggers and stalled jobs;
-# the canary guard; drift reports (each task stores one per its `check_every_minutes`).
-PERIODIC = ("review.expire_leases", "training.check", "releases.check_canaries", "drift.check")
+# the canary guard; drift reports (each task stores one per its `check_every_minutes`); the
+# shadow outputs serving processes did not write.
+PERIODIC = ("review.expire_leases", "training.check", "releases.check_canaries", "drift.check",
+            "releases.backfill_shadows")
 
 
 class OutboxRelay:

@@ -17,6 +17,7 @@ from app.events import EventBus, build_bus
 from app.ml.task import TaskSpec, load_tasks
 from app.retraining import JobContext
 from app.settings import Settings
+from app.shadows import ShadowBackfill
 from workers.actors import register
 from workers.broker import build_broker
 from workers.relay import OutboxRelay
@@ -44,7 +45,10 @@ class JobRuntime:
             return JobContext(self._worker_sessions(), tasks, settings.artifacts_dir, bus,
                               stale_seconds=settings.training_stale_seconds)
 
-        self.actors = register(self.broker, self._worker_sessions, self.events, job_context)
+        backfill = ShadowBackfill(settings.artifacts_dir,
+                                  settle_seconds=settings.shadow_settle_seconds)
+        self.actors = register(self.broker, self._worker_sessions, self.events, job_context,
+                               backfill)
         self.relay = OutboxRelay(sessions, self.actors, sweep_seconds=settings.lease_sweep_seconds)
         self.worker = (dramatiq.Worker(self.broker, worker_threads=WORKER_THREADS)
                        if consume else None)

@@ -7,10 +7,12 @@ from typing import Any
 from sqlmodel import select
 
 from app.db.tables import ShadowOutput
+from app.ml.contract import to_matrix, validate_inputs
 from app.ml.training import TrainedRelease
 from app.predictions import Services, predict, predict_batch
 from app.releases import release_members
 from app.settings import Settings
+from app.shadows import ShadowBackfill
 from tests.conftest import example_inputs
 from tests.stages.conftest import TASK, add_release, labels_of, promote, run_with
 
@@ -133,5 +135,63 @@ def test_a_shadow_that_cannot_load_does_not_stop_live(
         assert {p.release_version for p in answered} == {1}
         assert await shadow_outputs(services) == {}
         assert services.registry.readiness()[TASK] == "ready"
+        # The backfill refuses the tampered artifact as well, and scores nothing.
+        backfill = ShadowBackfill(services.settings.artifacts_dir, settle_seconds=0)
+        for _ in range(2):
+            assert await backfill.run(services.sessions, services.registry.tasks) == []
+        assert await shadow_outputs(services) == {}
+
+    run_with(settings, work)
+
+
+def test_what_serving_left_unscored_is_backfilled_once(
+    settings: Settings, trained: dict[str, TrainedRelease], crippled: TrainedRelease
+) -> None:
+    """A server that scored nothing off the path (killed, or overloaded: here its bound is 0)
+    leaves the comparisons without pairs; the backfill scores what each observer missed,
+    as the serving path would have, and nothing twice or from before the observer's stage."""
+    async def work(services: Services) -> None:
+        task = services.registry.task(TASK)
+        services.shadows.max_in_flight = 0
+        before = await predict_batch(services, None, TASK, example_inputs(task, 5, seed=8))
+        shadow = await add_release(services, crippled)
+        await promote(services, 2, "SHADOW")
+        await add_release(services, trained[TASK])
+        await promote(services, 3, "CANARY", 50)
+        raws = example_inputs(task, 60, seed=9)
+        answered = await predict_batch(services, None, TASK, raws,
+                                       [f"e{i}" for i in range(len(raws))])
+        await services.shadows.drain()
+        assert await shadow_outputs(services) == {}
+        live_id = (await services.registry.deployment(TASK)).live.release_id
+        on_live = [p for p in answered if p.release_version == 1]
+        on_canary = [p for p in answered if p.release_version == 3]
+        assert on_live and on_canary
+
+        backfill = ShadowBackfill(services.settings.artifacts_dir, limit=25, settle_seconds=0)
+        runs = [await backfill.run(services.sessions, services.registry.tasks)
+                for _ in range(4)]
+        outputs = await shadow_outputs(services)
+        assert set(outputs) == ({(p.id, shadow.id) for p in on_live}
+                                | {(p.id, live_id) for p in on_canary})
+        assert not any(pid == p.id for p in before for pid, _ in outputs)
+        # At most `limit` per observer and run; the last run found nothing left.
+        assert all(b.scored <= 25 for run in runs for b in run) and runs[-1] == []
+        assert sum(b.scored for run in runs for b in run) == len(outputs)
+        # The same as the shadow loaded apart from serving; LIVE agrees with its own
+        # models' canary (the same training) on every canary answer.
+        expected = await labels_of(services, shadow, [raws[answered.index(p)] for p in on_live])
+        assert [outputs[(p.id, shadow.id)].label for p in on_live] == expected
+        for p in on_canary:
+            assert abs(outputs[(p.id, live_id)].confidence - p.confidence) < 1e-9
+
+        # A serving process writing an output the backfill already wrote keeps the first.
+        services.shadows.max_in_flight = 8
+        [p] = on_live[:1]
+        deployment = await services.registry.deployment(TASK)
+        services.shadows.submit(deployment.shadows[0], [p.id], to_matrix(
+            task, validate_inputs(task, [raws[answered.index(p)]])))
+        await services.shadows.drain()
+        assert services.shadows.failed == 0 and len(await shadow_outputs(services)) == len(outputs)
 
     run_with(settings, work)

@@ -3,6 +3,7 @@ jobs; a worker killed with SIGKILL loses nothing and duplicates nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,9 +17,13 @@ import httpx
 import pytest
 import redis
 
+from app.db.engine import make_engine, make_sessionmaker
 from app.ml.task import TaskSpec
+from app.ml.training import TrainedRelease
+from app.releases import store_release
 from app.settings import Settings
-from tests.conftest import IN_CI, LiveServer, example_inputs
+from tests.conftest import IN_CI, Api, LiveServer, example_inputs, make_key
+from tests.graphql_schema.test_releases_api import COMPARE, PROMOTE
 from tests.graphql_schema.test_review_api import BATCH, CLAIM, ITEM, SUBMIT, People
 
 REDIS_URL = os.environ.get("ARBITER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -87,6 +92,50 @@ def test_jobs_run_in_a_worker_process_and_survive_its_death(
             assert done["data"]["submitReview"]["status"] == "RESOLVED"
             counts = people.admin("{ reviewItems(status: RESOLVED) { totalCount } }")
             assert counts["data"]["reviewItems"]["totalCount"] == 1
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def test_a_worker_scores_what_the_server_left_unscored_for_a_shadow(
+        scaled: Settings, trained: dict[str, TrainedRelease],
+        example_tasks: dict[str, TaskSpec]) -> None:
+    """The server scores nothing off the path (``shadow_max_in_flight=0``, as if it were
+    killed with that work in flight); the worker's periodic backfill fills the SHADOW's
+    comparison with LIVE, read through ``releaseComparison``."""
+    async def second_release() -> None:
+        engine = make_engine(scaled.resolved_database_url)
+        try:
+            await store_release(make_sessionmaker(engine), scaled.artifacts_dir,
+                                trained["breast_cancer"], "tests")
+        finally:
+            await engine.dispose()
+
+    asyncio.run(second_release())
+    worker = start_worker(scaled, {"ARBITER_SHADOW_SETTLE_SECONDS": "0"})
+    try:
+        with LiveServer(scaled.model_copy(update={"shadow_max_in_flight": 0})) as server, \
+                httpx.Client(base_url=server.url, timeout=60) as client:
+            admin = Api(client, make_key(scaled, "admin", "ops"))
+            predictor = Api(client, make_key(scaled, "predictor", "app"))
+            promoted = admin(PROMOTE, task="breast_cancer", v=2, stage="SHADOW", p=None,
+                             why="compare before going live")
+            assert promoted["data"]["promoteRelease"]["stage"] == "SHADOW"
+            inputs = example_inputs(example_tasks["breast_cancer"], 40)
+            batch = predictor('mutation($i: [JSON!]!) { predictBatch(task: "breast_cancer", '
+                              'inputs: $i) { id } }', i=inputs)
+            assert len(batch["data"]["predictBatch"]) == 40
+            assert server.services.shadows.dropped == 40
+
+            deadline = time.monotonic() + 60
+            while True:
+                compared = admin(COMPARE, task="breast_cancer", v=2)
+                overall = compared["data"]["releaseComparison"]["overall"]
+                if overall["paired"] == 40:
+                    break
+                assert time.monotonic() < deadline, f"the worker scored {overall['paired']}"
+                time.sleep(0.5)
+            assert overall["agreed"] == 40  # the same trained models as LIVE
     finally:
         worker.terminate()
         worker.wait(timeout=30)
