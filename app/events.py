@@ -406,9 +406,14 @@ class RedisBus(_Subscribers):
         self._told(dropped)
 
     async def start(self) -> None:
+        """Start listening, and wait (at most ``REDIS_TIMEOUT_SECONDS``) until subscribed,
+        so that the first subscribers miss nothing; if Redis is not there yet, those opened
+        before it is end with ``EVENTS_MISSED`` once it is."""
         self._fanout.loop = asyncio.get_running_loop()
         if self._listen:
             self._listener = asyncio.create_task(self._run_listener())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), REDIS_TIMEOUT_SECONDS)
 
     async def stop(self) -> None:
         if self._listener is not None:
