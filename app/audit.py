@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.db.pagination import Page
 from app.db.tables import AuditEvent
 from app.db.types import utcnow
 from app.errors import BadRequestError
@@ -288,20 +289,10 @@ def decode_cursor(cursor: str) -> int:
                               "auditEvents") from None
 
 
-@dataclass
-class EventPage:
-    """One page of events in chain (id) order."""
-
-    items: list[AuditEvent]
-    cursors: list[str]
-    has_next: bool
-    total: int
-
-
 async def list_events(session: AsyncSession, *, since: datetime | None = None,
                       until: datetime | None = None, kind: str | None = None,
                       task: str | None = None, first: int = 50,
-                      after: str | None = None) -> EventPage:
+                      after: str | None = None) -> Page[AuditEvent]:
     """Events in ``[since, until)`` of a kind and task, oldest first, after a cursor."""
     check_range(since, until)
     filters = _filters(since, until, kind, task)
@@ -312,8 +303,8 @@ async def list_events(session: AsyncSession, *, since: datetime | None = None,
         page_filters.append(col(AuditEvent.id) > decode_cursor(after))
     rows = list((await session.exec(select(AuditEvent).where(*page_filters)
                                     .order_by(col(AuditEvent.id)).limit(first + 1))).all())
-    return EventPage(rows[:first], [encode_cursor(r.id) for r in rows[:first]],
-                     len(rows) > first, total)
+    return Page(rows[:first], [encode_cursor(r.id) for r in rows[:first]],
+                len(rows) > first, total)
 
 
 async def iter_events(sessions: async_sessionmaker[AsyncSession], since: datetime | None,

@@ -19,7 +19,14 @@ from app.story import prediction_story
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.review import ReviewItem
-from graphql_schema.types import LabelUse, PageInfo, Prediction, Release, label_uses
+from graphql_schema.types import (
+    LabelUse,
+    PageInfo,
+    Prediction,
+    Release,
+    label_uses,
+    relay_page_info,
+)
 
 GUARDED: list[type[BasePermission]] = [Allowed]
 
@@ -137,9 +144,7 @@ class AuditQuery:
             edges=[AuditEventEdge(cursor=c, node=AuditEvent.from_row(e))
                    for e, c in zip(page.items, page.cursors, strict=True)],
             total_count=page.total,
-            page_info=PageInfo(has_next_page=page.has_next, has_previous_page=after is not None,
-                               start_cursor=page.cursors[0] if page.cursors else None,
-                               end_cursor=page.cursors[-1] if page.cursors else None))
+            page_info=relay_page_info(page, after))
 
     @strawberry.field(permission_classes=GUARDED,
                       description="A prediction's whole story in one query.")
