@@ -29,9 +29,10 @@ argument of ``workers.actors.register`` in actors)::
 
 ``publish`` works on any event loop (off the server's loop, Redis is reached through a
 thread); ``publish_sync`` blocks for one Redis round trip at most. Neither raises when
-Redis is down: the events are dropped, and the publisher's next publish that reaches Redis
-first tells every listener on which topics it dropped events and when (``MISSED_TOPIC``),
-so that the subscriptions open then end with ``EVENTS_MISSED``. The keys of a release
+Redis is down: the events are dropped, and once Redis takes events again (the next publish,
+or a retry every second) the publisher tells every listener on which topics it dropped
+events and when (``MISSED_TOPIC``), so that the subscriptions open then end with
+``EVENTS_MISSED``. The keys of a release
 event are ``RELEASE_EVENT_KEYS``.
 """
 
@@ -313,7 +314,9 @@ class RedisBus(_Subscribers):
                                           socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
         self._async: aredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._teller: asyncio.Task[None] | None = None
         self._down_until = 0.0
+        self._down = False  # the last publish failed (warned once per outage)
         self._lock = threading.Lock()
         self._dropped: dict[str, float] = {}  # topic -> time of the last event not published
         self.connected = asyncio.Event()  # set while the listener holds its subscription
@@ -331,9 +334,10 @@ class RedisBus(_Subscribers):
 
     def _failed(self, exc: Exception, messages: Sequence[tuple[str, Event]]) -> None:
         with self._lock:
-            if not self._skipping():
-                log.warning("cannot publish events to Redis (%s); dropping events for %.0f s",
-                            exc, PUBLISH_BACKOFF_SECONDS)
+            if not self._down:
+                log.warning("cannot publish events to Redis (%s); dropping events until it "
+                            "answers again (tried every %.0f s)", exc, PUBLISH_BACKOFF_SECONDS)
+            self._down = True
             self._down_until = time.monotonic() + PUBLISH_BACKOFF_SECONDS
         self._drop(messages)
 
@@ -357,6 +361,10 @@ class RedisBus(_Subscribers):
     def _told(self, dropped: dict[str, float]) -> None:
         """The notice of ``dropped`` reached Redis: forget what it told (not later drops)."""
         with self._lock:
+            if self._down:
+                log.info("publishing events to Redis again; told the listeners about events "
+                         "dropped on %d topics", len(dropped))
+            self._down = False
             for topic, at in dropped.items():
                 if self._dropped.get(topic) == at:
                     del self._dropped[topic]
@@ -365,7 +373,9 @@ class RedisBus(_Subscribers):
         await self.publish_many([(topic, event)])
 
     async def publish_many(self, messages: Sequence[tuple[str, Event]]) -> None:
-        if not messages:
+        """Publish in one round trip; with no messages, only the notice of dropped events
+        if there is one to give."""
+        if not messages and not self._dropped:
             return
         if self._skipping():
             self._drop(messages)
@@ -410,12 +420,28 @@ class RedisBus(_Subscribers):
         so that the first subscribers miss nothing; if Redis is not there yet, those opened
         before it is end with ``EVENTS_MISSED`` once it is."""
         self._fanout.loop = asyncio.get_running_loop()
+        self._teller = asyncio.create_task(self._tell_dropped())
         if self._listen:
             self._listener = asyncio.create_task(self._run_listener())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.connected.wait(), REDIS_TIMEOUT_SECONDS)
 
+    async def _tell_dropped(self) -> None:
+        """Tell the listeners about dropped events as soon as Redis takes them again, even
+        if this process has nothing more to publish (a quiet worker)."""
+        while True:
+            await asyncio.sleep(PUBLISH_BACKOFF_SECONDS)
+            if self._dropped and not self._skipping():
+                try:
+                    await self.publish_many([])
+                except Exception:  # it must keep trying: a notice lost is events unreported
+                    log.exception("telling the listeners about dropped events failed")
+
     async def stop(self) -> None:
+        if self._teller is not None:
+            self._teller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._teller
         if self._listener is not None:
             self._listener.cancel()
             try:

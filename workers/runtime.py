@@ -55,6 +55,8 @@ class JobRuntime:
         self._relay_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self._owns_events:
+            await self.events.start()  # a worker's bus: it tells of events Redis dropped
         if self.worker is not None:
             self.worker.start()
         self._relay_task = asyncio.create_task(self.relay.run())
