@@ -32,8 +32,7 @@ thread); ``publish_sync`` blocks for one Redis round trip at most. Neither raise
 Redis is down: the events are dropped, and once Redis takes events again (the next publish,
 or a retry every second) the publisher tells every listener on which topics it dropped
 events and when (``MISSED_TOPIC``), so that the subscriptions open then end with
-``EVENTS_MISSED``. The keys of a release
-event are ``RELEASE_EVENT_KEYS``.
+``EVENTS_MISSED``. The keys of a release event are ``RELEASE_EVENT_KEYS``.
 """
 
 from __future__ import annotations
@@ -431,7 +430,7 @@ class RedisBus(_Subscribers):
         if this process has nothing more to publish (a quiet worker)."""
         while True:
             await asyncio.sleep(PUBLISH_BACKOFF_SECONDS)
-            if self._dropped and not self._skipping():
+            if self._dropped:  # publish_many skips Redis while it backs off
                 try:
                     await self.publish_many([])
                 except Exception:  # it must keep trying: a notice lost is events unreported
