@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from app.ml.ensemble import Ensemble
 
 BUCKET_SPAN = 100.0  # traffic points are percents
+
+R = TypeVar("R")  # a release: a loaded ensemble (serving) or its row (backfill)
 
 
 def traffic_point(task: str, key: str) -> float:
@@ -16,6 +20,13 @@ def traffic_point(task: str, key: str) -> float:
     side of a canary's percent, in every process, so assignment is sticky."""
     digest = hashlib.sha256(f"{task}\x00{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 * BUCKET_SPAN
+
+
+def observed_pairs(live: R, canary: R | None, shadows: Sequence[R]) -> list[tuple[R, R]]:
+    """(observer, answering release): who scores an input off the response path, for
+    comparison. Each SHADOW scores what LIVE answered; LIVE scores what the CANARY answered
+    (pairs for the canary guard). The one rule for serving and for the backfill."""
+    return [(s, live) for s in shadows] + ([(live, canary)] if canary is not None else [])
 
 
 @dataclass(frozen=True)
@@ -37,8 +48,6 @@ class Deployment:
         return self.canary if point < self.canary_percent else self.live
 
     def observers(self, answered: Ensemble) -> tuple[Ensemble, ...]:
-        """Who scores an input off the response path, for comparison: the SHADOWs score
-        what LIVE answered; LIVE scores what the canary answered (pairs for the guard)."""
-        if self.canary is not None and answered is self.canary:
-            return (self.live,)
-        return self.shadows
+        """The ensembles that score what ``answered`` answered (see ``observed_pairs``)."""
+        return tuple(observer for observer, a in observed_pairs(
+            self.live, self.canary, self.shadows) if a is answered)

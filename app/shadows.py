@@ -32,6 +32,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.batching import InferencePool
 from app.db.tables import Prediction, Release, ShadowOutput, StageChange
 from app.db.types import utcnow
+from app.deployment import observed_pairs
 from app.errors import ArbiterError
 from app.metrics import SHADOW_INPUTS
 from app.ml.contract import to_matrix
@@ -220,15 +221,14 @@ class ShadowBackfill:
 
 async def _observed_pairs(sessions: async_sessionmaker[AsyncSession], task: str
                           ) -> list[tuple[Release, Release]]:
-    """(observer, answering release) of the task's deployment: each SHADOW with LIVE, and
-    LIVE with the CANARY."""
+    """(observer, answering release) of the task's deployment, by its stored stages."""
     async with sessions() as session:
         deployed = await releases_in(session, task, *DEPLOYED)
     live = next((r for r in deployed if r.stage == Stage.LIVE), None)
     if live is None:
         return []
-    return ([(r, live) for r in deployed if r.stage == Stage.SHADOW]
-            + [(live, r) for r in deployed if r.stage == Stage.CANARY])
+    return observed_pairs(live, next((r for r in deployed if r.stage == Stage.CANARY), None),
+                          [r for r in deployed if r.stage == Stage.SHADOW])
 
 
 async def _stage_started(session: AsyncSession, release: Release) -> datetime:

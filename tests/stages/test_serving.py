@@ -7,6 +7,7 @@ from typing import Any
 from sqlmodel import select
 
 from app.db.tables import ShadowOutput
+from app.deployment import observed_pairs
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.training import TrainedRelease
 from app.predictions import Services, predict, predict_batch
@@ -22,6 +23,13 @@ async def shadow_outputs(services: Services) -> dict[tuple[str, int], ShadowOutp
     async with services.sessions() as session:
         rows = (await session.exec(select(ShadowOutput))).all()
     return {(r.prediction_id, r.release_id): r for r in rows}
+
+
+def test_shadows_observe_live_and_live_observes_the_canary() -> None:
+    """One rule, for loaded ensembles (serving) and release rows (the backfill) alike."""
+    assert observed_pairs("live", None, []) == []
+    assert observed_pairs("live", None, ["s1", "s2"]) == [("s1", "live"), ("s2", "live")]
+    assert observed_pairs("live", "canary", ["s1"]) == [("s1", "live"), ("live", "canary")]
 
 
 def test_canary_assignment_is_sticky_per_key_and_near_its_share(
