@@ -122,8 +122,9 @@ def append(session: AsyncSession, kind: Kind, actor: str, subject_type: str,
     record(session, [Entry(kind, actor, subject_type, subject_id, payload or {}, task)])
 
 
-def _lock(conn: Connection) -> None:
-    """Hold the log's append lock until this transaction ends."""
+def hold_append_lock(conn: Connection) -> None:
+    """Hold the log's append lock until this transaction ends: no other transaction can
+    append (and so commit anything it records) meanwhile."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
     else:
@@ -168,7 +169,7 @@ def _write_staged(session: Session) -> None:
         return
     session.flush()
     conn = session.connection()
-    _lock(conn)
+    hold_append_lock(conn)
     head = conn.execute(select(AuditEvent.id, AuditEvent.hash, AuditEvent.at)
                         .order_by(col(AuditEvent.id).desc()).limit(1)).first()
     last_id, prev, last_at = (0, GENESIS_HASH, None) if head is None else head

@@ -296,6 +296,11 @@ class _Inference:
     X: np.ndarray
     timings: dict[str, float]  # stage -> seconds (infer, explain, route)
 
+    def only(self, positions: Sequence[int]) -> _Inference:
+        """The records at these positions, with their rows of the model matrix."""
+        return _Inference([self.records[j] for j in positions], self.policies,
+                          self.deployment, self.X[list(positions)], self.timings)
+
 
 async def _infer(
     services: Services,
@@ -443,17 +448,24 @@ async def _predict_rows(
     """Validated rows answered: those whose key was stored before with the stored
     prediction, the others predicted and stored in one transaction. A concurrent call that
     stored some of the keys first makes the commit fail (unique keys): the keys are then
-    looked up again and only what is still missing is stored."""
+    looked up again and only what is still missing is stored, with the predictions already
+    made for it (the models do not run twice)."""
     validated = time.perf_counter() - started
+    inference: _Inference | None = None
+    made: dict[int, int] = {}  # input index -> its record's position in ``inference``
     for attempt in range(1, _STORE_ATTEMPTS + 1):
         answers: list[Prediction | None] = await _stored_answers(
             services, caller, task.name, keys, rows)
         new = [i for i, a in enumerate(answers) if a is None]
         if not new:
             return [a for a in answers if a is not None]
-        inference = await _infer(services, task, [rows[i] for i in new], caller,
-                                 [keys[i] for i in new], started,
-                                 [traffic_keys[i] for i in new])
+        if inference is None:
+            inference = await _infer(services, task, [rows[i] for i in new], caller,
+                                     [keys[i] for i in new], started,
+                                     [traffic_keys[i] for i in new])
+        else:  # lost a race: what is still missing was predicted by the first attempt
+            inference = inference.only([made[i] for i in new])
+        made = {i: j for j, i in enumerate(new)}
         storing = time.perf_counter()
         try:
             await _store(services, inference.policies, inference.records, actor)
@@ -461,6 +473,7 @@ async def _predict_rows(
         except IntegrityError:
             if attempt == _STORE_ATTEMPTS or not any(keys[i] for i in new):
                 raise
+    assert inference is not None  # the loop returned, raised or stored it
     _record_stored(task, inference, validated, time.perf_counter() - storing,
                    [rows[i] for i in new])
     _observe(services, inference)

@@ -152,6 +152,46 @@ def test_concurrent_predictions_share_model_calls_and_commits(
     run_with(gathering, work)
 
 
+def test_a_keyed_batch_that_lost_a_race_stores_the_rest_without_running_models_again(
+    settings: Settings, example_tasks: dict[str, TaskSpec]
+) -> None:
+    """Two keyed batches sharing five keys both look their keys up before either commits
+    (commits wait for the audit lock, held by the test until both have run their models).
+    One commits; the other's commit is refused, and its retry answers the shared keys with
+    the stored predictions and stores the rest with the predictions it already made."""
+    rows = example_inputs(example_tasks[TASK], 15, seed=24)
+    keys = [f"order-{i}" for i in range(15)]
+
+    async def work(services: Services) -> None:
+        await services.registry.load_all()
+        before = batches("inference")
+        async with services.sessions() as holder, holder.begin():
+            await (await holder.connection()).run_sync(audit.hold_append_lock)
+            calls = [asyncio.ensure_future(predict_batch(
+                services, None, TASK, rows[a:b], actor="test", idempotency_keys=keys[a:b]))
+                for a, b in ((0, 10), (5, 15))]
+            for _ in range(6_000):  # both lookups done: both batches reached the models
+                if batches("inference")[1] - before[1] >= 20:
+                    break
+                await asyncio.sleep(0.01)
+            else:
+                raise AssertionError("the two batches never reached the models")
+        first, second = await asyncio.gather(*calls)
+        # Both ran their models once (10 + 10 rows); the retry ran none.
+        assert batches("inference")[1] - before[1] == 20
+        assert [p.id for p in first[5:]] == [p.id for p in second[:5]]
+        assert [p.idempotency_key for p in first + second[5:]] == keys
+        async with services.sessions() as session:
+            ids = set((await session.exec(select(Prediction.id))).all())
+            events = (await session.exec(select(AuditEvent.subject_id).where(
+                AuditEvent.kind == audit.Kind.PREDICTION_MADE.value))).all()
+        assert ids == {p.id for p in first + second}
+        assert sorted(events) == sorted(ids)
+        assert (await audit.verify_chain(services.sessions)).ok
+
+    run_with(settings, work)
+
+
 def test_one_callers_conflict_in_a_shared_commit_fails_that_caller_alone(
     settings: Settings, example_tasks: dict[str, TaskSpec]
 ) -> None:
