@@ -33,7 +33,9 @@ class FeatureDrift:
     statistic: float | None = strawberry.field(
         description="The test's value: a p-value (ks, chi2) or a distance (wasserstein in "
         "reference standard deviations, jensenshannon).")
-    value: float | None = strawberry.field(description="Same as statistic.")
+    value: float | None = strawberry.field(
+        description="Same as statistic.",
+        deprecation_reason="Use statistic; value repeats it and will be removed.")
     p_value: float | None = strawberry.field(description="The p-value, for ks and chi2.")
     threshold: float | None = strawberry.field(
         description="Drift when a p-value is below it, or a distance above it.")

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from graphql import GraphQLObjectType
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.examples.loan import generate
@@ -20,6 +21,7 @@ from app.ml.training import TrainedRelease
 from app.releases import Lineage, store_release
 from app.settings import Settings
 from app.snapshots import take_snapshot
+from graphql_schema.schema import build_schema
 from tests.conftest import Api, LiveServer, frame_inputs, make_key
 
 TASK = "loan_default"
@@ -110,6 +112,7 @@ def test_shifted_loans_drift_in_exactly_the_shifted_features(
         assert tested["test"] == (numeric if f.type == "numeric" else categorical), tested
         assert tested["drifted"] == (f.name in SHIFTED), tested
         assert tested["referenceSize"] >= 4000
+        assert tested["value"] == tested["statistic"]  # deprecated, still answered
         if tested["test"] in ("ks", "chi2"):
             assert tested["pValue"] == tested["statistic"] and tested["threshold"] == 0.05
             assert (tested["statistic"] < 0.05) == tested["drifted"]
@@ -175,3 +178,10 @@ def test_a_release_without_a_snapshot_has_no_reference(settings: Settings) -> No
     assert error["extensions"]["code"] == "NO_DRIFT_REFERENCE"
     assert "release 1 of loan_default has no training snapshot" in error["message"]
     assert "retrain" in error["message"]
+
+
+def test_value_is_deprecated_for_statistic() -> None:
+    drift = build_schema()._schema.type_map["FeatureDrift"]
+    assert isinstance(drift, GraphQLObjectType)
+    field = drift.fields["value"]
+    assert field.deprecation_reason is not None and "statistic" in field.deprecation_reason
