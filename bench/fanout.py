@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import numpy as np
 import websockets
 from predict_throughput import (  # bench/ is sys.path[0] when run as a script
@@ -115,17 +115,19 @@ async def predict_many(url: str, key: str, task: str, rows: list[dict[str, Any]]
     headers = {"Authorization": f"Bearer {key}"}
     counter = iter(range(n))
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: aiohttp.ClientSession) -> None:
         for i in counter:
-            r = await client.post("/graphql", headers=headers, json={
-                "query": query, "variables": {"input": rows[i % len(rows)]}})
-            body = r.json()
-            if r.status_code != 200 or body.get("errors"):
-                raise SystemExit(f"prediction failed: {r.status_code} {body}")
+            async with client.post(f"{url}/graphql", headers=headers, json={
+                    "query": query, "variables": {"input": rows[i % len(rows)]}}) as r:
+                status, body = r.status, await r.json()
+            if status != 200 or body.get("errors"):
+                raise SystemExit(f"prediction failed: {status} {body}")
             ids.append(body["data"]["predict"]["id"])
 
     started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    # aiohttp, as perf_report's client: httpx's own CPU per request took a core here.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency),
+                                     timeout=aiohttp.ClientTimeout(total=120)) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     return ids, time.perf_counter() - started
 
