@@ -39,9 +39,9 @@ from app.errors import (
 from app.events import EventBus, LocalBus, publish_stored
 from app.metrics import PREDICTION_STAGE_DURATION, PREDICTIONS
 from app.ml.contract import to_matrix, validate_inputs
-from app.ml.ensemble import Ensemble, Explained, RowResult
+from app.ml.ensemble import Ensemble, MemberColumns, Outputs
 from app.ml.explain import add_time
-from app.ml.routing import Route, decide_route
+from app.ml.routing import Route, decide_routes
 from app.ml.task import ReviewPolicy, TaskSpec
 from app.registry import Registry
 from app.roles import Principal
@@ -116,129 +116,144 @@ class _Shape:
                    [(j, name, name in derived) for j, name in enumerate(task.model_columns)])
 
 
-def _explanation_head(shape: _Shape, ex: Explained, status: str) -> dict[str, Any]:
+def _explanation_head(shape: _Shape, explained_class: int, base: float, output: float,
+                      status: str) -> dict[str, Any]:
     return {
         "status": status,
         "space": shape.space,
-        "explainedClass": shape.task.classes[ex.explained_class],
-        "baseValue": ex.base,
-        "outputValue": ex.output,
+        "explainedClass": shape.task.classes[explained_class],
+        "baseValue": base,
+        "outputValue": output,
     }
 
 
-def _explanation_json(
-    shape: _Shape, ex: Explained, row: dict[str, Any], model_values: list[Any], status: str
-) -> dict[str, Any]:
-    shap = ex.contributions.tolist()  # Python floats at once: per element costs 3x more
-    contributions = [
-        {
-            "feature": name,
-            "value": model_values[j] if derived else row.get(name),
-            "shap": shap[j],
-            "derived": derived,
+def _probabilities(classes: tuple[str, ...], p: list[float]) -> list[dict[str, Any]]:
+    return [{"label": c, "probability": v} for c, v in zip(classes, p, strict=True)]
+
+
+@dataclass
+class _MemberLists:
+    """A member's outputs for a batch as Python lists (one conversion per array, not per
+    element: per element costs 3x more), for the predicted class of each row."""
+
+    name: str
+    version: str
+    weight: float
+    error: str | None
+    probabilities: list[list[float]]
+    labels: list[int]
+    base: list[float]
+    shap: list[list[float]]  # per row, the predicted class's SHAP values
+    output: list[float]
+
+    @classmethod
+    def of(cls, m: MemberColumns, rows: np.ndarray, labels: np.ndarray) -> _MemberLists:
+        if m.error is not None:
+            return cls(m.name, m.version, m.weight, m.error, [], [], [], [], [])
+        assert m.probabilities is not None and m.base is not None
+        assert m.contributions is not None and m.scores is not None
+        return cls(m.name, m.version, m.weight, None, m.probabilities.tolist(),
+                   m.probabilities.argmax(axis=1).tolist(), m.base.tolist(),
+                   m.contributions[rows, :, labels].tolist(), m.scores[rows, labels].tolist())
+
+    def json(self, shape: _Shape, i: int, c: int) -> dict[str, Any]:
+        """Row i's entry in ``members`` (c: the ensemble's class). Its explanation is stored
+        compact: SHAP values alone, in the order of the prediction's
+        ``explanation.contributions``, whose features and values they share (a third of the
+        bytes of a full one; the API returns both the same way)."""
+        if self.error is not None:
+            return {"name": self.name, "version": self.version, "weight": self.weight,
+                    "error": self.error, "label": None, "probabilities": None,
+                    "explanation": None}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "weight": self.weight,
+            "error": None,
+            "label": shape.task.classes[self.labels[i]],
+            "probabilities": _probabilities(shape.task.classes, self.probabilities[i]),
+            "explanation": {**_explanation_head(shape, c, self.base[c], self.output[i], "OK"),
+                            "shap": self.shap[i]},
         }
-        for j, name, derived in shape.columns
-    ]
-    return {**_explanation_head(shape, ex, status), "contributions": contributions}
 
 
-def _member_explanation_json(shape: _Shape, ex: Explained) -> dict[str, Any]:
-    """A member's explanation, stored compact: its SHAP values alone, in the order of the
-    prediction's ``explanation.contributions``, whose features and values they share (a
-    third of the bytes of a full one; the API returns both the same way)."""
-    return {**_explanation_head(shape, ex, "OK"), "shap": ex.contributions.tolist()}
-
-
-def _with_other_classes(
-    task: TaskSpec, explanation: dict[str, Any], others: list[Explained]
-) -> dict[str, Any]:
-    """Adds a multiclass prediction's other classes, SHAP values in ``contributions`` order,
-    so a picture of any class can be drawn from what was stored."""
-    if others:
-        explanation["otherClasses"] = [
-            {
-                "class": task.classes[e.explained_class],
-                "baseValue": e.base,
-                "outputValue": e.output,
-                "shap": e.contributions.tolist(),
-            }
-            for e in others
-        ]
-    return explanation
-
-
-def _probabilities(task: TaskSpec, p: np.ndarray) -> list[dict[str, Any]]:
-    return [{"label": c, "probability": v} for c, v in zip(task.classes, p.tolist(),
-                                                             strict=True)]
-
-
-def _to_record(
+def _records(
     shape: _Shape,
     ensemble: Ensemble,
-    result: RowResult,
-    raw: dict[str, Any],
-    values: np.ndarray,
+    out: Outputs,
+    raws: Sequence[dict[str, Any]],
     caller: Principal | None,
-    key: str | None,
+    keys: Sequence[str | None],
     latency_ms: float,
-) -> Prediction:
+) -> list[Prediction]:
+    """The records of a batch's rows, built from whole columns."""
     task = shape.task
-    prediction_id = str(uuid.uuid4())
-    route, reasons = decide_route(ensemble.policy, task.classes, result, prediction_id)
-    failed = any(m.error for m in result.members)
-    model_values = values.tolist()
-    members = [
-        {
-            "name": m.name,
-            "version": m.version,
-            "weight": m.weight,
-            "error": m.error,
-            "label": None
-            if m.probabilities is None
-            else task.classes[int(m.probabilities.argmax())],
-            "probabilities": None
-            if m.probabilities is None
-            else _probabilities(task, m.probabilities),
-            "explanation": None
-            if m.explanation is None
-            else _member_explanation_json(shape, m.explanation),
-        }
-        for m in result.members
-    ]
-    label = task.classes[result.label]
-    # Every value is made here, of the column's type: the row is built without the
-    # constructor's validation (see ``built``).
-    return built(Prediction, {
-        "id": prediction_id,
-        "task": task.name,
-        "release_id": ensemble.release_id,
-        "release_version": ensemble.version,
-        "caller_key_id": caller.key_id if caller else None,
-        "idempotency_key": key,
-        "input_hash": input_hash(raw),
-        "input": raw,
-        "label": label,
-        "confidence": float(result.probabilities[result.label]),
-        "probabilities": _probabilities(task, result.probabilities),
-        "prediction_set": [c for i, c in enumerate(task.classes) if result.prediction_set[i]],
-        "members": members,
-        "explanation": _with_other_classes(task, _explanation_json(
-            shape, result.explanation, raw, model_values, "PARTIAL" if failed else "OK"
-        ), result.other_classes),
-        "route": route.value,
-        "reasons": [r.to_json() for r in reasons],
-        "status": Status.ACCEPTED if route is Route.AUTO else Status.PENDING_REVIEW,
-        "final_label": label if route is Route.AUTO else None,
-        "latency_ms": latency_ms,
-        "created_at": utcnow(),
-    })
+    classes = task.classes
+    ids = [str(uuid.uuid4()) for _ in raws]
+    routes = decide_routes(ensemble.policy, classes, out, ids)
+    rows = np.arange(len(out))
+    labels = out.labels.tolist()
+    probabilities = out.probabilities.tolist()
+    sets = out.prediction_sets.tolist()
+    base = out.base.tolist()
+    scores = out.scores.tolist()
+    # (rows, classes, model columns): each class's SHAP values in contributions order
+    shap = out.contributions.transpose(0, 2, 1).tolist()
+    model_values = out.X.tolist()
+    members = [_MemberLists.of(m, rows, out.labels) for m in out.members]
+    status = "PARTIAL" if any(m.error for m in members) else "OK"
+    caller_id = caller.key_id if caller else None
+    records = []
+    for i, raw in enumerate(raws):
+        c = labels[i]
+        route, reasons = routes[i]
+        values = model_values[i]
+        contributions = [
+            {"feature": name, "value": values[j] if derived else raw.get(name),
+             "shap": shap[i][c][j], "derived": derived}
+            for j, name, derived in shape.columns
+        ]
+        explanation = {**_explanation_head(shape, c, base[c], scores[i][c], status),
+                       "contributions": contributions}
+        if len(classes) > 2:  # so that a picture of any class can be drawn from what is stored
+            explanation["otherClasses"] = [
+                {"class": classes[k], "baseValue": base[k], "outputValue": scores[i][k],
+                 "shap": shap[i][k]}
+                for k in range(len(classes)) if k != c
+            ]
+        label = classes[c]
+        # Every value is made here, of the column's type: the row is built without the
+        # constructor's validation (see ``built``).
+        records.append(built(Prediction, {
+            "id": ids[i],
+            "task": task.name,
+            "release_id": ensemble.release_id,
+            "release_version": ensemble.version,
+            "caller_key_id": caller_id,
+            "idempotency_key": keys[i],
+            "input_hash": input_hash(raw),
+            "input": raw,
+            "label": label,
+            "confidence": probabilities[i][c],
+            "probabilities": _probabilities(classes, probabilities[i]),
+            "prediction_set": [k for k, inside in zip(classes, sets[i], strict=True) if inside],
+            "members": [m.json(shape, i, c) for m in members],
+            "explanation": explanation,
+            "route": route.value,
+            "reasons": [r.to_json() for r in reasons],
+            "status": Status.ACCEPTED if route is Route.AUTO else Status.PENDING_REVIEW,
+            "final_label": label if route is Route.AUTO else None,
+            "latency_ms": latency_ms,
+            "created_at": utcnow(),
+        }))
+    return records
 
 
 @dataclass
 class _Ran:
     """One submitter's rows of a micro-batched ensemble call, and the call's timings."""
 
-    results: list[RowResult]
+    results: Outputs
     timings: dict[str, float]
 
 
@@ -257,7 +272,8 @@ def _run_groups(items: list[tuple[Ensemble, np.ndarray]]) -> list[_Ran | Excepti
         ensemble = items[ns[0]][0]
         timings: dict[str, float] = {}
         try:
-            results, errors = ensemble.predict(np.concatenate([items[n][1] for n in ns]), timings)
+            results, errors = ensemble.predict_columns(
+                np.concatenate([items[n][1] for n in ns]), timings)
         except Exception as exc:  # a bug, not a member failure (those come back in errors)
             for n in ns:
                 outcomes[n] = exc
@@ -265,22 +281,23 @@ def _run_groups(items: list[tuple[Ensemble, np.ndarray]]) -> list[_Ran | Excepti
         offset = 0
         for n in ns:
             rows = len(items[n][1])
-            outcomes[n] = (_Ran(results[offset:offset + rows], timings) if results
+            outcomes[n] = (_Ran(results.sliced(offset, offset + rows), timings)
+                           if results is not None
                            else AllMembersFailedError(ensemble.task.name, errors))
             offset += rows
     return outcomes
 
 
 async def _run_rows(services: Services, ensemble: Ensemble, X: np.ndarray,
-                    timings: dict[str, float]) -> list[RowResult]:
+                    timings: dict[str, float]) -> list[Outputs]:
     """Results of one release for these rows, through the micro-batcher: up to
     ``batch_max_rows`` rows per call, submitted one after another so that concurrent
     predictions join a long batch's calls instead of waiting for all of them."""
     step = services.settings.batch_max_rows
-    results: list[RowResult] = []
+    results: list[Outputs] = []
     for start in range(0, len(X), step):
         ran: _Ran = await services.model_calls.submit((ensemble, X[start:start + step]))
-        results += ran.results
+        results.append(ran.results)
         for stage, seconds in ran.timings.items():
             add_time(timings, stage, seconds)
     return results
@@ -326,9 +343,14 @@ async def _infer(
         latency_ms = (time.perf_counter() - started) * 1000
         routing = time.perf_counter()  # the routing decision and the record it goes into
         shape = _Shape.of(task, ensemble)
-        for i, r in zip(indices, results, strict=True):
-            records[i] = _to_record(shape, ensemble, r, rows[i], X[i], caller, keys[i],
-                                    latency_ms)
+        done = 0
+        for out in results:
+            mine = indices[done:done + len(out)]
+            made = _records(shape, ensemble, out, [rows[i] for i in mine], caller,
+                            [keys[i] for i in mine], latency_ms)
+            for i, record in zip(mine, made, strict=True):
+                records[i] = record
+            done += len(out)
         add_time(timings, "route", time.perf_counter() - routing)
     policies = {e.release_id: e.policy for e in chosen}
     return _Inference([r for r in records if r is not None], policies, deployment, X, timings)
@@ -625,16 +647,17 @@ async def _store_together(services: Services, group: list[_Commit]) -> None:
     records = [p for c in group for p in c.records]
     opened = {p.id: open_review_item(c.policies[p.release_id], p)
               for c in group for p in c.records if p.route == Route.REVIEW}
+    values = [values_of(p) for p in records]
     async with services.sessions() as session, session.begin():
         # Bulk INSERTs of plain values (one statement per table, no unit of work): the
         # returned objects stay as built, outside any session.
         conn = await session.connection()
-        await conn.execute(insert(Prediction), [values_of(p) for p in records])
+        await conn.execute(insert(Prediction), values)
         if opened:
             await conn.execute(insert(ReviewItem), [values_of(i) for i in opened.values()])
         audit.record(session, [audit_entry(p, c.actor, opened.get(p.id))
                                for c in group for p in c.records])
-    await publish_stored(services.events, records, list(opened.values()))  # once committed
+    await publish_stored(services.events, values, list(opened.values()))  # once committed
 
 
 async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:

@@ -70,6 +70,93 @@ class RowResult:
     other_classes: list[Explained] = field(default_factory=list)
 
 
+@dataclass
+class MemberColumns:
+    """One member's outputs for a batch, in the ensemble's explained space (all None but
+    the error when it failed)."""
+
+    name: str
+    version: str
+    weight: float
+    error: str | None = None
+    probabilities: np.ndarray | None = None  # (rows, classes)
+    base: np.ndarray | None = None  # (classes,)
+    contributions: np.ndarray | None = None  # (rows, model columns, classes)
+    scores: np.ndarray | None = None  # (rows, classes)
+
+    def sliced(self, rows: slice) -> MemberColumns:
+        if self.error is not None:
+            return self
+        assert self.probabilities is not None and self.contributions is not None
+        assert self.scores is not None
+        return MemberColumns(self.name, self.version, self.weight, None,
+                             self.probabilities[rows], self.base, self.contributions[rows],
+                             self.scores[rows])
+
+
+@dataclass
+class Outputs:
+    """An ensemble's results for a batch of rows, as arrays (row i of each): what the
+    prediction path turns into records without an object per row and class. ``rows()``
+    gives the same per row."""
+
+    probabilities: np.ndarray  # (rows, classes)
+    labels: np.ndarray  # (rows,) the predicted class
+    prediction_sets: np.ndarray  # (rows, classes) boolean
+    base: np.ndarray  # (classes,) in the explained space
+    contributions: np.ndarray  # (rows, model columns, classes) in the explained space
+    scores: np.ndarray  # (rows, classes): explained outputs
+    members: list[MemberColumns]
+    X: np.ndarray  # the model matrix, for out-of-distribution findings when asked
+    ood: OodDetector | None = None
+    ood_flags: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def sliced(self, start: int, stop: int) -> Outputs:
+        rows = slice(start, stop)
+        return Outputs(self.probabilities[rows], self.labels[rows], self.prediction_sets[rows],
+                       self.base, self.contributions[rows], self.scores[rows],
+                       [m.sliced(rows) for m in self.members], self.X[rows], self.ood,
+                       self.ood_flags[rows])
+
+    def findings(self, rows: list[int]) -> list[OodFinding]:
+        """The out-of-distribution findings of these rows (none without a detector)."""
+        return [] if self.ood is None or not rows else self.ood.assess(self.X[rows])
+
+    def rows(self) -> list[RowResult]:
+        """One result per row, with its findings and every class's explanation."""
+        findings = self.ood.assess(self.X) if self.ood else [None] * len(self)
+        n_classes = self.probabilities.shape[1]
+        base = self.base.tolist()
+        results = []
+        for i, c in enumerate(self.labels.tolist()):
+            explained = [Explained(k, base[k], self.contributions[i, :, k],
+                                   float(self.scores[i, k])) for k in range(n_classes)]
+            members = [
+                MemberOutput(m.name, m.version, m.weight, error=m.error) if m.error is not None
+                else MemberOutput(m.name, m.version, m.weight,
+                                  probabilities=_row(m.probabilities, i),
+                                  explanation=Explained(c, float(_row(m.base, c)),
+                                                        _row(m.contributions, i)[:, c],
+                                                        float(_row(m.scores, i)[c])))
+                for m in self.members
+            ]
+            results.append(RowResult(
+                probabilities=self.probabilities[i], label=c,
+                prediction_set=self.prediction_sets[i], explanation=explained[c],
+                members=members, ood=findings[i],
+                other_classes=[e for e in explained if e.explained_class != c]
+                if n_classes > 2 else []))
+        return results
+
+
+def _row(values: np.ndarray | None, i: int) -> Any:
+    assert values is not None
+    return values[i]
+
+
 def _explained_transform(space: OutputSpace, n_classes: int) -> np.ndarray:
     """Matrix L with explained-space outputs = scores @ L.T (see module docstring)."""
     if space is OutputSpace.PROBABILITY:
@@ -146,15 +233,22 @@ class Ensemble:
 
     def predict(self, X: np.ndarray, timings: dict[str, float] | None = None
                 ) -> tuple[list[RowResult], dict[str, str]]:
-        """Results per row and the errors of failed members (empty when all ran);
-        ``timings`` accumulates seconds spent in ``infer`` (models and aggregation) and in
-        ``explain`` (SHAP)."""
+        """Results per row (none when every member failed) and the errors of failed
+        members (empty when all ran); see ``predict_columns``."""
+        outputs, errors = self.predict_columns(X, timings)
+        return ([] if outputs is None else outputs.rows()), errors
+
+    def predict_columns(self, X: np.ndarray, timings: dict[str, float] | None = None
+                        ) -> tuple[Outputs | None, dict[str, str]]:
+        """The batch's results as arrays (None when every member failed) and the errors of
+        failed members (empty when all ran); ``timings`` accumulates seconds spent in
+        ``infer`` (models and aggregation) and in ``explain`` (SHAP)."""
         outputs = self._run_members(X, timings)
         started = time.perf_counter()
         ok = {n: o for n, o in outputs.items() if not isinstance(o, str)}
         errors = {n: o for n, o in outputs.items() if isinstance(o, str)}
         if not ok:
-            return [], errors
+            return None, errors
         weights = {m.name: m.weight for m in self.members if m.name in ok}
         total = sum(weights.values())
         L = self.transform
@@ -163,54 +257,29 @@ class Ensemble:
         base = sum(weights[n] / total * o[1].base for n, o in ok.items())
         assert isinstance(scores, np.ndarray) and isinstance(contrib, np.ndarray)
         proba = scores if self.space is OutputSpace.PROBABILITY else softmax(scores)
-        labels = proba.argmax(axis=1)
-        sets = self.calibration.prediction_sets(proba)
-        explained_scores = scores @ L.T
-        explained_contrib = contrib @ L.T
-        explained_base = np.asarray(base) @ L.T
-        findings = self.ood.assess(X) if self.ood else [None] * len(X)
-        n_classes = len(self.task.classes)
-        # Members explain the ensemble's class, so their charts compare side by side: each
-        # member's outputs in the explained space, for all rows at once.
-        in_space = {n: (o[1].base @ L.T, o[1].contributions @ L.T, o[1].scores @ L.T)
-                    for n, o in ok.items()}
-        base_list = explained_base.tolist()
-        rows = []
-        for i, c in enumerate(labels.tolist()):
-            explained = [
-                Explained(k, base_list[k], explained_contrib[i, :, k],
-                          float(explained_scores[i, k]))
-                for k in range(n_classes)
-            ]
-            members = []
-            for m in self.members:
-                if m.name in errors:
-                    members.append(MemberOutput(m.name, m.version, m.weight, error=errors[m.name]))
-                    continue
-                m_base, m_contrib, m_scores = in_space[m.name]
-                members.append(
-                    MemberOutput(
-                        m.name,
-                        m.version,
-                        m.weight,
-                        probabilities=ok[m.name][0][i],
-                        explanation=Explained(c, float(m_base[c]), m_contrib[i, :, c],
-                                              float(m_scores[i, c])),
-                    )
-                )
-            rows.append(
-                RowResult(
-                    probabilities=proba[i],
-                    label=c,
-                    prediction_set=sets[i],
-                    explanation=explained[c],
-                    members=members,
-                    ood=findings[i],
-                    other_classes=[e for e in explained if e.explained_class != c]
-                    if n_classes > 2
-                    else [],
-                )
-            )
+        members = [
+            MemberColumns(m.name, m.version, m.weight, error=errors[m.name])
+            if m.name in errors else
+            # Members explain the ensemble's class, so their charts compare side by side:
+            # each member's outputs in the explained space.
+            MemberColumns(m.name, m.version, m.weight, probabilities=ok[m.name][0],
+                          base=ok[m.name][1].base @ L.T,
+                          contributions=ok[m.name][1].contributions @ L.T,
+                          scores=ok[m.name][1].scores @ L.T)
+            for m in self.members
+        ]
+        result = Outputs(
+            probabilities=proba,
+            labels=proba.argmax(axis=1),
+            prediction_sets=self.calibration.prediction_sets(proba),
+            base=np.asarray(base) @ L.T,
+            contributions=contrib @ L.T,
+            scores=scores @ L.T,
+            members=members,
+            X=X,
+            ood=self.ood,
+            ood_flags=self.ood.flags(X) if self.ood else np.zeros(len(X), dtype=bool),
+        )
         if timings is not None:
             add_time(timings, "infer", time.perf_counter() - started)
-        return rows, errors
+        return result, errors

@@ -14,9 +14,9 @@ from sklearn.model_selection import train_test_split
 from app.examples.loan import generate
 from app.ml.contract import frame_to_matrix, to_matrix
 from app.ml.data import load_frame, training_arrays
-from app.ml.ensemble import Ensemble, ReleaseCalibration
+from app.ml.ensemble import Ensemble, ReleaseCalibration, RowResult
 from app.ml.ood import OodDetector, fit_ood
-from app.ml.routing import Reason, decide_route
+from app.ml.routing import Reason, decide_routes
 from app.ml.task import ReviewPolicy, TaskSpec
 from app.ml.training import TrainedRelease, fit_release
 
@@ -190,11 +190,19 @@ def test_a_release_stored_before_the_detector_still_loads(
     old = ReleaseCalibration.from_json(loan_ensemble.calibration.to_json())
     assert old.ood is None
     ensemble = Ensemble(loan_ensemble.task, 1, 1, loan_ensemble.members, old.conformal, old.ood)
-    rows, _ = ensemble.predict(shifted_loans[:20])
-    assert all(r.ood is None for r in rows)
-    for r in rows:
-        _, reasons = decide_route(quiet(ensemble.task), ensemble.task.classes, r, NEVER_AUDITED)
+    decided = routed(ensemble, shifted_loans[:20], quiet(ensemble.task))
+    assert all(r.ood is None for r, _ in decided)
+    for _, reasons in decided:
         assert ood_reasons(reasons) == []
+
+
+def routed(ensemble: Ensemble, X: np.ndarray, policy: ReviewPolicy
+           ) -> list[tuple[RowResult, list[Reason]]]:
+    """Each row's result and the reasons the batch's routing gave it (never audited)."""
+    outputs, errors = ensemble.predict_columns(X)
+    assert outputs is not None and errors == {}
+    decided = decide_routes(policy, ensemble.task.classes, outputs, [NEVER_AUDITED] * len(X))
+    return [(r, reasons) for r, (_, reasons) in zip(outputs.rows(), decided, strict=True)]
 
 
 # --- routing --------------------------------------------------------------------------------
@@ -203,17 +211,14 @@ def test_a_release_stored_before_the_detector_still_loads(
 def test_routing_names_the_distance_the_threshold_and_the_features(
         loan_ensemble: Ensemble, shifted_loans: np.ndarray) -> None:
     task = loan_ensemble.task
-    rows, errors = loan_ensemble.predict(shifted_loans[:50])
-    assert errors == {}
-    routed = 0
-    for r in rows:
+    routed_for_ood = 0
+    for r, reasons in routed(loan_ensemble, shifted_loans[:50], quiet(task)):
         assert r.ood is not None
-        _, reasons = decide_route(quiet(task), task.classes, r, NEVER_AUDITED)
         found = ood_reasons(reasons)
         assert bool(found) == r.ood.out_of_distribution
         if not found:
             continue
-        routed += 1
+        routed_for_ood += 1
         reason = found[0]
         assert reason.value == r.ood.score > reason.threshold == r.ood.threshold
         json.dumps(reason.to_json())  # stored with the prediction
@@ -222,28 +227,23 @@ def test_routing_names_the_distance_the_threshold_and_the_features(
         assert {"income", "loan_amount"} <= set(named)
         assert len(named) <= 3 and all(f"{n}=" in reason.detail for n in named)
         assert "loan_amount=500000" in reason.detail
-    assert routed >= 45
+    assert routed_for_ood >= 45
 
 
 def test_in_distribution_predictions_rarely_route_for_ood(loan_ensemble: Ensemble,
                                                          fresh_loans: np.ndarray) -> None:
     task = loan_ensemble.task
-    rows, _ = loan_ensemble.predict(fresh_loans[:1000])
-    routed = sum(
-        bool(ood_reasons(decide_route(quiet(task), task.classes, r, NEVER_AUDITED)[1]))
-        for r in rows
-    )
-    assert routed <= 20
+    decided = routed(loan_ensemble, fresh_loans[:1000], quiet(task))
+    assert sum(bool(ood_reasons(reasons)) for _, reasons in decided) <= 20
 
 
 @pytest.mark.parametrize("switch", [{"route_on_ood": False}, {"ood_quantile": 1.0}])
 def test_routing_on_ood_can_be_switched_off(loan_ensemble: Ensemble, shifted_loans: np.ndarray,
                                             switch: dict[str, object]) -> None:
     task = loan_ensemble.task
-    rows, _ = loan_ensemble.predict(shifted_loans[:20])
-    assert all(r.ood is not None and r.ood.out_of_distribution for r in rows)
-    for r in rows:
-        _, reasons = decide_route(quiet(task, **switch), task.classes, r, NEVER_AUDITED)
+    decided = routed(loan_ensemble, shifted_loans[:20], quiet(task, **switch))
+    assert all(r.ood is not None and r.ood.out_of_distribution for r, _ in decided)
+    for _, reasons in decided:
         assert ood_reasons(reasons) == []
 
 

@@ -7,29 +7,38 @@ import pytest
 
 from app.examples.loan import generate
 from app.ml.contract import frame_to_matrix
-from app.ml.ensemble import Ensemble, Explained, MemberOutput, RowResult
-from app.ml.routing import Reason, Route, audit_draw, decide_route
+from app.ml.ensemble import Ensemble, MemberColumns, Outputs
+from app.ml.routing import Reason, Route, audit_draw, decide_routes
 from app.ml.task import ReviewPolicy
 
 CLASSES = ("repaid", "late", "default")
 QUIET = ReviewPolicy(confidence_level=0.9, route_on_disagreement=True, audit_rate=0.0)
 
 
-def member(name: str, proba: list[float] | None, error: str | None = None) -> MemberOutput:
-    p = None if proba is None else np.array(proba)
-    explanation = None if p is None else Explained(0, 0.0, np.zeros(2), 0.0)
-    return MemberOutput(name, "1", 0.5, probabilities=p, explanation=explanation, error=error)
+def member(name: str, proba: list[float] | None, error: str | None = None) -> MemberColumns:
+    if proba is None:
+        return MemberColumns(name, "1", 0.5, error=error)
+    return MemberColumns(name, "1", 0.5, probabilities=np.array([proba]), base=np.zeros(3),
+                         contributions=np.zeros((1, 2, 3)), scores=np.zeros((1, 3)))
 
 
-def row(prediction_set: list[bool], members: list[MemberOutput] | None = None) -> RowResult:
+def row(prediction_set: list[bool], members: list[MemberColumns] | None = None) -> Outputs:
+    """One row's outputs, as the ensemble gives them for a batch."""
     if members is None:
         members = [member("logistic", [0.8, 0.15, 0.05]), member("boosted", [0.7, 0.2, 0.1])]
-    return RowResult(
-        probabilities=np.array([0.75, 0.17, 0.08]), label=0,
-        prediction_set=np.array(prediction_set, dtype=bool),
-        explanation=Explained(0, 0.1, np.array([0.2, -0.1]), 0.2),
-        members=members,
+    return Outputs(
+        probabilities=np.array([[0.75, 0.17, 0.08]]), labels=np.array([0]),
+        prediction_sets=np.array([prediction_set], dtype=bool), base=np.array([0.1, 0.0, 0.0]),
+        contributions=np.array([[[0.2, 0, 0], [-0.1, 0, 0]]]), scores=np.array([[0.2, 0, 0]]),
+        members=members, X=np.zeros((1, 2)), ood_flags=np.zeros(1, dtype=bool),
     )
+
+
+def decide_route(policy: ReviewPolicy, classes: tuple[str, ...], outputs: Outputs,
+                 prediction_id: str) -> tuple[Route, list[Reason]]:
+    """The decision for a one-row batch."""
+    [decided] = decide_routes(policy, classes, outputs, [prediction_id])
+    return decided
 
 
 def codes(reasons: list[Reason]) -> list[str]:
@@ -153,13 +162,13 @@ def test_every_reason_is_reported() -> None:
 def test_routing_a_real_prediction(loan_ensemble: Ensemble) -> None:
     """On the trained loan ensemble, a row is AUTO exactly when its set is a single class,
     the members agree and the input is in distribution (no audit)."""
-    rows, errors = loan_ensemble.predict(
+    outputs, errors = loan_ensemble.predict_columns(
         frame_to_matrix(loan_ensemble.task, generate(rows=200, seed=8)))
-    assert errors == {}
+    assert outputs is not None and errors == {}
     policy = loan_ensemble.task.review.model_copy(update={"audit_rate": 0.0})
+    decided = decide_routes(policy, loan_ensemble.task.classes, outputs, ["id"] * len(outputs))
     routes = set()
-    for r in rows:
-        route, reasons = decide_route(policy, loan_ensemble.task.classes, r, "id")
+    for r, (route, reasons) in zip(outputs.rows(), decided, strict=True):
         labels = {int(np.argmax(m.probabilities)) for m in r.members
                   if m.probabilities is not None}
         assert r.ood is not None
