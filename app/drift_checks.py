@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from sqlalchemy import delete
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
@@ -178,10 +179,27 @@ async def _store(ctx: retraining.JobContext, task: TaskSpec, live: Release,
     raise ArbiterError(f"could not store the drift report of {task.name}; try again")
 
 
+async def prune_reports(sessions: Sessions, task: TaskSpec, now: datetime) -> int:
+    """Delete the task's stored reports computed more than ``keep_reports_days`` before
+    ``now`` (none when it is 0); how many were deleted."""
+    keep = task.drift.keep_reports_days
+    if keep <= 0:
+        return 0
+    async with sessions() as session, session.begin():
+        deleted = await (await session.connection()).execute(delete(DriftReportRow).where(
+            col(DriftReportRow.task) == task.name,
+            col(DriftReportRow.computed_at) < now - timedelta(days=keep)))
+    count = deleted.rowcount
+    if count:
+        log.info("deleted %d drift reports of %s older than %g days", count, task.name, keep)
+    return count
+
+
 async def check_task(ctx: retraining.JobContext, task: TaskSpec,
                      now: datetime | None = None) -> CheckOutcome | None:
     """Compute, store and announce the task's report unless this period has one already
-    (safe to run twice). None when there was nothing to do."""
+    (safe to run twice), and delete reports older than the task keeps. None when there
+    was nothing to do."""
     now = now or utcnow()
     bucket = check_bucket(task, now)
     async with ctx.sessions() as session:
@@ -190,6 +208,8 @@ async def check_task(ctx: retraining.JobContext, task: TaskSpec,
     live, report = await compute_report(ctx.sessions, ctx.artifacts_dir, task, now=now)
     drift_metrics.record(report)
     stored, job = await _store(ctx, task, live, report, bucket)
+    if stored:
+        await prune_reports(ctx.sessions, task, now)
     if stored and report.drifted:
         await ctx.events.publish(releases_topic(task.name), release_event(
             ReleaseEventKind.DRIFT_DETECTED, task.name, version=live.version,

@@ -111,3 +111,39 @@ def test_a_check_run_twice_or_at_once_stores_one_report_per_period(
             await engine.dispose()
 
     asyncio.run(work())
+
+
+def test_a_check_deletes_the_reports_older_than_the_task_keeps(
+        stored: Settings, example_tasks: dict[str, TaskSpec]) -> None:
+    """Reports 10, 20 and 40 days old under keep_reports_days = 30: the next check that
+    stores one deletes the 40-day-old one and keeps the rest; 0 keeps every one."""
+    task = example_tasks[TASK]
+    keeping = task.model_copy(update={"drift": task.drift.model_copy(
+        update={"keep_reports_days": 30.0})})
+
+    async def work() -> None:
+        engine = make_engine(stored.resolved_database_url)
+        sessions = make_sessionmaker(engine)
+        ctx = JobContext(sessions, {TASK: keeping}, stored.artifacts_dir, LocalBus())
+
+        async def ages() -> list[int]:
+            async with sessions() as session:
+                times = (await session.exec(select(DriftReport.computed_at))).all()
+            return sorted(round((NOW - t).total_seconds() / 86400) for t in times)
+
+        try:
+            for days in (40, 20, 10):
+                await drift_checks.check_task(ctx, task, NOW - timedelta(days=days))
+            assert await ages() == [10, 20, 40]  # stored under the default of 90 days
+            outcome = await drift_checks.check_task(ctx, keeping, NOW)
+            assert outcome is not None and outcome.stored
+            assert await ages() == [0, 10, 20]
+            forever = keeping.model_copy(update={"drift": keeping.drift.model_copy(
+                update={"keep_reports_days": 0.0})})
+            later = NOW + timedelta(days=900)
+            assert await drift_checks.prune_reports(sessions, forever, later) == 0
+            assert await ages() == [0, 10, 20]
+        finally:
+            await engine.dispose()
+
+    asyncio.run(work())

@@ -269,6 +269,10 @@ class DriftSettings(_Strict):
         default=60.0, gt=0, description="The worker computes and stores a report this often."
     )
     retrain_on_drift: bool = False
+    keep_reports_days: float = Field(
+        default=90.0, ge=0,
+        description="The periodic check deletes the task's stored reports older than this; "
+                    "0 keeps every one.")
     features: dict[str, FeatureDrift] = Field(default_factory=dict)
 
     @model_validator(mode="after")
