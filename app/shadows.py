@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -43,7 +44,8 @@ from app.releases import Stage, release_members
 from app.stages import DEPLOYED, releases_in
 
 MAX_IN_FLIGHT = 8  # scoring batches at once per process
-BACKFILL_LIMIT = 2_000  # predictions one backfill run scores per observer
+BACKFILL_LIMIT = 2_000  # predictions read and scored at once (one page) per observer
+BACKFILL_BUDGET_SECONDS = 10.0  # a run starts no new page after this; the next run goes on
 # Younger predictions are left to the process that served them (its scoring may be in flight).
 BACKFILL_SETTLE_SECONDS = 60.0
 
@@ -136,10 +138,12 @@ class ShadowBackfill:
     prediction is known to be scored, so that a run reads only what is newer."""
 
     def __init__(self, artifacts_dir: Path, limit: int = BACKFILL_LIMIT,
-                 settle_seconds: float = BACKFILL_SETTLE_SECONDS) -> None:
+                 settle_seconds: float = BACKFILL_SETTLE_SECONDS,
+                 budget_seconds: float = BACKFILL_BUDGET_SECONDS) -> None:
         self.artifacts_dir = artifacts_dir
         self.limit = limit
         self.settle_seconds = settle_seconds
+        self.budget_seconds = budget_seconds
         # release id -> loaded (releases never change), or None: it cannot load (logged once)
         self._ensembles: dict[int, Ensemble | None] = {}
         self._observers: set[int] = set()  # release ids observing in this run
@@ -154,53 +158,68 @@ class ShadowBackfill:
         try:
             self._observers = set()
             done: list[Backfilled] = []
+            deadline = time.monotonic() + self.budget_seconds
             for task in tasks.values():
-                done += await self.backfill(sessions, task)
+                done += await self.backfill(sessions, task, deadline)
             # Releases no longer observing are let go (they may be scored again later).
             self._ensembles = {k: e for k, e in self._ensembles.items() if k in self._observers}
             return done
         finally:
             self._running.release()
 
-    async def backfill(self, sessions: async_sessionmaker[AsyncSession], task: TaskSpec
-                       ) -> list[Backfilled]:
-        """Score up to ``limit`` unscored predictions per observer of ``task``."""
+    async def backfill(self, sessions: async_sessionmaker[AsyncSession], task: TaskSpec,
+                       deadline: float) -> list[Backfilled]:
+        """Score the unscored predictions of every observer of ``task``, ``limit`` at a time,
+        oldest first, until none is left or ``deadline`` (``time.monotonic()``) has passed;
+        each observer scores at least one page."""
         cutoff = utcnow() - timedelta(seconds=self.settle_seconds)
-        never = datetime.min.replace(tzinfo=cutoff.tzinfo)
         done = []
         for observer, answered in await _observed_pairs(sessions, task.name):
             assert observer.id is not None and answered.id is not None
-            pair = (observer.id, answered.id)
             self._observers.add(observer.id)
-            async with sessions() as session:
-                since = max(await _stage_started(session, observer),
-                            self._scored_until.get(pair, never))
-                found = (await session.exec(
-                    select(Prediction.id, Prediction.input).where(
-                        Prediction.task == task.name, Prediction.release_id == answered.id,
-                        col(Prediction.created_at) >= since,
-                        col(Prediction.created_at) < cutoff,
-                        ~exists().where(col(ShadowOutput.prediction_id) == col(Prediction.id),
-                                        col(ShadowOutput.release_id) == observer.id))
-                    .order_by(col(Prediction.created_at), col(Prediction.id))
-                    .limit(self.limit))).all()
-            if found:
-                ensemble = await self._ensemble(sessions, task, observer)
-                if ensemble is None:
-                    continue
-                X = to_matrix(task, [row for _, row in found])
-                rows = await anyio.to_thread.run_sync(
-                    shadow_rows, ensemble, [pid for pid, _ in found], X)
-                async with sessions() as session, session.begin():
-                    await store_outputs(session, rows)
-                SHADOW_INPUTS.labels(task.name, "backfilled").inc(len(rows))
-                done.append(Backfilled(observer.version, answered.version, len(rows)))
-                log.info("release %s of %s scored %d predictions of release %s that its "
-                         "serving processes had not", observer.version, task.name, len(rows),
-                         answered.version)
-            if len(found) < self.limit:
-                self._scored_until[pair] = cutoff
+            while True:
+                found = await self._unscored(sessions, task, observer, answered, cutoff)
+                if found:
+                    ensemble = await self._ensemble(sessions, task, observer)
+                    if ensemble is None:
+                        break
+                    X = to_matrix(task, [row for _, row in found])
+                    rows = await anyio.to_thread.run_sync(
+                        shadow_rows, ensemble, [pid for pid, _ in found], X)
+                    async with sessions() as session, session.begin():
+                        await store_outputs(session, rows)
+                    SHADOW_INPUTS.labels(task.name, "backfilled").inc(len(rows))
+                    done.append(Backfilled(observer.version, answered.version, len(rows)))
+                    log.info("release %s of %s scored %d predictions of release %s that its "
+                             "serving processes had not", observer.version, task.name,
+                             len(rows), answered.version)
+                if len(found) < self.limit:
+                    self._scored_until[(observer.id, answered.id)] = cutoff
+                    break
+                if time.monotonic() >= deadline:
+                    break
         return done
+
+    async def _unscored(self, sessions: async_sessionmaker[AsyncSession], task: TaskSpec,
+                        observer: Release, answered: Release, cutoff: datetime
+                        ) -> list[tuple[str, Any]]:
+        """The oldest ``limit`` predictions ``answered`` made before ``cutoff`` that
+        ``observer`` has not scored, since it took its stage (or the pair's watermark)."""
+        assert observer.id is not None and answered.id is not None
+        never = datetime.min.replace(tzinfo=cutoff.tzinfo)
+        async with sessions() as session:
+            since = max(await _stage_started(session, observer),
+                        self._scored_until.get((observer.id, answered.id), never))
+            found = (await session.exec(
+                select(Prediction.id, Prediction.input).where(
+                    Prediction.task == task.name, Prediction.release_id == answered.id,
+                    col(Prediction.created_at) >= since,
+                    col(Prediction.created_at) < cutoff,
+                    ~exists().where(col(ShadowOutput.prediction_id) == col(Prediction.id),
+                                    col(ShadowOutput.release_id) == observer.id))
+                .order_by(col(Prediction.created_at), col(Prediction.id))
+                .limit(self.limit))).all()
+        return [(pid, row) for pid, row in found]
 
     async def _ensemble(self, sessions: async_sessionmaker[AsyncSession], task: TaskSpec,
                         release: Release) -> Ensemble | None:

@@ -176,15 +176,21 @@ def test_what_serving_left_unscored_is_backfilled_once(
         on_canary = [p for p in answered if p.release_version == 3]
         assert on_live and on_canary
 
-        backfill = ShadowBackfill(services.settings.artifacts_dir, limit=25, settle_seconds=0)
-        runs = [await backfill.run(services.sessions, services.registry.tasks)
-                for _ in range(4)]
+        # Without time to spare, a run scores one page (`limit`) per observer.
+        paged = ShadowBackfill(services.settings.artifacts_dir, limit=10, settle_seconds=0,
+                               budget_seconds=0)
+        first = await paged.run(services.sessions, services.registry.tasks)
+        assert sorted(b.scored for b in first) == [10, 10]
+        # With it, pages until every observer is caught up: the next run finds nothing.
+        backfill = ShadowBackfill(services.settings.artifacts_dir, limit=8, settle_seconds=0)
+        runs = [first] + [await backfill.run(services.sessions, services.registry.tasks)
+                          for _ in range(2)]
         outputs = await shadow_outputs(services)
         assert set(outputs) == ({(p.id, shadow.id) for p in on_live}
                                 | {(p.id, live_id) for p in on_canary})
         assert not any(pid == p.id for p in before for pid, _ in outputs)
-        # At most `limit` per observer and run; the last run found nothing left.
-        assert all(b.scored <= 25 for run in runs for b in run) and runs[-1] == []
+        assert all(b.scored <= 8 for b in runs[1]) and runs[2] == []
+        assert len(runs[1]) > 2 * 2  # about 20 left per observer: several pages each
         assert sum(b.scored for run in runs for b in run) == len(outputs)
         # The same as the shadow loaded apart from serving; LIVE agrees with its own
         # models' canary (the same training) on every canary answer.
