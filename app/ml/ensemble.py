@@ -108,8 +108,8 @@ class Outputs:
     scores: np.ndarray  # (rows, classes): explained outputs
     members: list[MemberColumns]
     X: np.ndarray  # the model matrix, for out-of-distribution findings when asked
+    ood_flags: np.ndarray  # (rows,) out of distribution (all False without a detector)
     ood: OodDetector | None = None
-    ood_flags: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -118,8 +118,8 @@ class Outputs:
         rows = slice(start, stop)
         return Outputs(self.probabilities[rows], self.labels[rows], self.prediction_sets[rows],
                        self.base, self.contributions[rows], self.scores[rows],
-                       [m.sliced(rows) for m in self.members], self.X[rows], self.ood,
-                       self.ood_flags[rows])
+                       [m.sliced(rows) for m in self.members], self.X[rows],
+                       self.ood_flags[rows], self.ood)
 
     def findings(self, rows: list[int]) -> list[OodFinding]:
         """The out-of-distribution findings of these rows (none without a detector)."""
