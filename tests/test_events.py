@@ -146,9 +146,14 @@ def test_a_redis_restart_ends_open_subscriptions_with_events_missed(namespace: s
     async def scenario() -> None:
         bus = await _started(server.url, namespace)
         sub = bus.subscribe([releases_topic("t")])
+        probe = bus.subscribe([releases_topic("t")])
         await bus.publish(releases_topic("t"), {"n": "before"})
         await bus.publish(releases_topic("t"), {"n": "kept"})
         assert await take(sub, 1) == [{"n": "before"}]
+        # Both reached this process (one delivery fills every subscription): "kept" is in
+        # sub's buffer before Redis goes, not still on its way from Redis.
+        assert await take(probe, 2) == [{"n": "before"}, {"n": "kept"}]
+        probe.close()
 
         server.kill()
         # While Redis is away publishing neither raises nor blocks: events are notices.
