@@ -147,11 +147,13 @@ class _MemberLists:
     output: list[float]
 
     @classmethod
-    def of(cls, m: MemberColumns, rows: np.ndarray, labels: np.ndarray) -> _MemberLists:
+    def of(cls, m: MemberColumns, labels: np.ndarray) -> _MemberLists:
+        """``labels``: the ensemble's class of each row, which members explain."""
         if m.error is not None:
             return cls(m.name, m.version, m.weight, m.error, [], [], [], [], [])
         assert m.probabilities is not None and m.base is not None
         assert m.contributions is not None and m.scores is not None
+        rows = np.arange(len(labels))
         return cls(m.name, m.version, m.weight, None, m.probabilities.tolist(),
                    m.probabilities.argmax(axis=1).tolist(), m.base.tolist(),
                    m.contributions[rows, :, labels].tolist(), m.scores[rows, labels].tolist())
@@ -191,7 +193,6 @@ def _records(
     classes = task.classes
     ids = [str(uuid.uuid4()) for _ in raws]
     routes = decide_routes(ensemble.policy, classes, out, ids)
-    rows = np.arange(len(out))
     labels = out.labels.tolist()
     probabilities = out.probabilities.tolist()
     sets = out.prediction_sets.tolist()
@@ -200,7 +201,7 @@ def _records(
     # (rows, classes, model columns): each class's SHAP values in contributions order
     shap = out.contributions.transpose(0, 2, 1).tolist()
     model_values = out.X.tolist()
-    members = [_MemberLists.of(m, rows, out.labels) for m in out.members]
+    members = [_MemberLists.of(m, out.labels) for m in out.members]
     status = "PARTIAL" if any(m.error for m in members) else "OK"
     caller_id = caller.key_id if caller else None
     records = []

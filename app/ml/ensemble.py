@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -85,13 +85,13 @@ class MemberColumns:
     scores: np.ndarray | None = None  # (rows, classes)
 
     def sliced(self, rows: slice) -> MemberColumns:
-        if self.error is not None:
-            return self
-        assert self.probabilities is not None and self.contributions is not None
-        assert self.scores is not None
-        return MemberColumns(self.name, self.version, self.weight, None,
-                             self.probabilities[rows], self.base, self.contributions[rows],
-                             self.scores[rows])
+        return replace(self, probabilities=_part(self.probabilities, rows),
+                       contributions=_part(self.contributions, rows),
+                       scores=_part(self.scores, rows))
+
+
+def _part(values: np.ndarray | None, rows: slice) -> np.ndarray | None:
+    return None if values is None else values[rows]
 
 
 @dataclass
