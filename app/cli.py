@@ -30,18 +30,20 @@ from rich.progress import (
 )
 from rich.table import Column, Table
 
-from app import audit, metrics, stages
+from app import metrics
+from app.access.keys import create_key, list_keys, revoke_key
+from app.access.pii import redact
+from app.access.roles import Role
+from app.audit import log as audit
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.db.tables import Release
 from app.errors import ArbiterError, InputValidationError
-from app.events import build_bus
-from app.keys import create_key, list_keys, revoke_key
+from app.events.bus import build_bus
 from app.logs import configure_logging
 from app.ml.task import load_tasks
-from app.pii import redact
-from app.releases import Stage, list_releases, live_release
-from app.roles import Role
+from app.releases import stages
+from app.releases.store import Stage, list_releases, live_release
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -104,7 +106,7 @@ def migrate() -> None:
 def _train(settings: Settings, name: str, actor: str) -> None:
     """Request a retraining and run it here with a progress bar; if a worker already runs
     the task's training, follow that one instead."""
-    from app import retraining  # imported here: training pulls in SHAP, slow to import
+    from app.training import jobs as retraining  # training pulls in SHAP: slow import
 
     tasks = load_tasks(settings.tasks_dir)
     if name not in tasks:
@@ -180,8 +182,8 @@ def predict_file(
 ) -> None:
     """Explain, route and store every row of SOURCE as predictBatch does, CHUNK_ROWS per
     transaction, and write one answer per row (row, id, label, confidence, route, status)."""
-    from app import batch_files  # imported here: it pulls in the whole prediction path
     from app.main import build_services
+    from app.predictions import files as batch_files  # the whole prediction path: slow import
 
     settings = _prepare()
     if not source.is_file():

@@ -19,19 +19,19 @@ from strawberry.asgi import GraphQL
 from strawberry.types.unset import UNSET, UnsetType
 
 from app import json_codec, metrics
-from app.authn import ApiKeyAuth, Verify
-from app.body_limit import BodySizeLimit
+from app.access.keys import KeyVerifier
 from app.db.engine import make_engine, make_sessionmaker
-from app.events import build_bus
+from app.events.bus import build_bus
+from app.http.authn import ApiKeyAuth, Verify
+from app.http.body_limit import BodySizeLimit
 from app.http.explanations import ExplanationPictures
 from app.http.health import Health
 from app.http.metrics import MetricsEndpoint, ScrapeGauges
 from app.http.requests import RequestObserver
-from app.keys import KeyVerifier
 from app.logs import configure_logging
 from app.ml.task import load_tasks
-from app.predictions import Services
-from app.registry import Registry
+from app.predictions.path import Services
+from app.releases.registry import Registry
 from app.settings import Settings
 from graphql_schema.context import Context
 from graphql_schema.schema import build_schema

@@ -50,7 +50,7 @@ from app.main import build_services
 from app.metrics import PREDICTION_STAGE_DURATION
 from app.ml.contract import to_matrix
 from app.ml.task import load_tasks
-from app.predictions import predict_batch
+from app.predictions.path import predict_batch
 from app.settings import Settings
 
 STAGES = ("validate", "infer", "explain", "route", "store")

@@ -24,7 +24,7 @@ from app.ml.ensemble import Ensemble, LoadedMember
 from app.ml.task import TaskSpec, load_tasks
 from app.ml.training import ReviewedRows, TrainedRelease, classification_metrics, fit_release
 from app.settings import EXAMPLE_TASKS_DIR
-from app.snapshots import reviewed_split
+from app.training.snapshots import reviewed_split
 
 
 def ensemble(task: TaskSpec, release: TrainedRelease) -> Ensemble:

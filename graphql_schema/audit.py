@@ -1,5 +1,5 @@
 """The audit log and a prediction's story over GraphQL: thin resolvers handing off to
-``app.audit`` and ``app.story``."""
+``app.audit.log`` and ``app.audit.story``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import strawberry
 from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 
-from app import audit
+from app.audit import log as audit
+from app.audit.story import prediction_story
 from app.db.pagination import check_page_size
 from app.db.tables import AuditEvent as AuditEventRow
 from app.db.tables import Review as ReviewRow
-from app.story import prediction_story
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.review import ReviewItem

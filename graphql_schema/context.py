@@ -7,10 +7,10 @@ from typing import Any
 
 from strawberry.types import Info as _Info
 
-from app.authn import Verify
+from app.access.roles import Principal
 from app.errors import AuthenticationError
-from app.predictions import Services
-from app.roles import Principal
+from app.http.authn import Verify
+from app.predictions.path import Services
 
 
 @dataclass

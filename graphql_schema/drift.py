@@ -1,4 +1,4 @@
-"""Drift over GraphQL: thin resolvers handing off to ``app.drift_checks``."""
+"""Drift over GraphQL: thin resolvers handing off to ``app.drift.checks``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from enum import Enum
 import strawberry
 from strawberry.permission import BasePermission
 
-from app import drift
-from app.drift_checks import compute_report, latest_report
+from app.drift import report as drift
+from app.drift.checks import compute_report, latest_report
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 

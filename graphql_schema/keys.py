@@ -1,4 +1,4 @@
-"""API key management over GraphQL (admins): thin resolvers handing off to ``app.keys``."""
+"""API key management over GraphQL (admins): thin resolvers handing off to ``app.access.keys``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 import strawberry
 from strawberry.permission import BasePermission
 
-from app import keys
+from app.access import keys
 from app.db.tables import ApiKey as ApiKeyRow
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed

@@ -1,4 +1,4 @@
-"""Permission checks (rules in app.roles): ``Allowed`` on every root field, and
+"""Permission checks (rules in app.access.roles): ``Allowed`` on every root field, and
 ``FieldRules``, a schema extension that checks every selected field of every type."""
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from strawberry.extensions import SchemaExtension
 from strawberry.permission import BasePermission
 from strawberry.types.graphql import OperationType
 
+from app.access.roles import ROOT_TYPES, Role, allowed, field_allowed
 from app.errors import PermissionDeniedError
-from app.roles import ROOT_TYPES, Role, allowed, field_allowed
 from graphql_schema.context import Info
 
 

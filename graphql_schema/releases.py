@@ -1,5 +1,5 @@
-"""Release stages over GraphQL: thin resolvers handing off to ``app.stages`` and
-``app.comparison``."""
+"""Release stages over GraphQL: thin resolvers handing off to ``app.releases.stages`` and
+``app.releases.comparison``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import strawberry
 from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.permission import BasePermission
 
-from app import stages
-from app.comparison import Tally, compare_release
 from app.db.tables import StageChange as StageChangeRow
+from app.releases import stages
+from app.releases.comparison import Tally, compare_release
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.types import Release, ReleaseStage

@@ -11,11 +11,11 @@ import strawberry
 from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 
+from app.access.roles import Role
 from app.db.pagination import check_page_size
 from app.db.tables import Prediction as PredictionRow
 from app.db.tables import ReviewItem as ReviewItemRow
-from app.events import ReviewChange
-from app.roles import Role
+from app.events.bus import ReviewChange
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.types import PageInfo, Prediction, relay_page_info

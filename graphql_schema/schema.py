@@ -12,8 +12,8 @@ from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
 
-from app import predictions
-from app.releases import list_releases, set_routing
+from app.predictions import path as predictions
+from app.releases.store import list_releases, set_routing
 from app.settings import Settings
 from graphql_schema.audit import AuditQuery
 from graphql_schema.context import Info

@@ -1,4 +1,4 @@
-"""Subscriptions over graphql-transport-ws: thin resolvers over ``app.feeds``.
+"""Subscriptions over graphql-transport-ws: thin resolvers over ``app.events.feeds``.
 
 The caller was authenticated when the websocket connected (``graphql_schema.websocket``);
 each subscription is checked against the permission table like any other operation."""
@@ -12,9 +12,9 @@ from typing import Any
 import strawberry
 from strawberry.permission import BasePermission
 
-from app import feeds
-from app.events import ReleaseEventKind as _ReleaseEventKind
-from app.events import ReviewChange as _ReviewChange
+from app.events import feeds
+from app.events.bus import ReleaseEventKind as _ReleaseEventKind
+from app.events.bus import ReviewChange as _ReviewChange
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.review import ReviewStatus

@@ -1,5 +1,5 @@
-"""Retraining and lineage over GraphQL: thin resolvers handing off to ``app.retraining``,
-``app.snapshots`` and ``app.lineage``."""
+"""Retraining and lineage over GraphQL: thin resolvers handing off to ``app.training.jobs``,
+``app.training.snapshots`` and ``app.releases.lineage``."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from enum import Enum
 import strawberry
 from strawberry.permission import BasePermission
 
-from app import retraining
 from app.db.tables import Release as ReleaseRow
 from app.db.tables import TrainingJob as TrainingJobRow
 from app.db.tables import TrainingSnapshot as SnapshotRow
-from app.releases import release_by_version
+from app.releases.store import release_by_version
+from app.training import jobs as retraining
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.types import PageInfo, Release, relay_page_info

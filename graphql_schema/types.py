@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 import strawberry
 from strawberry.scalars import JSON
 
-from app.charts import ChartKind as ChartKindValue
-from app.charts import ImageFormat
+from app.access.pii import redact, sees_pii
 from app.db.pagination import Page, check_page_size
 from app.db.tables import Prediction as PredictionRow
 from app.db.tables import Release as ReleaseRow
@@ -20,13 +19,14 @@ from app.db.tables import StageChange as StageChangeRow
 from app.db.tables import TrainingJob as TrainingJobRow
 from app.db.tables import TrainingSnapshot as SnapshotRow
 from app.errors import UnknownTaskError
-from app.explanations import may_see_pictures, picture_path
-from app.lineage import releases_using_label
 from app.ml.task import TaskSpec
-from app.pii import redact, sees_pii
-from app.releases import release_members
-from app.snapshots import label_splits, learned_predictions
-from app.stages import stage_history
+from app.predictions.charts import ChartKind as ChartKindValue
+from app.predictions.charts import ImageFormat
+from app.predictions.pictures import may_see_pictures, picture_path
+from app.releases.lineage import releases_using_label
+from app.releases.stages import stage_history
+from app.releases.store import release_members
+from app.training.snapshots import label_splits, learned_predictions
 from graphql_schema.context import Info
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
-from app.authn import Verify
+from app.http.authn import Verify
 from app.settings import Settings
 from graphql_schema.context import Context
 

@@ -1,4 +1,4 @@
-"""Review-queue events, published once a change of the queue has committed (app.events)."""
+"""Review-queue events, published once a change of the queue has committed (app.events.bus)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import ReviewItem
-from app.events import EventBus, ReviewChange, review_event, review_topic
+from app.events.bus import EventBus, ReviewChange, review_event, review_topic
 from review.queue import ItemStatus
 
 

@@ -22,7 +22,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import audit
+from app.access.roles import Principal
+from app.audit import log as audit
 from app.db.pagination import Page, paginate
 from app.db.tables import Prediction, Review, ReviewItem, TrainingLabel
 from app.db.types import utcnow
@@ -33,9 +34,8 @@ from app.errors import (
     ReviewConflictError,
     StaleLeaseError,
 )
+from app.events.outbox import enqueue
 from app.metrics import LEASE_EXPIRIES, REVIEW_OUTCOMES
-from app.outbox import enqueue
-from app.roles import Principal
 
 CANDIDATES_PER_TRY = 20
 CLAIM_TRIES = 5

@@ -18,13 +18,13 @@ import httpx
 import pytest
 import uvicorn
 
+from app.access.keys import create_key
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
-from app.keys import create_key
 from app.main import build_app
 from app.ml.task import TaskSpec, load_tasks
 from app.ml.training import TrainedRelease, fit_release
-from app.releases import store_release
+from app.releases.store import store_release
 from app.settings import EXAMPLE_TASKS_DIR, Settings
 
 PG_ADMIN_DSN = os.environ.get(

@@ -19,18 +19,18 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlmodel import col, select
 
-from app import audit, stages
+from app.access.roles import Principal, Role
+from app.audit import log as audit
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.tables import AuditEvent, ReviewItem
 from app.db.types import utcnow
 from app.errors import StageChangeError
 from app.main import build_services
 from app.ml.task import TaskSpec
-from app.predictions import Services, input_hash, predict, predict_batch
-from app.releases import set_routing, store_release
-from app.retraining import Trigger, request_retrain
-from app.roles import Principal, Role
+from app.predictions.path import Services, input_hash, predict, predict_batch
+from app.releases.store import set_routing, stages, store_release
 from app.settings import Settings
+from app.training.jobs import Trigger, request_retrain
 from review import queue
 from tests.conftest import example_inputs, make_key
 
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # A separate OS process appending events through its own engine, as a worker would.
 APPENDER = """
 import asyncio, sys
-from app import audit
+from app.audit import log as audit
 from app.db.engine import make_engine, make_sessionmaker
 
 async def main(url, name, n):

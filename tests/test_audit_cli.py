@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from app.db.tables import AuditEvent
 from app.main import build_services
 from app.ml.task import TaskSpec
-from app.predictions import predict_batch
+from app.predictions.path import predict_batch
 from app.settings import Settings
 from tests.conftest import example_inputs, make_key
 from tests.test_audit import rewrite_route, tamper

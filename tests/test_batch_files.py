@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from sqlmodel import func, select
 
-from app import audit, batch_files
+from app.audit import log as audit
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.tables import AuditEvent, Prediction
 from app.examples.loan import generate
 from app.main import build_services
 from app.ml.task import TaskSpec
-from app.predictions import predict_batch
+from app.predictions import files as batch_files
+from app.predictions.path import predict_batch
 from app.settings import Settings
 from tests.test_cli import arbiter, env  # noqa: F401  (env is a fixture)
 

@@ -15,14 +15,14 @@ from prometheus_client import REGISTRY
 from sqlmodel import func, select
 from threadpoolctl import threadpool_info
 
-from app import audit
-from app.batching import PARALLEL_ROWS, Batcher, collector_paused
+from app.access.roles import Principal, Role
+from app.audit import log as audit
 from app.db.tables import ApiKey, AuditEvent, Prediction, ReviewItem
 from app.errors import IdempotencyConflictError
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.task import TaskSpec
-from app.predictions import LARGE_BATCH, Services, predict, predict_batch
-from app.roles import Principal, Role
+from app.predictions.batching import PARALLEL_ROWS, Batcher, collector_paused
+from app.predictions.path import LARGE_BATCH, Services, predict, predict_batch
 from app.settings import Settings
 from tests.conftest import example_inputs, make_key
 from tests.stages.conftest import run_with

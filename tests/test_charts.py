@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from app.charts import (
+from app.predictions.charts import (
     LABEL_CHARS,
     LABEL_LINES,
     ChartKind,

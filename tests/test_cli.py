@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.tables import StageChange
 from app.ml.training import TrainedRelease
-from app.releases import store_release
+from app.releases.store import store_release
 from app.settings import Settings
 from tests.conftest import free_port
 

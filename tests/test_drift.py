@@ -1,4 +1,4 @@
-"""The drift statistics (app.drift) called directly: which test each feature gets, where
+"""The drift statistics (app.drift.report) called directly: which test each feature gets, where
 each threshold cuts, the dataset verdict, the rates over time, and the [drift] settings."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from app.drift import (
+from app.drift.report import (
     DriftReport,
     Recent,
     Verdict,

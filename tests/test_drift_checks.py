@@ -12,16 +12,16 @@ import pytest
 from sqlalchemy import func, update
 from sqlmodel import col, select
 
-from app import drift_checks
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.tables import DriftReport, Release, TrainingSnapshot
+from app.drift import checks as drift_checks
 from app.errors import NoDriftReferenceError
-from app.events import LocalBus
+from app.events.bus import LocalBus
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
-from app.retraining import JobContext
 from app.settings import Settings
-from app.snapshots import take_snapshot
+from app.training.jobs import JobContext
+from app.training.snapshots import take_snapshot
 from tests.graphql_schema.test_drift_api import store_with_snapshots
 
 TASK = "loan_default"

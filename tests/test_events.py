@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from app.errors import EventsMissedError, SubscriberTooSlowError
-from app.events import (
+from app.events.bus import (
     CLOCK_MARGIN_SECONDS,
     PUBLISH_BACKOFF_SECONDS,
     EventBus,

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from app.charts import ChartKind, ImageFormat
 from app.db.tables import Prediction
 from app.errors import BadRequestError
-from app.explanations import class_explanation, picture_etag, picture_path
+from app.predictions.charts import ChartKind, ImageFormat
+from app.predictions.pictures import class_explanation, picture_etag, picture_path
 
 
 def _stored(classes: list[str], probabilities: list[float], space: str,

@@ -17,7 +17,7 @@ from app.db.migrate import alembic_config, upgrade
 from app.db.tables import Prediction, values_of
 from app.main import build_services
 from app.ml.task import TaskSpec
-from app.predictions import predict_batch
+from app.predictions.path import predict_batch
 from app.settings import Settings
 from tests.conftest import example_inputs
 

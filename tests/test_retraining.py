@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from sqlmodel import col, select
 
-from app import predictions, retraining
 from app.db.tables import (
     AuditEvent,
     OutboxMessage,
@@ -25,8 +24,10 @@ from app.db.types import utcnow
 from app.errors import ModelLoadError
 from app.main import build_services
 from app.ml.task import TaskSpec
+from app.predictions import path as predictions
 from app.settings import Settings
-from app.snapshots import Split, load_snapshot, reviewed_split, take_snapshot
+from app.training import jobs as retraining
+from app.training.snapshots import Split, load_snapshot, reviewed_split, take_snapshot
 from tests.conftest import example_inputs
 
 TASK = "breast_cancer"

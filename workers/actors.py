@@ -10,10 +10,12 @@ import dramatiq
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import drift_checks, retraining, stages
-from app.canary import check_canary
-from app.events import EventBus
-from app.shadows import ShadowBackfill
+from app.drift import checks as drift_checks
+from app.events.bus import EventBus
+from app.releases import stages
+from app.releases.canary import check_canary
+from app.releases.shadows import ShadowBackfill
+from app.training import jobs as retraining
 from review import notices, queue
 
 log = logging.getLogger("arbiter.workers")

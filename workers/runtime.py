@@ -13,11 +13,11 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.engine import SessionsPerLoop
-from app.events import EventBus, build_bus
+from app.events.bus import EventBus, build_bus
 from app.ml.task import TaskSpec, load_tasks
-from app.retraining import JobContext
+from app.releases.shadows import ShadowBackfill
 from app.settings import Settings
-from app.shadows import ShadowBackfill
+from app.training.jobs import JobContext
 from workers.actors import register
 from workers.broker import build_broker
 from workers.relay import OutboxRelay

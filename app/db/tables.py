@@ -406,7 +406,7 @@ class DriftReport(SQLModel, table=True):
 
 
 class AuditEvent(SQLModel, table=True):
-    """One entry of the append-only, hash-chained audit log (see ``app.audit``).
+    """One entry of the append-only, hash-chained audit log (see ``app.audit.log``).
 
     ``id`` is assigned by the writer (the chain head's id + 1) while it holds the log's
     lock, so ids have no gaps and a missing one is a removed event. ``payload`` is kept as

@@ -9,8 +9,7 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.authn import Verify, bearer_token
-from app.charts import TOP_FEATURES, TOP_FEATURES_MAX, ChartKind, ImageFormat
+from app.access.roles import Principal
 from app.errors import (
     ArbiterError,
     AuthenticationError,
@@ -18,9 +17,10 @@ from app.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from app.explanations import picture_etag, render, stored_explanation
-from app.predictions import Services
-from app.roles import Principal
+from app.http.authn import Verify, bearer_token
+from app.predictions.charts import TOP_FEATURES, TOP_FEATURES_MAX, ChartKind, ImageFormat
+from app.predictions.path import Services
+from app.predictions.pictures import picture_etag, render, stored_explanation
 
 PREDICTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 STATUS = {AuthenticationError: 401, PermissionDeniedError: 403, NotFoundError: 404,

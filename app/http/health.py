@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from app.registry import Registry
+from app.releases.registry import Registry
 
 OK = "ok"
 BrokerStatus = Callable[[float], Awaitable[str]]

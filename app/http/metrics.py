@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 
 from app.db.types import utcnow
 from app.metrics import CONTENT_TYPE, exposition
-from app.registry import Registry
+from app.releases.registry import Registry
 from review.queue import OPEN_STATUSES, QueueCount, open_item_counts
 
 log = logging.getLogger("arbiter.metrics")

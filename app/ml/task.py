@@ -202,7 +202,7 @@ class GateSettings(_Strict):
 
 
 class DriftTest(StrEnum):
-    """A statistical test of one feature's drift (see app.drift)."""
+    """A statistical test of one feature's drift (see app.drift.report)."""
 
     KS = "ks"  # numeric: two-sample Kolmogorov-Smirnov p-value, drift below the threshold
     WASSERSTEIN = "wasserstein"  # numeric: distance / reference std, drift above

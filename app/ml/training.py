@@ -1,7 +1,7 @@
 """Fitting a release: every member, the conformal calibration, the out-of-distribution
 detector and the evaluation report.
 
-Pure: no database. ``app.releases`` stores what this returns.
+Pure: no database. ``app.releases.store`` stores what this returns.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class TrainedMember:
 
 @dataclass
 class ReviewedRows:
-    """Rows people labelled, each with the split it belongs to (see app.snapshots)."""
+    """Rows people labelled, each with the split it belongs to (see app.training.snapshots)."""
 
     X: np.ndarray
     y: np.ndarray

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.audit import event_hash
+from app.audit.log import event_hash
 from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.conftest import Api, LiveServer, example_inputs, make_key

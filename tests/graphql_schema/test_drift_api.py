@@ -18,9 +18,9 @@ from app.db.engine import make_engine, make_sessionmaker
 from app.examples.loan import generate
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
-from app.releases import Lineage, store_release
+from app.releases.store import Lineage, store_release
 from app.settings import Settings
-from app.snapshots import take_snapshot
+from app.training.snapshots import take_snapshot
 from graphql_schema.schema import build_schema
 from tests.conftest import Api, LiveServer, frame_inputs, make_key
 

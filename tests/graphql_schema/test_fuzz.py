@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis_graphql import from_schema, nodes
 
+from app.access.roles import Role, allowed
 from app.ml.task import TaskSpec
-from app.roles import Role, allowed
 from app.settings import Settings
 from graphql_schema.schema import build_schema
 from tests.conftest import LiveServer, make_key

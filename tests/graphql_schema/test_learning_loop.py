@@ -21,8 +21,8 @@ from app.examples.loan import generate
 from app.ml.data import training_arrays
 from app.ml.task import TaskSpec
 from app.ml.training import classification_metrics
-from app.registry import build_ensemble
-from app.releases import release_by_version, release_members
+from app.releases.registry import build_ensemble
+from app.releases.store import release_by_version, release_members
 from app.settings import EXAMPLE_TASKS_DIR, Settings
 from tests import subscriber
 from tests.conftest import Api, LiveServer, frame_inputs, make_key

@@ -1,4 +1,4 @@
-"""Every operation and every field of every object type has a rule (app.roles), README's
+"""Every operation and every field of every object type has a rule (app.access.roles), README's
 *Roles* table says the same, and the rules hold over real HTTP and websockets: allowed
 means no FORBIDDEN, refused means FORBIDDEN and not one row changed."""
 
@@ -17,9 +17,7 @@ from sqlalchemy import text
 from sqlmodel import SQLModel
 
 import app.db.tables  # noqa: F401  (registers the tables in SQLModel.metadata)
-from app.db.engine import make_engine
-from app.ml.task import TaskSpec
-from app.roles import (
+from app.access.roles import (
     FIELD_RULES,
     PERMISSIONS,
     ROOT_TYPES,
@@ -28,6 +26,8 @@ from app.roles import (
     allowed,
     field_allowed,
 )
+from app.db.engine import make_engine
+from app.ml.task import TaskSpec
 from app.settings import Settings
 from graphql_schema.permissions import refused_field
 from graphql_schema.schema import build_schema
@@ -96,7 +96,7 @@ def test_readme_roles_table_matches_the_code() -> None:
         f"in the code only: {sorted(set(code) - set(readme))}; "
         f"in README only: {sorted(set(readme) - set(code))}")
     differ = {n: (sorted(readme[n]), sorted(code[n])) for n in code if readme[n] != code[n]}
-    assert not differ, f"README and app.roles disagree (README, code): {differ}"
+    assert not differ, f"README and app.access.roles disagree (README, code): {differ}"
 
 
 def test_unknown_operations_types_and_fields_are_refused() -> None:

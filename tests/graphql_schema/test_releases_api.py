@@ -11,7 +11,7 @@ import pytest
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.ml.training import TrainedRelease
-from app.releases import store_release
+from app.releases.store import store_release
 from app.settings import Settings
 from tests.conftest import Api, example_inputs, make_key
 

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from PIL import Image
 
-from app.charts import probability_text
 from app.ml.task import TaskSpec
+from app.predictions.charts import probability_text
 from app.settings import Settings
 from tests.conftest import Api, example_inputs, make_key
 

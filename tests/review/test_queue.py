@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from sqlmodel import col, func, select
 
+from app.access.roles import Principal, Role
 from app.db.tables import Prediction, ReviewItem, TrainingLabel
 from app.errors import BadRequestError, LeaseExpiredError, StaleLeaseError
 from app.main import build_services
 from app.ml.task import TaskSpec
-from app.predictions import Services, predict_batch
-from app.roles import Principal, Role
+from app.predictions.path import Services, predict_batch
 from app.settings import Settings
 from review import queue
 from tests.conftest import example_inputs, make_key

@@ -10,16 +10,15 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
-from app import stages
 from app.db.tables import Release, StageChange, TrainingLabel
 from app.main import build_services
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.data import load_frame
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease, fit_release
-from app.predictions import Services
-from app.registry import build_ensemble
-from app.releases import release_members, store_release
+from app.predictions.path import Services
+from app.releases.registry import build_ensemble
+from app.releases.store import release_members, stages, store_release
 from app.settings import Settings
 from tests.conftest import example_inputs
 

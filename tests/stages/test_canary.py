@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.canary import CANARY_GUARD_ACTOR, check_canary
 from app.db.tables import StageChange
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
-from app.predictions import Services, predict_batch
+from app.predictions.path import Services, predict_batch
+from app.releases.canary import CANARY_GUARD_ACTOR, check_canary
+from app.releases.stages import live_of
 from app.settings import Settings
-from app.stages import live_of
 from tests.stages.conftest import (
     TASK,
     add_release,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from app.comparison import Tally, compare_release
 from app.errors import BadRequestError
 from app.ml.training import TrainedRelease
-from app.predictions import Services, predict_batch
+from app.predictions.path import Services, predict_batch
+from app.releases.comparison import Tally, compare_release
+from app.releases.stages import live_of
 from app.settings import Settings
-from app.stages import live_of
 from tests.stages.conftest import (
     TASK,
     add_release,

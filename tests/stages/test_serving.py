@@ -7,13 +7,13 @@ from typing import Any
 from sqlmodel import select
 
 from app.db.tables import ShadowOutput
-from app.deployment import observed_pairs
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.training import TrainedRelease
-from app.predictions import Services, predict, predict_batch
-from app.releases import release_members
+from app.predictions.path import Services, predict, predict_batch
+from app.releases.deployment import observed_pairs
+from app.releases.shadows import ShadowBackfill
+from app.releases.store import release_members
 from app.settings import Settings
-from app.shadows import ShadowBackfill
 from tests.conftest import example_inputs
 from tests.stages.conftest import TASK, add_release, labels_of, promote, run_with
 

@@ -7,11 +7,10 @@ from typing import Any
 
 import pytest
 
-from app import stages
 from app.errors import ArbiterError, StageChangeError, StageConflictError
 from app.ml.training import TrainedRelease
-from app.predictions import Services
-from app.releases import Stage
+from app.predictions.path import Services
+from app.releases.store import Stage, stages
 from app.settings import Settings
 from tests.stages.conftest import (
     TASK,

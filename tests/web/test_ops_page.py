@@ -12,13 +12,13 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from app.db.engine import make_engine, make_sessionmaker
-from app.drift_checks import check_task
-from app.events import LocalBus
+from app.drift.checks import check_task
+from app.events.bus import LocalBus
 from app.examples.loan import generate
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
-from app.retraining import JobContext
 from app.settings import Settings
+from app.training.jobs import JobContext
 from tests.conftest import _store_all, frame_inputs
 from tests.graphql_schema.test_drift_api import SEED, SHIFTED, SMALL, store_with_snapshots
 from tests.web.conftest import ON_SQLITE, Site, open_page, screenshot

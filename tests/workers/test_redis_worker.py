@@ -20,7 +20,7 @@ import redis
 from app.db.engine import make_engine, make_sessionmaker
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
-from app.releases import store_release
+from app.releases.store import store_release
 from app.settings import Settings
 from tests.conftest import IN_CI, Api, LiveServer, example_inputs, make_key
 from tests.graphql_schema.test_releases_api import COMPARE, PROMOTE

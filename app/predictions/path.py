@@ -24,29 +24,31 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import audit, logs, stages
-from app.batching import Batcher, InferencePool, collector_paused
+from app import logs
+from app.access.roles import Principal
+from app.audit import log as audit
 from app.db.pagination import Page, check_page_size, paginate
 from app.db.tables import Prediction, ReviewItem, StageChange, built, values_of
 from app.db.types import utcnow
-from app.deployment import Deployment
 from app.errors import (
     AllMembersFailedError,
     BadRequestError,
     IdempotencyConflictError,
     NotFoundError,
 )
-from app.events import EventBus, LocalBus, publish_stored
+from app.events.bus import EventBus, LocalBus, publish_stored
 from app.metrics import PREDICTION_STAGE_DURATION, PREDICTIONS
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.ensemble import Ensemble, MemberColumns, Outputs
 from app.ml.explain import add_time
 from app.ml.routing import Route, decide_routes
 from app.ml.task import ReviewPolicy, TaskSpec
-from app.registry import Registry
-from app.roles import Principal
+from app.predictions.batching import Batcher, InferencePool, collector_paused
+from app.releases import stages
+from app.releases.deployment import Deployment
+from app.releases.registry import Registry
+from app.releases.shadows import ShadowScorer
 from app.settings import Settings
-from app.shadows import ShadowScorer
 
 IDEMPOTENCY_KEY_MAX = 200
 LARGE_BATCH = 1_000  # rows from which predictBatch pauses the cyclic garbage collector

@@ -30,18 +30,18 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.batching import InferencePool
 from app.db.tables import Prediction, Release, ShadowOutput, StageChange
 from app.db.types import utcnow
-from app.deployment import observed_pairs
 from app.errors import ArbiterError
 from app.metrics import SHADOW_INPUTS
 from app.ml.contract import to_matrix
 from app.ml.ensemble import Ensemble
 from app.ml.task import TaskSpec
-from app.registry import build_ensemble
-from app.releases import Stage, release_members
-from app.stages import DEPLOYED, releases_in
+from app.predictions.batching import InferencePool
+from app.releases.deployment import observed_pairs
+from app.releases.registry import build_ensemble
+from app.releases.stages import DEPLOYED, releases_in
+from app.releases.store import Stage, release_members
 
 MAX_IN_FLIGHT = 8  # scoring batches at once per process
 BACKFILL_LIMIT = 2_000  # predictions read and scored at once (one page) per observer

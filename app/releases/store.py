@@ -15,9 +15,9 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import audit
+from app.audit import log as audit
 from app.db.tables import Release, ReleaseMember, StageChange
-from app.drift import prediction_reference
+from app.drift.report import prediction_reference
 from app.errors import ArbiterError, BadRequestError, NotFoundError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import library_versions, save_pipeline

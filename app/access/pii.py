@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from app.access.roles import Role
 from app.ml.task import TaskSpec
-from app.roles import Role
 
 REDACTED = "[redacted]"
 # Roles that see personal data as it was sent; everyone else reads REDACTED.

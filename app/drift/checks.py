@@ -18,16 +18,17 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import drift_metrics, retraining
 from app.db.tables import DriftReport as DriftReportRow
 from app.db.tables import Prediction, Release, TrainingJob, TrainingSnapshot
 from app.db.types import utcnow
-from app.drift import DriftReport, Recent, drift_report, feature_reference
+from app.drift import gauges as drift_metrics
+from app.drift.report import DriftReport, Recent, drift_report, feature_reference
 from app.errors import ArbiterError, NoDriftReferenceError, NoLiveReleaseError
-from app.events import ReleaseEventKind, release_event, releases_topic
+from app.events.bus import ReleaseEventKind, release_event, releases_topic
 from app.ml.task import TaskSpec, window_seconds
-from app.releases import live_release
-from app.snapshots import load_snapshot
+from app.releases.store import live_release
+from app.training import jobs as retraining
+from app.training.snapshots import load_snapshot
 
 log = logging.getLogger("arbiter.drift")
 

@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.db.pagination import Page, paginate
 from app.db.tables import Prediction, SnapshotLabel, TrainingLabel, TrainingSnapshot
 from app.db.types import utcnow
-from app.drift import feature_reference
+from app.drift.report import feature_reference
 from app.errors import ModelLoadError
 from app.ml.contract import to_matrix
 from app.ml.data import load_frame, training_arrays

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import Gauge
 
-from app.drift import DriftReport, FeatureResult
+from app.drift.report import DriftReport, FeatureResult
 
 DRIFT_SCORE = Gauge(
     "arbiter_drift_score",

@@ -1,6 +1,6 @@
 """A prediction's whole story, for auditors: what was asked, which release answered and
 how, where it was routed and why, what people said, what was finally decided, and every
-audit event about it. Releases later trained on it come from ``app.lineage``."""
+audit event about it. Releases later trained on it come from ``app.releases.lineage``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.audit import subject_events
+from app.audit.log import subject_events
 from app.db.tables import AuditEvent, Prediction, Release, Review, ReviewItem
 from app.errors import NotFoundError
 

@@ -26,12 +26,12 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import audit, stages
+from app.audit import log as audit
 from app.db.pagination import Page, check_page_size, paginate
 from app.db.tables import Release, TrainingJob, TrainingLabel, TrainingSnapshot
 from app.db.types import utcnow
 from app.errors import ArbiterError, NotFoundError
-from app.events import (
+from app.events.bus import (
     Event,
     EventBus,
     LocalBus,
@@ -39,12 +39,13 @@ from app.events import (
     release_event,
     releases_topic,
 )
+from app.events.outbox import enqueue
 from app.metrics import TRAINING_RUNS
 from app.ml import gate
 from app.ml.task import TaskSpec
-from app.outbox import enqueue
-from app.releases import Lineage, live_release, release_members, store_release
-from app.snapshots import take_snapshot
+from app.releases import stages
+from app.releases.store import Lineage, live_release, release_members, store_release
+from app.training.snapshots import take_snapshot
 
 log = logging.getLogger("arbiter.retraining")
 
@@ -293,7 +294,7 @@ async def _baseline(
     ctx: JobContext, task: TaskSpec
 ) -> tuple[Release | None, Any]:
     """The LIVE release and its loaded ensemble, or why there is nothing to compare with."""
-    from app.registry import build_ensemble  # loads artifacts: only when a job runs
+    from app.releases.registry import build_ensemble  # loads artifacts: only when a job runs
 
     async with ctx.sessions() as session:
         live = await live_release(session, task.name)

@@ -16,8 +16,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import Prediction, Release, ShadowOutput, TrainingLabel
 from app.errors import BadRequestError, NoLiveReleaseError
-from app.releases import live_release
-from app.stages import find_release
+from app.releases.stages import find_release
+from app.releases.store import live_release
 
 
 @dataclass(frozen=True)

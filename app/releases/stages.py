@@ -19,11 +19,11 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import audit
+from app.audit import log as audit
 from app.db.tables import Release, StageChange
 from app.errors import NoLiveReleaseError, NotFoundError, StageChangeError, StageConflictError
-from app.events import EventBus, ReleaseEventKind, release_event, releases_topic
-from app.releases import Stage, live_release, release_by_version
+from app.events.bus import EventBus, ReleaseEventKind, release_event, releases_topic
+from app.releases.store import Stage, live_release, release_by_version
 
 # Every SHADOW scores every LIVE-answered input off the response path: each costs inference.
 SHADOW_LIMIT = 3

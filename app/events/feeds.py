@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Callable, Hashable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from app.access.roles import Principal
 from app.db.tables import Prediction
-from app.events import Event, EventBus, predictions_topic, releases_topic, review_topic
-from app.roles import Principal
+from app.events.bus import Event, EventBus, predictions_topic, releases_topic, review_topic
 
 T = TypeVar("T")
 RECENT_EVENTS = 1024

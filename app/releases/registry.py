@@ -22,7 +22,6 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import Release, ReleaseMember
-from app.deployment import Deployment
 from app.errors import ArbiterError, ConfigurationError, NoLiveReleaseError, UnknownTaskError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import load_pipeline
@@ -31,8 +30,9 @@ from app.ml.ensemble import Ensemble, LoadedMember, ReleaseCalibration
 from app.ml.explain import MemberExplainer
 from app.ml.pipeline import fold_matrix
 from app.ml.task import TaskSpec, release_policy
-from app.releases import Stage, release_members
-from app.stages import DEPLOYED, releases_in
+from app.releases.deployment import Deployment
+from app.releases.stages import DEPLOYED, releases_in
+from app.releases.store import Stage, release_members
 
 log = logging.getLogger("arbiter.registry")
 

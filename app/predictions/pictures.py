@@ -12,7 +12,10 @@ from urllib.parse import quote
 import anyio
 import matplotlib
 
-from app.charts import (
+from app.access.roles import Principal, Role
+from app.db.tables import Prediction
+from app.errors import BadRequestError, PermissionDeniedError
+from app.predictions.charts import (
     TOP_FEATURES,
     ChartKind,
     ClassExplanation,
@@ -20,10 +23,7 @@ from app.charts import (
     ImageFormat,
     draw,
 )
-from app.db.tables import Prediction
-from app.errors import BadRequestError, PermissionDeniedError
-from app.predictions import Services, get_prediction
-from app.roles import Principal, Role
+from app.predictions.path import Services, get_prediction
 
 # Pictures show inputs and explanations in full: the roles that read everything.
 PICTURE_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})

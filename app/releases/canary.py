@@ -12,11 +12,11 @@ from __future__ import annotations
 from scipy.stats import binomtest
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.comparison import Pair, paired_outputs
 from app.db.tables import StageChange
 from app.ml.task import TaskSpec
-from app.releases import Stage, live_release
-from app.stages import change_stage, lock_task, releases_in
+from app.releases.comparison import Pair, paired_outputs
+from app.releases.stages import change_stage, lock_task, releases_in
+from app.releases.store import Stage, live_release
 
 CANARY_GUARD_ACTOR = "system:canary-guard"
 

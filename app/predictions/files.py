@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from app.errors import BadRequestError, IdempotencyConflictError, InputValidationError
 from app.ml.routing import Route
 from app.ml.task import FeatureType, TaskSpec
-from app.predictions import Services, predict_batch
+from app.predictions.path import Services, predict_batch
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.roles import Principal
+from app.access.roles import Principal
 
 Verify = Callable[[str], Awaitable[Principal | None]]
 

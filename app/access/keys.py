@@ -10,11 +10,11 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app import audit
+from app.access.roles import Principal, Role
+from app.audit import log as audit
 from app.db.tables import ApiKey
 from app.db.types import utcnow
 from app.errors import BadRequestError, NotFoundError
-from app.roles import Principal, Role
 
 KEY_PREFIX = "arb_"
 
