@@ -135,7 +135,7 @@ def _train(settings: Settings, name: str, actor: str) -> None:
                 async with sessions() as session:
                     job = await retraining.get_job(session, job.id)
                     await show(job)
-                    if job.status not in retraining.JobStatus.ACTIVE:
+                    if job.status not in retraining.ACTIVE:
                         release = None if job.release_id is None else await session.get(
                             Release, job.release_id)
                         return job, release

@@ -36,6 +36,7 @@ from app.errors import (
 )
 from app.events.outbox import enqueue
 from app.metrics import LEASE_EXPIRIES, REVIEW_OUTCOMES
+from app.predictions.status import Status
 
 CANDIDATES_PER_TRY = 20
 CLAIM_TRIES = 5
@@ -301,7 +302,7 @@ async def _settle(session: AsyncSession, item: ReviewItem, label: str) -> str:
     prediction = await session.get(Prediction, item.prediction_id)
     assert prediction is not None
     prediction.final_label = label
-    prediction.status = "REVIEWED"
+    prediction.status = Status.REVIEWED
     session.add(prediction)
     session.add(TrainingLabel(prediction_id=item.prediction_id, task=item.task, label=label,
                               source="review"))

@@ -7,6 +7,7 @@ rule, and returns the decision with the full comparison table.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,9 @@ LOWER_IS_BETTER = frozenset({GateMetric.LOG_LOSS.value})
 SLICES = ("all", "source", "reviewed")
 
 
-class Decision:
+class Decision(StrEnum):
+    """What the evaluation gate concluded about a candidate."""
+
     PASSED = "PASSED"
     REJECTED = "REJECTED"
     NO_BASELINE = "NO_BASELINE"  # nothing LIVE (or of the same contract) to compare with

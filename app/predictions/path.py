@@ -44,6 +44,7 @@ from app.ml.explain import add_time
 from app.ml.routing import Route, decide_routes
 from app.ml.task import ReviewPolicy, TaskSpec
 from app.predictions.batching import Batcher, InferencePool, collector_paused
+from app.predictions.status import Status
 from app.releases import stages
 from app.releases.deployment import Deployment
 from app.releases.registry import Registry
@@ -53,12 +54,6 @@ from app.settings import Settings
 IDEMPOTENCY_KEY_MAX = 200
 LARGE_BATCH = 1_000  # rows from which predictBatch pauses the cyclic garbage collector
 log = logging.getLogger("arbiter.predictions")
-
-
-class Status:
-    ACCEPTED = "ACCEPTED"
-    PENDING_REVIEW = "PENDING_REVIEW"
-    REVIEWED = "REVIEWED"
 
 
 @dataclass

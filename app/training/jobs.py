@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -55,15 +56,21 @@ HEARTBEAT_SECONDS = 2.0
 PROGRESS_POLL_SECONDS = 0.2
 
 
-class JobStatus:
+class JobStatus(StrEnum):
+    """Where a retraining job stands."""
+
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
-    ACTIVE = (QUEUED, RUNNING)
 
 
-class Trigger:
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)  # a job in one of these still runs or will
+
+
+class Trigger(StrEnum):
+    """Who or what asked for a retraining."""
+
     MANUAL = "manual"
     CLI = "cli"
     LABELS = "labels"
@@ -75,7 +82,7 @@ async def _active(session: AsyncSession, task: str) -> TrainingJob | None:
     return (
         await session.exec(
             select(TrainingJob).where(
-                TrainingJob.task == task, col(TrainingJob.status).in_(JobStatus.ACTIVE)
+                TrainingJob.task == task, col(TrainingJob.status).in_(ACTIVE)
             )
         )
     ).first()
@@ -152,7 +159,7 @@ async def list_jobs(
 
 def job_event(job: TrainingJob) -> Event:
     """A job's progress as a ``releaseEvents`` payload; TRAINING_FINISHED once it ended."""
-    finished = job.status not in JobStatus.ACTIVE
+    finished = job.status not in ACTIVE
     kind = ReleaseEventKind.TRAINING_FINISHED if finished else ReleaseEventKind.TRAINING_PROGRESS
     return release_event(kind, job.task, job_id=job.id, status=job.status,
                          progress=min(max(job.progress, 0.0), 1.0),
