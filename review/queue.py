@@ -25,7 +25,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.access.roles import Principal
 from app.audit import log as audit
 from app.db.pagination import Page, paginate
-from app.db.tables import Prediction, Review, ReviewItem, TrainingLabel
+from app.db.tables import Prediction, Review, ReviewItem, Status, TrainingLabel
 from app.db.types import utcnow
 from app.errors import (
     BadRequestError,
@@ -36,7 +36,6 @@ from app.errors import (
 )
 from app.events.outbox import enqueue
 from app.metrics import LEASE_EXPIRIES, REVIEW_OUTCOMES
-from app.predictions.status import Status
 
 CANDIDATES_PER_TRY = 20
 CLAIM_TRIES = 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, UniqueConstraint, text
@@ -268,6 +269,14 @@ class StageChange(SQLModel, table=True):
 
 
 _KEYLESS = text("caller_key_id IS NULL")
+
+
+class Status(StrEnum):
+    """Where a prediction stands: answered by the models, waiting for people, settled by them."""
+
+    ACCEPTED = "ACCEPTED"
+    PENDING_REVIEW = "PENDING_REVIEW"
+    REVIEWED = "REVIEWED"
 
 
 class Prediction(SQLModel, table=True):

@@ -28,7 +28,7 @@ from app import logs
 from app.access.roles import Principal
 from app.audit import log as audit
 from app.db.pagination import Page, check_page_size, paginate
-from app.db.tables import Prediction, ReviewItem, StageChange, built, values_of
+from app.db.tables import Prediction, ReviewItem, StageChange, Status, built, values_of
 from app.db.types import utcnow
 from app.errors import (
     AllMembersFailedError,
@@ -44,7 +44,6 @@ from app.ml.explain import add_time
 from app.ml.routing import Route, decide_routes
 from app.ml.task import ReviewPolicy, TaskSpec
 from app.predictions.batching import Batcher, InferencePool, collector_paused
-from app.predictions.status import Status
 from app.releases import stages
 from app.releases.deployment import Deployment
 from app.releases.registry import Registry
