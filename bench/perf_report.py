@@ -250,59 +250,87 @@ def verdict(ok: bool) -> str:
     return "[green]met" if ok else "[red]not met"
 
 
-def render(report: Report, args: argparse.Namespace) -> Table:
+Cells = tuple[str, str, str, str, str, str]
+
+
+def caption(report: Report, args: argparse.Namespace) -> str:
+    """The machine, the sizes, the baseline's member and the load generator's own cost."""
     members = ", ".join(f"{m.name} {m.proba_ms:.2f}+{m.shap_ms:.2f} ms"
                         for m in report.members)
-    table = Table(
-        title=f"Issue 9: Arbiter vs baseline vs floor, task {args.task}",
-        caption=(f"{machine_line()}; OMP_NUM_THREADS={omp_setting(args.omp_threads)}\n"
-                 f"online: {args.rounds} x {args.requests} requests (each after {args.warmup} "
-                 f"warm-up) at "
-                 f"{args.concurrency} clients; baseline = bare Starlette + "
-                 f"{report.heaviest}.predict_proba (heaviest single-row member; per member "
-                 f"single-row predict_proba+SHAP: {members})\n"
-                 + client_caption([f"{label} {result.client_ms:.2f}"
-                                   for label, result in report.online.items()]) + "\n"
-                 f"bare import: {report.bare_modules} dependency modules the server holds; "
-                 f"RSS = the server's process tree; RSS flatness over {args.rss_predictions} "
-                 "predictions (issue: 100,000)"),
-    )
-    for name in ("measure", "Arbiter", "baseline / floor", "ratio", "target", ""):
-        table.add_column(name, justify="left" if name in ("measure", "target") else "right")
+    return (f"{machine_line()}; OMP_NUM_THREADS={omp_setting(args.omp_threads)}\n"
+            f"online: {args.rounds} x {args.requests} requests (each after {args.warmup} "
+            f"warm-up) at "
+            f"{args.concurrency} clients; baseline = bare Starlette + "
+            f"{report.heaviest}.predict_proba (heaviest single-row member; per member "
+            f"single-row predict_proba+SHAP: {members})\n"
+            + client_caption([f"{label} {result.client_ms:.2f}"
+                              for label, result in report.online.items()]) + "\n"
+            f"bare import: {report.bare_modules} dependency modules the server holds; "
+            f"RSS = the server's process tree; RSS flatness over {args.rss_predictions} "
+            "predictions (issue: 100,000)")
+
+
+def online_rows(report: Report) -> list[Cells]:
+    """Throughput, p99 and p50 of each database against the baseline."""
     base = report.online.get("Baseline")
+    rows: list[Cells] = []
     for label, result in report.online.items():
         if label == "Baseline" or base is None:
             continue
         db = label.removeprefix("Arbiter ")
         tp = result.throughput / base.throughput if base.throughput else 0.0
         p99 = result.percentile_ms(99) / base.percentile_ms(99)
-        table.add_row(f"online {db}: pred/s ({result.failures} fails)",
-                      f"{result.throughput:.1f}", f"{base.throughput:.1f}",
-                      f"{tp:.2f}x", ">= 2x", verdict(tp >= 2 and not result.failures))
-        table.add_row(f"online {db}: p99 ms", f"{result.percentile_ms(99):.1f}",
-                      f"{base.percentile_ms(99):.1f}", f"{p99:.2f}x", "<= 1x", verdict(p99 <= 1))
-        table.add_row(f"online {db}: p50 ms", f"{result.percentile_ms(50):.1f}",
-                      f"{base.percentile_ms(50):.1f}",
-                      x(result.percentile_ms(50), base.percentile_ms(50)), "", "")
-    for db, seconds in report.batch.items():
-        table.add_row(f"predictBatch {args.batch_rows} rows {db}: s", f"{seconds:.2f}",
-                      f"{report.floor:.2f}", x(seconds, report.floor), "<= 1.5x",
-                      verdict(seconds <= 1.5 * report.floor))
-    table.add_row("RSS MiB: loaded vs bare import", f"{report.rss_loaded:.0f}",
-                  f"{report.bare_rss:.0f}", x(report.rss_loaded, report.bare_rss), "<= 1.5x",
-                  verdict(report.rss_loaded <= 1.5 * report.bare_rss))
+        rows += [(f"online {db}: pred/s ({result.failures} fails)",
+                  f"{result.throughput:.1f}", f"{base.throughput:.1f}",
+                  f"{tp:.2f}x", ">= 2x", verdict(tp >= 2 and not result.failures)),
+                 (f"online {db}: p99 ms", f"{result.percentile_ms(99):.1f}",
+                  f"{base.percentile_ms(99):.1f}", f"{p99:.2f}x", "<= 1x", verdict(p99 <= 1)),
+                 (f"online {db}: p50 ms", f"{result.percentile_ms(50):.1f}",
+                  f"{base.percentile_ms(50):.1f}",
+                  x(result.percentile_ms(50), base.percentile_ms(50)), "", "")]
+    return rows
+
+
+def batch_rows(report: Report, args: argparse.Namespace) -> list[Cells]:
+    """Each database's ``predictBatch`` against the floor."""
+    return [(f"predictBatch {args.batch_rows} rows {db}: s", f"{seconds:.2f}",
+             f"{report.floor:.2f}", x(seconds, report.floor), "<= 1.5x",
+             verdict(seconds <= 1.5 * report.floor))
+            for db, seconds in report.batch.items()]
+
+
+def footprint_rows(report: Report, args: argparse.Namespace) -> list[Cells]:
+    """Memory against the bare import, its growth, and the start time."""
     growth = report.rss_after / report.rss_loaded - 1 if report.rss_loaded else 0.0
-    table.add_row(f"RSS MiB: after {args.rss_predictions} more predictions",
-                  f"{report.rss_after:.0f}", f"{report.rss_loaded:.0f}", f"{growth:+.1%}",
-                  "within ±10%", verdict(abs(growth) <= 0.10))
-    table.add_row("start s: /readyz 200 vs bare import", f"{report.start_seconds:.2f}",
-                  f"{report.bare_seconds:.2f}", x(report.start_seconds, report.bare_seconds),
-                  "<= 2x", verdict(report.start_seconds <= 2 * report.bare_seconds))
+    return [("RSS MiB: loaded vs bare import", f"{report.rss_loaded:.0f}",
+             f"{report.bare_rss:.0f}", x(report.rss_loaded, report.bare_rss), "<= 1.5x",
+             verdict(report.rss_loaded <= 1.5 * report.bare_rss)),
+            (f"RSS MiB: after {args.rss_predictions} more predictions",
+             f"{report.rss_after:.0f}", f"{report.rss_loaded:.0f}", f"{growth:+.1%}",
+             "within ±10%", verdict(abs(growth) <= 0.10)),
+            ("start s: /readyz 200 vs bare import", f"{report.start_seconds:.2f}",
+             f"{report.bare_seconds:.2f}", x(report.start_seconds, report.bare_seconds),
+             "<= 2x", verdict(report.start_seconds <= 2 * report.bare_seconds))]
+
+
+def stage_rows(report: Report) -> list[Cells]:
+    """The server's mean time per prediction stage, one cell per database."""
     names = sorted({s for stages in report.stages.values() for s in stages}, key=STAGES.index)
-    for stage in names:
-        cells = [f"{stages.get(stage, float('nan')):.2f}" for stages in report.stages.values()]
-        table.add_row(f"server stage {stage}: mean ms ({' / '.join(report.stages)})",
-                      " / ".join(cells), "", "", "", "")
+    return [(f"server stage {stage}: mean ms ({' / '.join(report.stages)})",
+             " / ".join(f"{stages.get(stage, float('nan')):.2f}"
+                        for stages in report.stages.values()), "", "", "", "")
+            for stage in names]
+
+
+def render(report: Report, args: argparse.Namespace) -> Table:
+    """The one table: every measure, its ratio and its target."""
+    table = Table(title=f"Issue 9: Arbiter vs baseline vs floor, task {args.task}",
+                  caption=caption(report, args))
+    for name in ("measure", "Arbiter", "baseline / floor", "ratio", "target", ""):
+        table.add_column(name, justify="left" if name in ("measure", "target") else "right")
+    for row in (*online_rows(report), *batch_rows(report, args),
+                *footprint_rows(report, args), *stage_rows(report)):
+        table.add_row(*row)
     return table
 
 
