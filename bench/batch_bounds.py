@@ -5,7 +5,7 @@ The target leaves everything that is not model work 0.5x the floor (members'
 ``predict_proba`` + SHAP on the rows in one NumPy batch). This script measures, on the same
 rows, in this process:
 
-1. the floor (``perf_report.compute_floor``);
+1. the floor (``floor.compute_floor``, as ``perf_report.py`` measures it);
 2. Arbiter's ``predict_batch`` in-process (no HTTP), with its own stage times;
 3. two lower bounds that no code of ours is in:
    - **store**: the rows that ``predict_batch`` just stored (predictions, review items and
@@ -40,11 +40,13 @@ from typing import Any
 
 import orjson
 import strawberry
-from perf_report import compute_floor, live_members  # bench/ is sys.path[0] as a script
-from predict_throughput import arbiter_env, ensure_release, input_rows, log, machine_line
+from floor import compute_floor, live_members  # bench/ is sys.path[0] as a script
+from inputs import input_rows
 from rich.console import Console
 from rich.table import Table
+from servers import arbiter_env, ensure_release, log
 from strawberry.scalars import JSON
+from tables import machine_line
 
 from app.main import build_services
 from app.metrics import PREDICTION_STAGE_DURATION

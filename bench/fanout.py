@@ -28,24 +28,23 @@ from typing import Any
 import aiohttp
 import numpy as np
 import websockets
-from predict_throughput import (  # bench/ is sys.path[0] when run as a script
+from inputs import check_task, input_rows  # bench/ is sys.path[0] when run as a script
+from predict_throughput import parse_levels
+from rich.console import Console
+from rich.table import Table
+from servers import (
     arbiter_env,
     arbiter_exe,
-    check_task,
     create_key,
     ensure_release,
     free_port,
-    input_rows,
-    machine_line,
-    parse_levels,
     run_cli,
     start_server,
     stop_server,
     task_ready,
     wait_ready,
 )
-from rich.console import Console
-from rich.table import Table
+from tables import machine_line
 from websockets.typing import Subprotocol
 
 log = Console(stderr=True)

@@ -22,17 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from perf_report import (  # bench/ is sys.path[0] when run as a script
-    admin_dsn,
-    compute_floor,
-    env_for,
-    live_members,
-    postgres_database,
-    prepare,
-)
-from predict_throughput import arbiter_exe, input_rows, log, machine_line
+from floor import compute_floor, live_members  # bench/ is sys.path[0] when run as a script
+from inputs import input_rows
+from postgres import admin_dsn, postgres_database
 from rich.console import Console
 from rich.table import Table
+from servers import arbiter_env, arbiter_exe, log, prepare
+from tables import machine_line
 
 from app.ml.contract import to_matrix
 from app.ml.task import load_tasks
@@ -65,12 +61,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="arbiter-file-") as tmp, \
             contextlib.ExitStack() as stack:
         data_dir = Path(tmp) / "data"
-        sqlite_env = env_for(data_dir, None, None)
+        sqlite_env = arbiter_env(data_dir, None)
         prepare(data_dir, sqlite_env, [args.task])  # the floor's members come from here
         env = sqlite_env
         if args.database_url:
             pg_url = stack.enter_context(postgres_database(args.database_url))
-            env = env_for(Path(tmp) / "data-pg", pg_url, None)
+            env = arbiter_env(Path(tmp) / "data-pg", None, pg_url)
             prepare(Path(tmp) / "data-pg", env, [args.task])
         log.log(f"writing {args.rows} inputs ...")
         rows = input_rows(task, args.rows, seed=2024)

@@ -16,106 +16,51 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import asyncpg
-import httpx
-import numpy as np
-import sqlalchemy as sa
-from predict_throughput import (  # bench/ is sys.path[0] when run as a script
-    BENCH_DIR,
-    HOST,
-    ROOT,
+from clients import (  # bench/ is sys.path[0] when run as a script
+    STAGES,
     LevelResult,
-    Server,
-    arbiter_exe,
+    Row,
+    Target,
     arbiter_target,
     baseline_target,
+    batch_seconds,
     client_caption,
-    create_key,
-    free_port,
-    input_rows,
-    log,
-    machine_line,
     measure,
-    run_cli,
+    stage_means,
+)
+from floor import Member, compute_floor, live_members, time_single_rows
+from footprint import bare_import, tree_rss_mib
+from inputs import input_rows
+from postgres import admin_dsn, postgres_database
+from rich.table import Table
+from servers import (
+    BENCH_DIR,
+    HOST,
+    Server,
+    arbiter_env,
+    arbiter_exe,
+    free_port,
+    log,
+    prepare,
+    start_baseline,
     start_server,
     status_ok,
+    stop_on_signals,
     stop_server,
     wait_ready,
 )
-from rich.console import Console
-from rich.table import Table
+from tables import machine_line, omp_setting, print_wide
 
-from app.ml.algorithms import ALGORITHMS
-from app.ml.artifacts import load_pipeline
 from app.ml.contract import to_matrix
-from app.ml.explain import MemberExplainer
-from app.ml.pipeline import fold_matrix
 from app.ml.task import TaskSpec, load_tasks
 from app.settings import EXAMPLE_TASKS_DIR
-
-PROJECT_PACKAGES = {"app", "graphql_schema", "review", "workers", "web", "bench",
-                    "predict_throughput", "baseline_app", "perf_report"}
-MEMBERS_SQL = sa.text(
-    "SELECT m.name, m.algorithm, m.artifact_path, m.sha256, m.background_mean "
-    "FROM releases r JOIN release_members m ON m.release_id = r.id "
-    "WHERE r.task = :task AND r.stage = 'LIVE' ORDER BY m.name"
-)
-STAGES = ["validate", "infer", "explain", "route", "store"]
-BATCH_QUERY = (
-    "mutation($inputs: [JSON!]!) {{ predictBatch(task: {task}, inputs: $inputs) "
-    "{{ id label confidence route explanation {{ baseValue outputValue }} }} }}"
-)
-# Imports everything listed in argv[1] (a JSON list), then prints its RSS in KiB.
-BARE_IMPORT = (
-    "import importlib, json, sys\n"
-    "for name in json.load(open(sys.argv[1])):\n"
-    "    try:\n"
-    "        importlib.import_module(name)\n"
-    "    except Exception:\n"
-    "        pass\n"
-    "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')))\n"
-)
-# Lists the non-project, non-stdlib modules a server process holds once the app module is
-# imported and the LIVE members of every task are unpickled (which imports their estimators).
-LIST_DEPENDENCIES = (
-    "import json, sys\n"
-    "import app.main, app.cli\n"
-    "import sqlalchemy as sa\n"
-    "from pathlib import Path\n"
-    "from app.ml.artifacts import load_pipeline\n"
-    "data = Path(sys.argv[1])\n"
-    "engine = sa.create_engine(f'sqlite:///{data / \"arbiter.db\"}')\n"
-    "with engine.connect() as c:\n"
-    "    for path, sha in c.execute(sa.text(\"SELECT m.artifact_path, m.sha256 FROM releases r"
-    " JOIN release_members m ON m.release_id = r.id WHERE r.stage = 'LIVE'\")):\n"
-    "        load_pipeline(data / 'artifacts' / path, sha)\n"
-    "skip = set(sys.stdlib_module_names) | set(json.loads(sys.argv[2]))\n"
-    "print(json.dumps(sorted(n for n in sys.modules if n.split('.')[0] not in skip\n"
-    "                        and not n.startswith('_'))))\n"
-)
-
-
-def admin_dsn(parser: argparse.ArgumentParser, value: str | None) -> str | None:
-    """``--database-url``: 'postgresql' (the local server) or an admin DSN."""
-    if value == "postgresql":
-        return "postgresql://postgres@127.0.0.1:5432/postgres"
-    if value and not value.startswith("postgresql://"):
-        parser.error("--database-url must be 'postgresql' or postgresql://user@host:port/db")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -146,33 +91,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# --- processes -------------------------------------------------------------------------------
-
-
-def env_for(data_dir: Path, database_url: str | None, omp: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARBITER_")}
-    env["ARBITER_DATA_DIR"] = str(data_dir)
-    if database_url:
-        env["ARBITER_DATABASE_URL"] = database_url
-    if omp:
-        env["OMP_NUM_THREADS"] = omp
-    return env
-
-
-def tree_rss_mib(pid: int) -> float:
-    """RSS of every process in the server's session (it is started in its own)."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            stat = (entry / "stat").read_text()
-            sid = int(stat.rsplit(")", 1)[1].split()[3])
-            if sid == pid:
-                for line in (entry / "status").read_text().splitlines():
-                    if line.startswith("VmRSS"):
-                        total += int(line.split()[1])
-    return total / 1024
+# --- the run ---------------------------------------------------------------------------------
 
 
 def start_arbiter(name: str, data_dir: Path, env: dict[str, str], profile: Path | None,
@@ -193,156 +112,10 @@ def start_arbiter(name: str, data_dir: Path, env: dict[str, str], profile: Path 
     return server, time.perf_counter() - started
 
 
-def bare_import(data_dir: Path, runs: int = 3) -> tuple[float, float, int]:
-    """(median seconds, median RSS MiB, module count) of a fresh interpreter importing the
-    modules the server holds from its dependencies."""
-    listed = subprocess.run(
-        [sys.executable, "-c", LIST_DEPENDENCIES, str(data_dir), json.dumps(sorted(
-            PROJECT_PACKAGES))], cwd=ROOT, capture_output=True, text=True, check=True)
-    modules = data_dir / "bench-dependencies.json"
-    modules.write_text(listed.stdout)
-    times, rss = [], []
-    for _ in range(runs):
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", BARE_IMPORT, str(modules)], cwd="/",
-                              capture_output=True, text=True, check=True)
-        times.append(time.perf_counter() - started)
-        rss.append(int(done.stdout.strip()) / 1024)
-    return statistics.median(times), statistics.median(rss), len(json.loads(listed.stdout))
-
-
-# --- in-process member timings and the compute floor -----------------------------------------
-
-
-@dataclass
-class Member:
-    name: str
-    pipeline: Any
-    explainer: MemberExplainer
-    proba_ms: float = 0.0  # single row, median
-    shap_ms: float = 0.0  # single row, median
-
-
-def live_members(data_dir: Path, task: TaskSpec) -> list[Member]:
-    engine = sa.create_engine(f"sqlite:///{data_dir / 'arbiter.db'}")
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(MEMBERS_SQL, {"task": task.name}).all()
-    finally:
-        engine.dispose()
-    if not rows:
-        raise SystemExit(f"no LIVE release of {task.name} in {data_dir}")
-    fold = fold_matrix(task)
-    members = []
-    for name, algorithm, path, sha, background in rows:
-        pipeline = load_pipeline(data_dir / "artifacts" / path, sha)
-        algo = ALGORITHMS[algorithm]
-        bg = json.loads(background) if isinstance(background, str) else background
-        members.append(Member(name, pipeline, MemberExplainer(
-            pipeline, algo.explainer, algo.space, fold, np.asarray(bg, dtype=float))))
-    return members
-
-
-def shap_values(m: Member, X: np.ndarray) -> Any:
-    Xt = m.explainer.preprocess.transform(X)
-    if m.explainer.explainer.__class__.__name__ == "TreeExplainer":
-        return m.explainer.explainer.shap_values(Xt, check_additivity=False)
-    return m.explainer.explainer.shap_values(Xt)
-
-
-def time_single_rows(members: list[Member], X: np.ndarray, repeats: int = 60) -> None:
-    """Median single-row ``predict_proba`` and SHAP time of each member."""
-    for m in members:
-        proba, shap = [], []
-        for i in range(repeats):
-            row = X[i % len(X)][None, :]
-            t0 = time.perf_counter()
-            m.pipeline.predict_proba(row)
-            t1 = time.perf_counter()
-            shap_values(m, row)
-            t2 = time.perf_counter()
-            proba.append(t1 - t0)
-            shap.append(t2 - t1)
-        m.proba_ms = statistics.median(proba[5:]) * 1000
-        m.shap_ms = statistics.median(shap[5:]) * 1000
-
-
-def compute_floor(members: list[Member], X: np.ndarray, runs: int = 2) -> float:
-    """Best-of-``runs`` seconds for every member's ``predict_proba`` + SHAP on all of X."""
-    best = float("inf")
-    for _ in range(runs):
-        started = time.perf_counter()
-        for m in members:
-            m.pipeline.predict_proba(X)
-            shap_values(m, X)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
-# --- requests against a running server -------------------------------------------------------
-
-
-def batch_seconds(base_url: str, key: str, task: str, rows: list[dict[str, Any]]) -> float:
-    body = {"query": BATCH_QUERY.format(task=json.dumps(task)), "variables": {"inputs": rows}}
-    started = time.perf_counter()
-    response = httpx.post(f"{base_url}/graphql", json=body, timeout=600.0,
-                          headers={"Authorization": f"Bearer {key}"})
-    elapsed = time.perf_counter() - started
-    payload = response.json()
-    if response.status_code != 200 or payload.get("errors"):
-        raise SystemExit(f"predictBatch failed: HTTP {response.status_code} "
-                         f"{json.dumps(payload)[:500]}")
-    if len(payload["data"]["predictBatch"]) != len(rows):
-        raise SystemExit("predictBatch answered the wrong number of rows")
-    return elapsed
-
-
-def stage_means(base_url: str, task: str) -> dict[str, float]:
-    """Mean ms per call of each prediction stage, from the server's own histogram."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10.0).text
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("arbiter_prediction_stage_duration_seconds_") \
-                or f'task="{task}"' not in line:
-            continue
-        stage = line.split('stage="', 1)[1].split('"', 1)[0]
-        value = float(line.rsplit(" ", 1)[1])
-        if "_sum{" in line:
-            sums[stage] = value
-        elif "_count{" in line:
-            counts[stage] = value
-    return {s: sums[s] / counts[s] * 1000 for s in STAGES if counts.get(s)}
-
-
-# --- PostgreSQL ------------------------------------------------------------------------------
-
-
-async def _admin(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn, timeout=5)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@contextlib.contextmanager
-def postgres_database(admin_dsn: str) -> Iterator[str]:
-    """A fresh database (its SQLAlchemy async URL), dropped on exit."""
-    name = f"arbiter_bench_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
-    try:
-        base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        yield f"{base}/{name}"
-    finally:
-        asyncio.run(_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-# --- the run ---------------------------------------------------------------------------------
-
-
 @dataclass
 class Report:
+    """Everything the table shows."""
+
     online: dict[str, LevelResult] = field(default_factory=dict)
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
     batch: dict[str, float] = field(default_factory=dict)
@@ -357,14 +130,7 @@ class Report:
     rss_after: float = 0.0
 
 
-def prepare(data_dir: Path, env: dict[str, str], tasks: Sequence[str]) -> str:
-    for name in tasks:
-        log.log(f"training {name} ({env.get('ARBITER_DATABASE_URL', 'SQLite')}) ...")
-        run_cli(["train", name], env)
-    return create_key(env)
-
-
-def online(report: Report, label: str, target: Any, rows: list[dict[str, Any]],
+def online(report: Report, label: str, target: Target, rows: list[Row],
            args: argparse.Namespace) -> None:
     """One round of load; the rounds of a label add up (requests, failures, time)."""
     log.log(f"{label}: {args.requests} requests at {args.concurrency} clients ...")
@@ -377,36 +143,58 @@ def online(report: Report, label: str, target: Any, rows: list[dict[str, Any]],
     report.online[label] = result
 
 
+@dataclass
+class Inputs:
+    """What every part of the run shares: the task, its rows, a key, where its data lives."""
+
+    task: TaskSpec
+    rows: list[Row]
+    batch_rows: list[Row]
+    data_dir: Path
+    env: dict[str, str]
+    key: str
+
+
 def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> Report:
+    """Every measure of the table, in the order the module docstring gives."""
     tasks = load_tasks(EXAMPLE_TASKS_DIR)
     if args.task not in tasks:
         raise SystemExit(f"unknown task {args.task!r}; choose one of {sorted(tasks)}")
     task = tasks[args.task]
     report = Report()
     data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="arbiter-perf-")))
-    env = env_for(data_dir, None, args.omp_threads)
+    env = arbiter_env(data_dir, args.omp_threads)
     key = prepare(data_dir, env, sorted(tasks))
-    rows = input_rows(task)
-    batch_rows = input_rows(task, rows=args.batch_rows, seed=7)
+    inputs = Inputs(task, input_rows(task), input_rows(task, rows=args.batch_rows, seed=7),
+                    data_dir, env, key)
+    measure_floor(report, inputs)
+    run_sqlite(report, inputs, args, stack)
+    if args.database_url:
+        run_postgres(report, inputs, args, stack, sorted(tasks))
+    return report
 
+
+def measure_floor(report: Report, inputs: Inputs) -> None:
+    """The bare import, each member's single-row times and the batch floor."""
     log.log("bare import of the server's dependencies ...")
-    report.bare_seconds, report.bare_rss, report.bare_modules = bare_import(data_dir)
+    report.bare_seconds, report.bare_rss, report.bare_modules = bare_import(inputs.data_dir)
 
     log.log("single-row member timings and the batch floor (in this process) ...")
-    report.members = live_members(data_dir, task)
-    time_single_rows(report.members, to_matrix(task, rows))
+    report.members = live_members(inputs.data_dir, inputs.task)
+    time_single_rows(report.members, to_matrix(inputs.task, inputs.rows))
     report.heaviest = max(report.members, key=lambda m: m.proba_ms).name
-    report.floor = compute_floor(report.members, to_matrix(task, batch_rows))
+    report.floor = compute_floor(report.members, to_matrix(inputs.task, inputs.batch_rows))
 
+
+def run_sqlite(report: Report, inputs: Inputs, args: argparse.Namespace,
+               stack: contextlib.ExitStack) -> None:
+    """Start, online against the baseline, RSS and the batch, on SQLite."""
+    task, rows, key, data_dir = inputs.task, inputs.rows, inputs.key, inputs.data_dir
     log.log("starting arbiter serve (SQLite) ...")
-    arbiter, report.start_seconds = start_arbiter("arbiter", data_dir, env, args.profile,
+    arbiter, report.start_seconds = start_arbiter("arbiter", data_dir, inputs.env, args.profile,
                                                   args.startup_timeout)
     stack.callback(stop_server, arbiter)
-    port = free_port()
-    baseline = start_server("baseline", [
-        sys.executable, str(BENCH_DIR / "baseline_app.py"), "--data-dir", str(data_dir),
-        "--task", task.name, "--member", report.heaviest, "--host", HOST, "--port", str(port),
-    ], port, env, data_dir / "bench-baseline.log")
+    baseline = start_baseline(data_dir, task.name, report.heaviest, inputs.env)
     stack.callback(stop_server, baseline)
     wait_ready(baseline, status_ok, args.startup_timeout)
 
@@ -426,25 +214,29 @@ def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> Report:
     report.rss_after = tree_rss_mib(arbiter.process.pid)
 
     log.log(f"predictBatch of {args.batch_rows} rows (SQLite) ...")
-    report.batch["SQLite"] = batch_seconds(arbiter.base_url, key, task.name, batch_rows)
+    report.batch["SQLite"] = batch_seconds(arbiter.base_url, key, task.name, inputs.batch_rows)
     stop_server(arbiter)
 
-    if args.database_url:
-        pg_url = stack.enter_context(postgres_database(args.database_url))
-        pg_dir = data_dir / "pg"
-        pg_env = env_for(pg_dir, pg_url, args.omp_threads)
-        pg_key = prepare(pg_dir, pg_env, sorted(tasks))
-        log.log("starting arbiter serve (PostgreSQL) ...")
-        pg, _ = start_arbiter("arbiter-pg", pg_dir, pg_env, None, args.startup_timeout)
-        stack.callback(stop_server, pg)
-        for _ in range(args.rounds):
-            online(report, "Arbiter PostgreSQL", arbiter_target(pg.base_url, pg_key, task.name),
-                   rows, args)
-        report.stages["PostgreSQL"] = stage_means(pg.base_url, task.name)
-        log.log(f"predictBatch of {args.batch_rows} rows (PostgreSQL) ...")
-        report.batch["PostgreSQL"] = batch_seconds(pg.base_url, pg_key, task.name, batch_rows)
-        stop_server(pg)
-    return report
+
+def run_postgres(report: Report, inputs: Inputs, args: argparse.Namespace,
+                 stack: contextlib.ExitStack, tasks: list[str]) -> None:
+    """Online and the batch on a fresh PostgreSQL database (against SQLite's baseline)."""
+    task = inputs.task
+    pg_url = stack.enter_context(postgres_database(args.database_url))
+    pg_dir = inputs.data_dir / "pg"
+    pg_env = arbiter_env(pg_dir, args.omp_threads, pg_url)
+    pg_key = prepare(pg_dir, pg_env, tasks)
+    log.log("starting arbiter serve (PostgreSQL) ...")
+    pg, _ = start_arbiter("arbiter-pg", pg_dir, pg_env, None, args.startup_timeout)
+    stack.callback(stop_server, pg)
+    for _ in range(args.rounds):
+        online(report, "Arbiter PostgreSQL", arbiter_target(pg.base_url, pg_key, task.name),
+               inputs.rows, args)
+    report.stages["PostgreSQL"] = stage_means(pg.base_url, task.name)
+    log.log(f"predictBatch of {args.batch_rows} rows (PostgreSQL) ...")
+    report.batch["PostgreSQL"] = batch_seconds(pg.base_url, pg_key, task.name,
+                                               inputs.batch_rows)
+    stop_server(pg)
 
 
 # --- the table -------------------------------------------------------------------------------
@@ -458,81 +250,100 @@ def verdict(ok: bool) -> str:
     return "[green]met" if ok else "[red]not met"
 
 
-def render(report: Report, args: argparse.Namespace) -> Table:
-    omp = args.omp_threads or os.environ.get("OMP_NUM_THREADS") or "unset"
+Cells = tuple[str, str, str, str, str, str]
+
+
+def caption(report: Report, args: argparse.Namespace) -> str:
+    """The machine, the sizes, the baseline's member and the load generator's own cost."""
     members = ", ".join(f"{m.name} {m.proba_ms:.2f}+{m.shap_ms:.2f} ms"
                         for m in report.members)
-    table = Table(
-        title=f"Issue 9: Arbiter vs baseline vs floor, task {args.task}",
-        caption=(f"{machine_line()}; OMP_NUM_THREADS={omp}\n"
-                 f"online: {args.rounds} x {args.requests} requests (each after {args.warmup} "
-                 f"warm-up) at "
-                 f"{args.concurrency} clients; baseline = bare Starlette + "
-                 f"{report.heaviest}.predict_proba (heaviest single-row member; per member "
-                 f"single-row predict_proba+SHAP: {members})\n"
-                 + client_caption([f"{label} {result.client_ms:.2f}"
-                                   for label, result in report.online.items()]) + "\n"
-                 f"bare import: {report.bare_modules} dependency modules the server holds; "
-                 f"RSS = the server's process tree; RSS flatness over {args.rss_predictions} "
-                 "predictions (issue: 100,000)"),
-    )
-    for name in ("measure", "Arbiter", "baseline / floor", "ratio", "target", ""):
-        table.add_column(name, justify="left" if name in ("measure", "target") else "right")
+    return (f"{machine_line()}; OMP_NUM_THREADS={omp_setting(args.omp_threads)}\n"
+            f"online: {args.rounds} x {args.requests} requests (each after {args.warmup} "
+            f"warm-up) at "
+            f"{args.concurrency} clients; baseline = bare Starlette + "
+            f"{report.heaviest}.predict_proba (heaviest single-row member; per member "
+            f"single-row predict_proba+SHAP: {members})\n"
+            + client_caption([f"{label} {result.client_ms:.2f}"
+                              for label, result in report.online.items()]) + "\n"
+            f"bare import: {report.bare_modules} dependency modules the server holds; "
+            f"RSS = the server's process tree; RSS flatness over {args.rss_predictions} "
+            "predictions (issue: 100,000)")
+
+
+def online_rows(report: Report) -> list[Cells]:
+    """Throughput, p99 and p50 of each database against the baseline."""
     base = report.online.get("Baseline")
+    rows: list[Cells] = []
     for label, result in report.online.items():
         if label == "Baseline" or base is None:
             continue
         db = label.removeprefix("Arbiter ")
         tp = result.throughput / base.throughput if base.throughput else 0.0
         p99 = result.percentile_ms(99) / base.percentile_ms(99)
-        table.add_row(f"online {db}: pred/s ({result.failures} fails)",
-                      f"{result.throughput:.1f}", f"{base.throughput:.1f}",
-                      f"{tp:.2f}x", ">= 2x", verdict(tp >= 2 and not result.failures))
-        table.add_row(f"online {db}: p99 ms", f"{result.percentile_ms(99):.1f}",
-                      f"{base.percentile_ms(99):.1f}", f"{p99:.2f}x", "<= 1x", verdict(p99 <= 1))
-        table.add_row(f"online {db}: p50 ms", f"{result.percentile_ms(50):.1f}",
-                      f"{base.percentile_ms(50):.1f}",
-                      x(result.percentile_ms(50), base.percentile_ms(50)), "", "")
-    for db, seconds in report.batch.items():
-        table.add_row(f"predictBatch {args.batch_rows} rows {db}: s", f"{seconds:.2f}",
-                      f"{report.floor:.2f}", x(seconds, report.floor), "<= 1.5x",
-                      verdict(seconds <= 1.5 * report.floor))
-    table.add_row("RSS MiB: loaded vs bare import", f"{report.rss_loaded:.0f}",
-                  f"{report.bare_rss:.0f}", x(report.rss_loaded, report.bare_rss), "<= 1.5x",
-                  verdict(report.rss_loaded <= 1.5 * report.bare_rss))
+        rows += [(f"online {db}: pred/s ({result.failures} fails)",
+                  f"{result.throughput:.1f}", f"{base.throughput:.1f}",
+                  f"{tp:.2f}x", ">= 2x", verdict(tp >= 2 and not result.failures)),
+                 (f"online {db}: p99 ms", f"{result.percentile_ms(99):.1f}",
+                  f"{base.percentile_ms(99):.1f}", f"{p99:.2f}x", "<= 1x", verdict(p99 <= 1)),
+                 (f"online {db}: p50 ms", f"{result.percentile_ms(50):.1f}",
+                  f"{base.percentile_ms(50):.1f}",
+                  x(result.percentile_ms(50), base.percentile_ms(50)), "", "")]
+    return rows
+
+
+def batch_rows(report: Report, args: argparse.Namespace) -> list[Cells]:
+    """Each database's ``predictBatch`` against the floor."""
+    return [(f"predictBatch {args.batch_rows} rows {db}: s", f"{seconds:.2f}",
+             f"{report.floor:.2f}", x(seconds, report.floor), "<= 1.5x",
+             verdict(seconds <= 1.5 * report.floor))
+            for db, seconds in report.batch.items()]
+
+
+def footprint_rows(report: Report, args: argparse.Namespace) -> list[Cells]:
+    """Memory against the bare import, its growth, and the start time."""
     growth = report.rss_after / report.rss_loaded - 1 if report.rss_loaded else 0.0
-    table.add_row(f"RSS MiB: after {args.rss_predictions} more predictions",
-                  f"{report.rss_after:.0f}", f"{report.rss_loaded:.0f}", f"{growth:+.1%}",
-                  "within ±10%", verdict(abs(growth) <= 0.10))
-    table.add_row("start s: /readyz 200 vs bare import", f"{report.start_seconds:.2f}",
-                  f"{report.bare_seconds:.2f}", x(report.start_seconds, report.bare_seconds),
-                  "<= 2x", verdict(report.start_seconds <= 2 * report.bare_seconds))
+    return [("RSS MiB: loaded vs bare import", f"{report.rss_loaded:.0f}",
+             f"{report.bare_rss:.0f}", x(report.rss_loaded, report.bare_rss), "<= 1.5x",
+             verdict(report.rss_loaded <= 1.5 * report.bare_rss)),
+            (f"RSS MiB: after {args.rss_predictions} more predictions",
+             f"{report.rss_after:.0f}", f"{report.rss_loaded:.0f}", f"{growth:+.1%}",
+             "within ±10%", verdict(abs(growth) <= 0.10)),
+            ("start s: /readyz 200 vs bare import", f"{report.start_seconds:.2f}",
+             f"{report.bare_seconds:.2f}", x(report.start_seconds, report.bare_seconds),
+             "<= 2x", verdict(report.start_seconds <= 2 * report.bare_seconds))]
+
+
+def stage_rows(report: Report) -> list[Cells]:
+    """The server's mean time per prediction stage, one cell per database."""
     names = sorted({s for stages in report.stages.values() for s in stages}, key=STAGES.index)
-    for stage in names:
-        cells = [f"{stages.get(stage, float('nan')):.2f}" for stages in report.stages.values()]
-        table.add_row(f"server stage {stage}: mean ms ({' / '.join(report.stages)})",
-                      " / ".join(cells), "", "", "", "")
+    return [(f"server stage {stage}: mean ms ({' / '.join(report.stages)})",
+             " / ".join(f"{stages.get(stage, float('nan')):.2f}"
+                        for stages in report.stages.values()), "", "", "", "")
+            for stage in names]
+
+
+def render(report: Report, args: argparse.Namespace) -> Table:
+    """The one table: every measure, its ratio and its target."""
+    table = Table(title=f"Issue 9: Arbiter vs baseline vs floor, task {args.task}",
+                  caption=caption(report, args))
+    for name in ("measure", "Arbiter", "baseline / floor", "ratio", "target", ""):
+        table.add_column(name, justify="left" if name in ("measure", "target") else "right")
+    for row in (*online_rows(report), *batch_rows(report, args),
+                *footprint_rows(report, args), *stage_rows(report)):
+        table.add_row(*row)
     return table
-
-
-def _terminate(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)
 
 
 def main() -> int:
     args = parse_args()
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_on_signals()
     try:
         with contextlib.ExitStack() as stack:
             report = run(args, stack)
     except KeyboardInterrupt:
         log.log("interrupted; servers stopped")
         return 130
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=max(console.width, 140))
-    console.print(render(report, args))
+    print_wide(render(report, args), 140)
     return 0
 
 

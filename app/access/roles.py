@@ -2,7 +2,7 @@
 
 The permission tables live here: one rule per public operation, and one per object type
 (with overrides for single fields), so that the GraphQL layer checks one place and a test
-can prove no operation or field is left without a rule (README's *Roles* table must agree).
+can prove no operation or field is left without a rule (docs/api.md's *Roles* table agrees).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from graphql_schema.schema import build_schema
 from tests.conftest import Api, LiveServer, example_inputs, make_key, run
 from tests.subscriber import client, take
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+README = Path(__file__).resolve().parents[2] / "docs" / "api.md"  # the *Roles* table
 ROLES = (Role.PREDICTOR, Role.REVIEWER, Role.AUDITOR, Role.ADMIN)  # README's column order
 REFUSED_CELL = "\N{EN DASH}"
 SCHEMA = build_schema()._schema

@@ -1,7 +1,7 @@
 // A small graphql-transport-ws client: connection_init carries the API key, then
 // subscribe / next / error / complete, and pong to the server's pings. It reconnects
 // (with growing pauses) and subscribes again; callers re-read with queries after a
-// reconnect, since events sent while disconnected are lost (see README, Subscriptions).
+// reconnect, since events sent while disconnected are lost (see docs/subscriptions.md).
 
 const PROTOCOL = "graphql-transport-ws";
 

@@ -1,0 +1,40 @@
+"""A throwaway PostgreSQL database for a benchmark run, dropped at the end."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+
+
+def admin_dsn(parser: argparse.ArgumentParser, value: str | None) -> str | None:
+    """``--database-url``: 'postgresql' (the local server) or an admin DSN."""
+    if value == "postgresql":
+        return "postgresql://postgres@127.0.0.1:5432/postgres"
+    if value and not value.startswith("postgresql://"):
+        parser.error("--database-url must be 'postgresql' or postgresql://user@host:port/db")
+    return value
+
+
+async def _admin(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn, timeout=5)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def postgres_database(admin_dsn: str) -> Iterator[str]:
+    """A fresh database (its SQLAlchemy async URL), dropped on exit."""
+    name = f"arbiter_bench_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
+    try:
+        base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+        yield f"{base}/{name}"
+    finally:
+        asyncio.run(_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
