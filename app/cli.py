@@ -107,6 +107,7 @@ def _train(settings: Settings, name: str, actor: str) -> None:
     """Request a retraining and run it here with a progress bar; if a worker already runs
     the task's training, follow that one instead."""
     from app.training import jobs as retraining  # training pulls in SHAP: slow import
+    from app.training.triggers import Trigger
 
     tasks = load_tasks(settings.tasks_dir)
     if name not in tasks:
@@ -124,7 +125,7 @@ def _train(settings: Settings, name: str, actor: str) -> None:
 
         async def work(sessions: Any) -> Any:
             job, created = await retraining.request_retrain(
-                sessions, tasks[name], retraining.Trigger.CLI, actor)
+                sessions, tasks[name], Trigger.CLI, actor)
             if not created:
                 bar.update(shown, message=f"joined running job {job.id[:8]}")
             ctx = retraining.JobContext(sessions, tasks, settings.artifacts_dir,
@@ -277,7 +278,7 @@ def _change_stage(settings: Settings, work: Callable[[Any], Awaitable[list[Any]]
     async def transact(sessions: Any) -> list[stages.StageNotice]:
         async with sessions() as session, session.begin():
             changes = await work(session)
-        return await stages.announce(sessions, changes)
+        return await stages.stage_notices(sessions, changes)
 
     for n in _run(settings, transact):
         percent = f" ({n.traffic_percent:g} %)" if n.to_stage == Stage.CANARY else ""

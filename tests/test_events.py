@@ -13,17 +13,9 @@ import pytest
 import redis
 
 from app.errors import EventsMissedError, SubscriberTooSlowError
-from app.events.bus import (
-    CLOCK_MARGIN_SECONDS,
-    PUBLISH_BACKOFF_SECONDS,
-    EventBus,
-    LocalBus,
-    RedisBus,
-    ReleaseEventKind,
-    Subscription,
-    release_event,
-    releases_topic,
-)
+from app.events.bus import PUBLISH_BACKOFF_SECONDS, EventBus, LocalBus, RedisBus
+from app.events.subscribers import CLOCK_MARGIN_SECONDS, Subscription
+from app.events.topics import ReleaseEventKind, release_event, releases_topic
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import TcpProxy
 from tests.workers.test_redis_worker import REDIS_URL, require_redis

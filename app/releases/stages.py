@@ -1,9 +1,10 @@
 """Release stages: promotion, rollback, and the record of who moved which release, when, why.
 
 Each change runs inside the caller's transaction and returns the ``StageChange`` rows it
-wrote; the caller commits, then hands them to ``announce``. Every move is a compare-and-set
-on the stage that was read, and the partial unique index keeps one LIVE release per task,
-so of two conflicting promotions one fails with ``StageConflictError`` and writes nothing.
+wrote; the caller commits, then hands them to ``announce`` (logs and publishes them). Every
+move is a compare-and-set on the stage that was read, and the partial unique index keeps
+one LIVE release per task, so of two conflicting promotions one fails with
+``StageConflictError`` and writes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.audit import log as audit
 from app.db.tables import Release, StageChange
 from app.errors import NoLiveReleaseError, NotFoundError, StageChangeError, StageConflictError
-from app.events.bus import EventBus, ReleaseEventKind, release_event, releases_topic
+from app.events import announcements
+from app.events.bus import EventBus
+from app.events.topics import ReleaseEventKind, release_event, releases_topic
 from app.releases.store import Stage, live_release, release_by_version
 
 # Every SHADOW scores every LIVE-answered input off the response path: each costs inference.
@@ -261,11 +264,11 @@ class StageNotice:
     at: datetime
 
 
-async def announce(
+async def stage_notices(
     sessions: async_sessionmaker[AsyncSession], changes: Sequence[StageChange]
 ) -> list[StageNotice]:
     """Call after commit with what ``promote``, ``rollback`` or the canary guard returned:
-    logs each change and returns the notices to publish."""
+    logs each change and returns its notice."""
     if not changes:
         return []
     ids = {c.release_id for c in changes}
@@ -280,12 +283,12 @@ async def announce(
     return notices
 
 
-async def publish(
+async def announce(
     bus: EventBus, sessions: async_sessionmaker[AsyncSession], changes: Sequence[StageChange]
 ) -> None:
-    """Announce committed changes and publish them on their tasks' ``releaseEvents``."""
-    notices = await announce(sessions, changes)
-    await bus.publish_many([
+    """Log committed changes and publish them on their tasks' ``releaseEvents``."""
+    notices = await stage_notices(sessions, changes)
+    await announcements.announce(bus, [
         (releases_topic(n.task), release_event(ReleaseEventKind.STAGE_CHANGED, **asdict(n)))
         for n in notices
     ])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from app.ml.artifacts import library_versions, save_pipeline
 from app.ml.task import TaskSpec, release_policy
 
 if TYPE_CHECKING:
+    from app.ml.gate import GateDecision
     from app.ml.training import TrainedRelease
 
 VERSION_RETRIES = 5
@@ -59,7 +60,7 @@ class Lineage:
     snapshot_id: str | None = None
     parent_id: int | None = None
     job_id: str | None = None
-    gate: dict[str, Any] = field(default_factory=dict)
+    gate: GateDecision | None = None
 
 
 # Work that must commit or roll back with the new release (e.g. finishing its job).
@@ -99,7 +100,7 @@ async def _insert(
         snapshot_id=lineage.snapshot_id,
         parent_id=lineage.parent_id,
         job_id=lineage.job_id,
-        gate=lineage.gate,
+        gate=lineage.gate.to_json() if lineage.gate else {},
         prediction_reference=(
             None if trained.holdout is None
             else prediction_reference(task, trained.holdout.proba)
