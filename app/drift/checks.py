@@ -26,7 +26,8 @@ from app.drift.report import DriftReport, Recent, drift_report, feature_referenc
 from app.errors import ArbiterError, NoDriftReferenceError, NoLiveReleaseError
 from app.events.announcements import announce
 from app.events.topics import ReleaseEventKind, release_event, releases_topic
-from app.ml.task import TaskSpec, window_seconds
+from app.ml.drift_settings import window_seconds
+from app.ml.task import TaskSpec
 from app.releases.store import live_release
 from app.training import jobs as retraining
 from app.training.snapshots import load_snapshot

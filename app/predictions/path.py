@@ -28,7 +28,8 @@ from app import logs
 from app.access.roles import Principal
 from app.audit import log as audit
 from app.db.pagination import Page, check_page_size, paginate
-from app.db.tables import Prediction, ReviewItem, StageChange, Status, built, values_of
+from app.db.rows import built, values_of
+from app.db.tables import Prediction, ReviewItem, StageChange, Status
 from app.db.types import utcnow
 from app.errors import (
     AllMembersFailedError,
