@@ -143,6 +143,7 @@ async def _asked_within(session: AsyncSession, task: str, since: datetime) -> bo
 
 
 def retrain_reason(report: DriftReport) -> str:
+    """Why drift asks for a retraining, for the job and the event."""
     return (f"drift in {', '.join(report.drifted_features)} over the last {report.window} "
             f"(share {report.share:.2f} >= {report.share_threshold:g})")
 

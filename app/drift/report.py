@@ -46,6 +46,8 @@ PROBABILITY = "probability"
 
 
 class Verdict:
+    """What a drift report concluded."""
+
     DRIFTED = "DRIFTED"
     NOT_DRIFTED = "NOT_DRIFTED"
     INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
@@ -151,6 +153,7 @@ def choose_test(numeric: bool, sample_size: int,
 
 
 def ks_p_value(reference: np.ndarray, current: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov p-value."""
     return float(stats.ks_2samp(reference, current).pvalue)
 
 

@@ -19,18 +19,23 @@ Message = tuple[str, Event]  # (topic, event)
 
 
 def predictions_topic(task: str) -> str:
+    """Where a task's stored predictions are published."""
     return f"predictions.{task}"
 
 
 def review_topic(task: str) -> str:
+    """Where a task's review-queue changes are published."""
     return f"review.{task}"
 
 
 def releases_topic(task: str) -> str:
+    """Where a task's release events (stages, training, gate, drift) are published."""
     return f"releases.{task}"
 
 
 class ReleaseEventKind(StrEnum):
+    """What a release event tells of."""
+
     STAGE_CHANGED = "STAGE_CHANGED"
     TRAINING_PROGRESS = "TRAINING_PROGRESS"
     TRAINING_FINISHED = "TRAINING_FINISHED"
@@ -39,6 +44,8 @@ class ReleaseEventKind(StrEnum):
 
 
 class ReviewChange(StrEnum):
+    """What happened to a review item."""
+
     OPENED = "OPENED"
     CLAIMED = "CLAIMED"
     RELEASED = "RELEASED"

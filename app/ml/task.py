@@ -20,6 +20,8 @@ from app.ml.drift_settings import DriftSettings
 
 
 class FeatureType(StrEnum):
+    """The kind of values an input feature takes."""
+
     NUMERIC = "numeric"
     CATEGORICAL = "categorical"
     BOOLEAN = "boolean"
@@ -165,6 +167,8 @@ class TrainingSettings(_Strict):
 
 
 class GateMetric(StrEnum):
+    """The metrics the evaluation gate can judge a candidate by."""
+
     ACCURACY = "accuracy"
     BALANCED_ACCURACY = "balanced_accuracy"
     LOG_LOSS = "log_loss"  # lower is better

@@ -31,6 +31,8 @@ VERSION_RETRIES = 5
 
 
 class Stage(StrEnum):
+    """Where a release stands in its lifecycle."""
+
     CANDIDATE = "CANDIDATE"
     SHADOW = "SHADOW"
     CANARY = "CANARY"
@@ -187,6 +189,7 @@ def _jsonable_params(params: dict[str, object]) -> dict[str, object]:
 
 
 async def list_releases(session: AsyncSession, task: str) -> list[Release]:
+    """The task's releases, newest version first."""
     return list(
         (
             await session.exec(
@@ -197,12 +200,14 @@ async def list_releases(session: AsyncSession, task: str) -> list[Release]:
 
 
 async def live_release(session: AsyncSession, task: str) -> Release | None:
+    """The task's LIVE release, or None."""
     return (
         await session.exec(select(Release).where(Release.task == task, Release.stage == Stage.LIVE))
     ).first()
 
 
 async def release_members(session: AsyncSession, release_id: int) -> list[ReleaseMember]:
+    """A release's members, in the order they were stored."""
     return list(
         (
             await session.exec(
@@ -215,6 +220,7 @@ async def release_members(session: AsyncSession, release_id: int) -> list[Releas
 
 
 async def release_by_version(session: AsyncSession, task: str, version: int) -> Release:
+    """The task's release ``version``; an error when it has none."""
     found = (
         await session.exec(select(Release).where(Release.task == task, Release.version == version))
     ).first()

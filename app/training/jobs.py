@@ -130,6 +130,7 @@ def _audit_request(session: AsyncSession, job: TrainingJob, actor: str, trigger:
 
 
 async def get_job(session: AsyncSession, job_id: str) -> TrainingJob:
+    """The job; an error naming it when there is none."""
     job = await session.get(TrainingJob, job_id)
     if job is None:
         raise NotFoundError(f"no training job {job_id!r}")
@@ -139,6 +140,7 @@ async def get_job(session: AsyncSession, job_id: str) -> TrainingJob:
 async def list_jobs(
     session: AsyncSession, task: str, first: int, after: str | None, page_size_max: int
 ) -> Page[TrainingJob]:
+    """A page of the task's jobs, newest first."""
     check_page_size(first, page_size_max)
     return await paginate(session, TrainingJob, [TrainingJob.task == task], first, after)
 
