@@ -11,6 +11,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
@@ -49,3 +58,10 @@ def prepare() -> Settings:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     return settings
+
+
+def progress_bar(on: Console, *more: ProgressColumn) -> Progress:
+    """The commands' progress bar: what, how far, how long, then the ``more`` columns."""
+    return Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                    TaskProgressColumn(), TimeElapsedColumn(), *more, console=on,
+                    transient=False)

@@ -7,16 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress
 
-from app.cli.context import cli_actor, console, err, prepare
+from app.cli.context import cli_actor, console, err, prepare, progress_bar
 from app.errors import ArbiterError, InputValidationError
 
 
@@ -68,10 +61,7 @@ def predict_file(
             await engine.dispose()
 
     try:
-        with Progress(
-            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-            TaskProgressColumn(), TimeElapsedColumn(), console=err, transient=False,
-        ) as bar, output.open("a", encoding="utf-8") as out:
+        with progress_bar(err) as bar, output.open("a", encoding="utf-8") as out:
             shown = bar.add_task(f"predicting {task}", total=_count_rows(source),
                                  completed=skip)
             result = asyncio.run(work(bar, shown, out))

@@ -6,16 +6,9 @@ import asyncio
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import TextColumn
 
-from app.cli.context import cli_actor, console, prepare, run
+from app.cli.context import cli_actor, console, prepare, progress_bar, run
 from app.db.tables import Release
 from app.errors import ArbiterError
 from app.events.bus import build_bus
@@ -35,11 +28,7 @@ def train_task(settings: Settings, name: str, actor: str) -> None:
     if name not in tasks:
         raise ArbiterError(f"unknown task {name!r}; known: {', '.join(sorted(tasks))}")
 
-    with Progress(
-        SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
-        TaskProgressColumn(), TimeElapsedColumn(), TextColumn("{task.fields[message]}"),
-        console=console, transient=False,
-    ) as bar:
+    with progress_bar(console, TextColumn("{task.fields[message]}")) as bar:
         shown = bar.add_task(f"training {name}", total=1.0, message="requesting")
 
         async def show(job: Any) -> None:
