@@ -174,7 +174,16 @@ async def promote(
     percent = _check_percent(target, traffic_percent)
     await lock_task(session, task)
     release = await find_release(session, task, version)
-    what = f"release {version} of {task!r}"
+    _check_move(release, target, percent)
+    changes = await _make_room(session, release, target, actor, reason)
+    changes.append(await change_stage(session, release, target, percent, actor, reason))
+    await session.flush()
+    return changes
+
+
+def _check_move(release: Release, target: Stage, percent: float) -> None:
+    """A LIVE release never moves by promotion, and a move must change something."""
+    what = f"release {release.version} of {release.task!r}"
     if release.stage == Stage.LIVE:
         raise StageChangeError(
             f"{what} is LIVE and a task always keeps one LIVE release; "
@@ -183,17 +192,25 @@ async def promote(
     if release.stage == target and (target is not Stage.CANARY
                                     or release.traffic_percent == percent):
         raise StageChangeError(f"{what} is already {target}; nothing to change")
+
+
+async def _make_room(session: AsyncSession, release: Release, target: Stage, actor: str,
+                     reason: str) -> list[StageChange]:
+    """Before ``release`` becomes ``target``: retire the old LIVE release, send the other
+    canary back, or refuse one SHADOW too many."""
+    task, version = release.task, release.version
     changes: list[StageChange] = []
     if target is Stage.LIVE:
         old = await live_release(session, task)
         if old is not None:
             changes.append(await change_stage(session, old, Stage.RETIRED, 0.0, actor,
-                                       f"replaced by release {version}: {reason}"))
+                                              f"replaced by release {version}: {reason}"))
     elif target is Stage.CANARY:
         for other in await releases_in(session, task, Stage.CANARY):
             if other.id != release.id:
-                changes.append(await change_stage(session, other, Stage.CANDIDATE, 0.0, actor,
-                                           f"replaced as canary by release {version}: {reason}"))
+                changes.append(await change_stage(
+                    session, other, Stage.CANDIDATE, 0.0, actor,
+                    f"replaced as canary by release {version}: {reason}"))
     elif target is Stage.SHADOW:
         shadows = [r.version for r in await releases_in(session, task, Stage.SHADOW)]
         if len(shadows) >= SHADOW_LIMIT:
@@ -201,8 +218,6 @@ async def promote(
                 f"task {task!r} already has {len(shadows)} SHADOW releases "
                 f"({', '.join(map(str, shadows))}), the most allowed; demote one first"
             )
-    changes.append(await change_stage(session, release, target, percent, actor, reason))
-    await session.flush()
     return changes
 
 

@@ -184,7 +184,7 @@ async def _claim(
             return False
         job = await get_job(session, job_id)
         audit.append(session, audit.Kind.TRAINING_STARTED, WORKER_ACTOR, "training_job",
-                           job_id, {"attempt": job.attempts}, job.task)
+                     job_id, {"attempt": job.attempts}, job.task)
         return True
 
 
@@ -209,7 +209,7 @@ async def _fail(sessions: async_sessionmaker[AsyncSession], job_id: str, error: 
         )
         job = await get_job(session, job_id)
         audit.append(session, audit.Kind.TRAINING_FAILED, WORKER_ACTOR, "training_job",
-                           job_id, {"error": error[:2000]}, job.task)
+                     job_id, {"error": error[:2000]}, job.task)
 
 
 # Called with the job each time its progress or status is written (after commit).
