@@ -3,7 +3,8 @@ worse than allowed, the sense of each metric, and a full comparison table."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+from dataclasses import asdict, replace
 
 import numpy as np
 
@@ -73,3 +74,16 @@ def test_nothing_to_judge_on_is_rejected() -> None:
                            proba([True] * 10)[:6], 1)
     assert decision.decision == "REJECTED" and not decision.passed
     assert "reviewed held-out rows" in decision.reasons[0]
+
+
+def test_the_stored_decision_keeps_its_camel_case_json() -> None:
+    live = proba([True] * 9 + [False])
+    decision = gate.decide(GateSettings(promote_to="CANARY"), holdout([True] * 10), live, 4)
+    stored = replace(decision, promotion="not promoted to CANARY: no room").to_json()
+    assert list(stored) == ["decision", "passed", "reasons", "table", "liveVersion",
+                            "primaryMetric", "improveOn", "minImprovement", "maxRegression",
+                            "promoteTo", "promotion"]
+    assert stored["decision"] == "PASSED" and stored["promoteTo"] == "CANARY"
+    assert stored["table"][0] == asdict(decision.table[0])
+    assert json.loads(json.dumps(stored)) == stored
+    assert "liveVersion" not in gate.no_baseline(GateSettings(), "nothing LIVE").to_json()
