@@ -46,8 +46,6 @@ PROBABILITY = "probability"
 
 
 class Verdict:
-    """What a drift report concluded."""
-
     DRIFTED = "DRIFTED"
     NOT_DRIFTED = "NOT_DRIFTED"
     INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
