@@ -35,11 +35,8 @@ def start_context(**fields: Any) -> Token[dict[str, Any]]:
 
 
 def end_context(token: Token[dict[str, Any]]) -> None:
+    """Back to the log context before ``start_context`` (the request is over)."""
     _context.reset(token)
-
-
-def current_context() -> dict[str, Any]:
-    return dict(_context.get())
 
 
 class ContextFilter(logging.Filter):

@@ -67,7 +67,7 @@ def main() -> None:
         table.add_row(str(n), f"{accuracy(e1, X_shift, y_shift):.3f}",
                       f"{accuracy(e2, X_shift, y_shift):.3f}",
                       f"{accuracy(e1, X_book, y_book):.3f}", f"{accuracy(e2, X_book, y_book):.3f}",
-                      decision["decision"])
+                      decision.decision)
     Console().print(table)
 
 

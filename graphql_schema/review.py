@@ -15,7 +15,7 @@ from app.access.roles import Role
 from app.db.pagination import check_page_size
 from app.db.tables import Prediction as PredictionRow
 from app.db.tables import ReviewItem as ReviewItemRow
-from app.events.bus import ReviewChange
+from app.events.topics import ReviewChange
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.types import PageInfo, Prediction, relay_page_info

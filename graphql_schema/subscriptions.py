@@ -13,8 +13,8 @@ import strawberry
 from strawberry.permission import BasePermission
 
 from app.events import feeds
-from app.events.bus import ReleaseEventKind as _ReleaseEventKind
-from app.events.bus import ReviewChange as _ReviewChange
+from app.events.topics import ReleaseEventKind as _ReleaseEventKind
+from app.events.topics import ReviewChange as _ReviewChange
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.review import ReviewStatus

@@ -14,6 +14,7 @@ from app.db.tables import TrainingJob as TrainingJobRow
 from app.db.tables import TrainingSnapshot as SnapshotRow
 from app.releases.store import release_by_version
 from app.training import jobs as retraining
+from app.training.triggers import Trigger
 from graphql_schema.context import Info
 from graphql_schema.permissions import Allowed
 from graphql_schema.types import PageInfo, Release, relay_page_info
@@ -137,7 +138,7 @@ class TrainingMutation:
         ctx = info.context
         spec = ctx.services.registry.task(task)
         job, created = await retraining.request_retrain(
-            ctx.services.sessions, spec, retraining.Trigger.MANUAL, ctx.caller().actor, reason
+            ctx.services.sessions, spec, Trigger.MANUAL, ctx.caller().actor, reason
         )
         if created:
             ctx.services.wake_relay()

@@ -10,7 +10,8 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import ReviewItem
-from app.events.bus import EventBus, ReviewChange, review_event, review_topic
+from app.events.bus import EventBus
+from app.events.topics import ReviewChange, review_event, review_topic
 from review.queue import ItemStatus
 
 

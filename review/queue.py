@@ -36,6 +36,7 @@ from app.errors import (
 )
 from app.events.outbox import enqueue
 from app.metrics import LEASE_EXPIRIES, REVIEW_OUTCOMES
+from review.consolidation import Consolidation
 
 CANDIDATES_PER_TRY = 20
 CLAIM_TRIES = 5
@@ -220,16 +221,16 @@ async def release(sessions: async_sessionmaker[AsyncSession], token: str,
     return fresh
 
 
-def _consolidate(item: ReviewItem, labels: list[str], adjudicating: bool) -> dict[str, Any]:
+def _consolidate(item: ReviewItem, labels: list[str], adjudicating: bool) -> Consolidation:
     """The item's next state after one more review (labels: all independent reviews)."""
     if adjudicating:
-        return {"status": ItemStatus.RESOLVED, "resolution": Resolution.ADJUDICATION}
+        return Consolidation(ItemStatus.RESOLVED, resolution=Resolution.ADJUDICATION)
     if len(labels) < item.required_reviews:
-        return {"status": ItemStatus.PENDING}
+        return Consolidation(ItemStatus.PENDING)
     if len(set(labels)) == 1:
-        return {"status": ItemStatus.RESOLVED, "resolution": Resolution.AGREEMENT}
-    return {"status": ItemStatus.ESCALATED, "needs_adjudication": True,
-            "priority": item.priority + ESCALATION_PRIORITY_BOOST}
+        return Consolidation(ItemStatus.RESOLVED, resolution=Resolution.AGREEMENT)
+    return Consolidation(ItemStatus.ESCALATED, needs_adjudication=True,
+                         priority=item.priority + ESCALATION_PRIORITY_BOOST)
 
 
 async def submit(sessions: async_sessionmaker[AsyncSession], token: str, reviewer: Principal,
@@ -255,12 +256,11 @@ async def submit(sessions: async_sessionmaker[AsyncSession], token: str, reviewe
             labels = list((await session.exec(select(Review.label).where(
                 Review.item_id == item.id, col(Review.adjudication).is_(False)))).all())
             change = _consolidate(item, labels, adjudicating)
-            if change["status"] == ItemStatus.RESOLVED:
-                now = utcnow()
-                change |= {"final_label": label, "resolved_at": now}
+            if change.status == ItemStatus.RESOLVED:
+                change = change.resolved_with(label, utcnow())
                 model_label = await _settle(session, item, label)
             result = await session.exec(_cas(item).values(
-                reviews_done=len(labels), **_NO_LEASE, **change))
+                reviews_done=len(labels), **_NO_LEASE, **change.columns()))
             if result.rowcount != 1:
                 raise StaleLeaseError("the lease changed while submitting; claim the item anew")
             _audit_submission(session, item, reviewer, label, comment, adjudicating,
@@ -277,18 +277,18 @@ async def submit(sessions: async_sessionmaker[AsyncSession], token: str, reviewe
 
 def _audit_submission(session: AsyncSession, item: ReviewItem, reviewer: Principal,
                       label: str, comment: str, adjudicating: bool,
-                      change: dict[str, Any]) -> None:
+                      change: Consolidation) -> None:
     """The review, and what it did to the item: resolved it (final label) or escalated it."""
     entries = [audit.Entry(audit.Kind.REVIEW_SUBMITTED, reviewer.actor, "review_item", item.id,
                            {"prediction": item.prediction_id, "reviewer": reviewer.name,
                             "label": label, "comment": comment,
                             "kind": "adjudication" if adjudicating else "review"}, item.task)]
-    status = change["status"]
+    status = change.status
     if status == ItemStatus.RESOLVED:
         entries.append(audit.Entry(audit.Kind.REVIEW_RESOLVED, reviewer.actor, "review_item",
                                    item.id, {"prediction": item.prediction_id,
                                              "finalLabel": label,
-                                             "resolution": change["resolution"].value},
+                                             "resolution": change.resolution},
                                    item.task))
     elif status == ItemStatus.ESCALATED:
         entries.append(audit.Entry(audit.Kind.REVIEW_ESCALATED, reviewer.actor, "review_item",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ import httpx
 import pytest
 from sqlmodel import col, select
 
-from app.db.engine import make_engine, make_sessionmaker
+from app.cli.context import run as with_sessions
 from app.db.tables import StageChange
 from app.ml.training import TrainedRelease
 from app.releases.store import store_release
@@ -122,17 +121,6 @@ def test_serve_does_not_train(env: dict[str, str], started: list[subprocess.Pope
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert ready.status_code == 503
-
-
-def with_sessions(settings: Settings, work: Callable[[Any], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        engine = make_engine(settings.resolved_database_url)
-        try:
-            return await work(make_sessionmaker(engine))
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(main())
 
 
 async def cli_stage_changes(sessions: Any) -> list[StageChange]:

@@ -25,7 +25,8 @@ from app.drift.report import (
 )
 from app.errors import BadRequestError, ConfigurationError
 from app.ml.contract import to_matrix
-from app.ml.task import DriftSettings, DriftTest, FeatureDrift, TaskSpec, load_task, window_seconds
+from app.ml.drift_settings import DriftSettings, DriftTest, FeatureDrift, window_seconds
+from app.ml.task import TaskSpec, load_task
 from app.settings import EXAMPLE_TASKS_DIR
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -13,17 +13,10 @@ import pytest
 import redis
 
 from app.errors import EventsMissedError, SubscriberTooSlowError
-from app.events.bus import (
-    CLOCK_MARGIN_SECONDS,
-    PUBLISH_BACKOFF_SECONDS,
-    EventBus,
-    LocalBus,
-    RedisBus,
-    ReleaseEventKind,
-    Subscription,
-    release_event,
-    releases_topic,
-)
+from app.events.announcements import announce
+from app.events.bus import PUBLISH_BACKOFF_SECONDS, EventBus, LocalBus, RedisBus
+from app.events.subscribers import CLOCK_MARGIN_SECONDS, Subscription
+from app.events.topics import ReleaseEventKind, release_event, releases_topic, review_topic
 from tests.redis_server import RedisServer
 from tests.tcp_proxy import TcpProxy
 from tests.workers.test_redis_worker import REDIS_URL, require_redis
@@ -65,6 +58,22 @@ def test_local_bus_delivers_from_the_loop_and_from_threads_in_order() -> None:
         sub.close()
         other.close()
         assert bus.subscribers() == 0
+
+    asyncio.run(scenario())
+
+
+def test_announce_publishes_committed_events_in_order_on_their_topics() -> None:
+    async def scenario() -> None:
+        bus = LocalBus()
+        await bus.start()
+        releases, review = bus.subscribe([releases_topic("a")]), bus.subscribe([review_topic("a")])
+        await announce(bus, [(releases_topic("a"), {"n": 1}), (review_topic("a"), {"n": 2}),
+                             (releases_topic("a"), {"n": 3})])
+        await announce(bus, [])  # nothing committed: nothing heard
+        assert [e["n"] for e in await take(releases, 2)] == [1, 3]
+        assert await take(review, 1) == [{"n": 2}]
+        releases.close()
+        review.close()
 
     asyncio.run(scenario())
 

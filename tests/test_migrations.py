@@ -14,7 +14,8 @@ from sqlmodel import SQLModel, col
 
 from app.db.engine import make_engine
 from app.db.migrate import alembic_config, upgrade
-from app.db.tables import Prediction, values_of
+from app.db.rows import values_of
+from app.db.tables import Prediction
 from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions.path import predict_batch

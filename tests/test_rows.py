@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.db.tables import Prediction, ReviewItem, built, values_of
+from app.db.rows import built, values_of
+from app.db.tables import Prediction, ReviewItem
 from app.db.types import utcnow
 
 

@@ -67,7 +67,7 @@ def _check_canaries(make_context: MakeContext) -> Callable[..., Awaitable[None]]
         for task in ctx.tasks.values():
             async with ctx.sessions() as session, session.begin():
                 changes = await check_canary(session, task)
-            await stages.publish(ctx.events, ctx.sessions, changes)
+            await stages.announce(ctx.events, ctx.sessions, changes)
     return check
 
 

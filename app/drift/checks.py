@@ -24,11 +24,14 @@ from app.db.types import utcnow
 from app.drift import gauges as drift_metrics
 from app.drift.report import DriftReport, Recent, drift_report, feature_reference
 from app.errors import ArbiterError, NoDriftReferenceError, NoLiveReleaseError
-from app.events.bus import ReleaseEventKind, release_event, releases_topic
-from app.ml.task import TaskSpec, window_seconds
+from app.events.announcements import announce
+from app.events.topics import ReleaseEventKind, release_event, releases_topic
+from app.ml.drift_settings import window_seconds
+from app.ml.task import TaskSpec
 from app.releases.store import live_release
 from app.training import jobs as retraining
 from app.training.snapshots import load_snapshot
+from app.training.triggers import Trigger
 
 log = logging.getLogger("arbiter.drift")
 
@@ -134,12 +137,13 @@ async def _asked_within(session: AsyncSession, task: str, since: datetime) -> bo
     """Whether drift asked for a retraining of the task since ``since``: while one drift
     persists, it asks once per window rather than at every check."""
     found = await session.exec(select(TrainingJob.id).where(
-        TrainingJob.task == task, TrainingJob.trigger == retraining.Trigger.DRIFT,
+        TrainingJob.task == task, TrainingJob.trigger == Trigger.DRIFT,
         col(TrainingJob.created_at) >= since))
     return found.first() is not None
 
 
 def retrain_reason(report: DriftReport) -> str:
+    """Why drift asks for a retraining, for the job and the event."""
     return (f"drift in {', '.join(report.drifted_features)} over the last {report.window} "
             f"(share {report.share:.2f} >= {report.share_threshold:g})")
 
@@ -173,7 +177,7 @@ async def _store(ctx: retraining.JobContext, task: TaskSpec, live: Release,
                 if await _asked_within(session, task.name, report.since):
                     return True, None  # the same window's drift already asked for one
                 job, _ = await retraining.request_in(
-                    session, task, retraining.Trigger.DRIFT, DRIFT_ACTOR, retrain_reason(report))
+                    session, task, Trigger.DRIFT, DRIFT_ACTOR, retrain_reason(report))
                 return True, job
         except IntegrityError:
             continue  # a concurrent check stored this period, or created the job: look again
@@ -212,10 +216,10 @@ async def check_task(ctx: retraining.JobContext, task: TaskSpec,
     if stored:
         await prune_reports(ctx.sessions, task, now)
     if stored and report.drifted:
-        await ctx.events.publish(releases_topic(task.name), release_event(
+        await announce(ctx.events, [(releases_topic(task.name), release_event(
             ReleaseEventKind.DRIFT_DETECTED, task.name, version=live.version,
             job_id=job.id if job else None, status=report.verdict,
-            reason=retrain_reason(report), message=report.message, actor=DRIFT_ACTOR))
+            reason=retrain_reason(report), message=report.message, actor=DRIFT_ACTOR))])
     return CheckOutcome(report, stored, job)
 
 

@@ -26,7 +26,8 @@ import numpy as np
 from scipy import stats
 from scipy.spatial import distance
 
-from app.ml.task import DriftSettings, DriftTest, FeatureDrift, FeatureType, TaskSpec
+from app.ml.drift_settings import DriftSettings, DriftTest, FeatureDrift
+from app.ml.task import FeatureType, TaskSpec
 
 REFERENCE_SAMPLE = 5000  # values kept per numeric feature (a deterministic subsample)
 REFERENCE_SEED = 0
@@ -150,6 +151,7 @@ def choose_test(numeric: bool, sample_size: int,
 
 
 def ks_p_value(reference: np.ndarray, current: np.ndarray) -> float:
+    """Two-sample Kolmogorov-Smirnov p-value."""
     return float(stats.ks_2samp(reference, current).pvalue)
 
 

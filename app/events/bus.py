@@ -2,9 +2,9 @@
 changes, for subscriptions.
 
 Events are notices, not records: the database stays the source of truth, delivery is at
-most once, and nothing a caller relies on fails because an event was lost. Every event is
-a JSON-ready ``dict`` published on a topic (``predictions.<task>``, ``review.<task>``,
-``releases.<task>``; build them with the ``*_topic`` helpers).
+most once, and nothing a caller relies on fails because an event was lost. Topics and
+the events published on them are in ``app.events.topics``; the subscribers' buffers in
+``app.events.subscribers``.
 
 Two buses share one API:
 
@@ -19,7 +19,8 @@ Each subscriber has a bounded buffer: a subscriber that falls ``buffer`` events 
 ``SubscriberTooSlowError`` after the events it already has, and the bus never blocks on it.
 
 Publishing, after the change committed (``Services.events`` in a server; the ``events``
-argument of ``workers.actors.register`` in actors)::
+argument of ``workers.actors.register`` in actors), goes through
+``app.events.announcements.announce``; underneath::
 
     await events.publish(releases_topic(task), release_event(
         ReleaseEventKind.STAGE_CHANGED, task, version=3, from_stage="CANARY",
@@ -32,33 +33,28 @@ thread); ``publish_sync`` blocks for one Redis round trip at most. Neither raise
 Redis is down: the events are dropped, and once Redis takes events again (the next publish,
 or a retry every second) the publisher tells every listener on which topics it dropped
 events and when (``MISSED_TOPIC``), so that the subscriptions open then end with
-``EVENTS_MISSED``. The keys of a release event are ``RELEASE_EVENT_KEYS``.
+``EVENTS_MISSED``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import Protocol
 
 import redis
 import redis.asyncio as aredis
 
-from app.db.tables import ReviewItem
-from app.errors import EventsMissedError, SubscriberTooSlowError
+from app.events.subscribers import Subscribers, Subscription
+from app.events.topics import Event, Message
 from app.settings import Settings
 
 log = logging.getLogger("arbiter.events")
-
-Event = dict[str, Any]
 
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 2.0
@@ -69,183 +65,13 @@ REDIS_TIMEOUT_SECONDS = 2.0
 # ``{"topics": {topic: wall time of the last event it dropped there}}``. Not a task's topic
 # (those all have a ``kind.`` prefix), so older servers deliver it to nobody.
 MISSED_TOPIC = "missed"
-# Subscriptions opened up to this long after the last dropped event are told too: the
-# publisher's clock and the listener's may differ a little, and telling too many is safe.
-CLOCK_MARGIN_SECONDS = 1.0
-
-
-def predictions_topic(task: str) -> str:
-    return f"predictions.{task}"
-
-
-def review_topic(task: str) -> str:
-    return f"review.{task}"
-
-
-def releases_topic(task: str) -> str:
-    return f"releases.{task}"
-
-
-class ReleaseEventKind(StrEnum):
-    STAGE_CHANGED = "STAGE_CHANGED"
-    TRAINING_PROGRESS = "TRAINING_PROGRESS"
-    TRAINING_FINISHED = "TRAINING_FINISHED"
-    GATE_DECISION = "GATE_DECISION"
-    DRIFT_DETECTED = "DRIFT_DETECTED"
-
-
-class ReviewChange(StrEnum):
-    OPENED = "OPENED"
-    CLAIMED = "CLAIMED"
-    RELEASED = "RELEASED"
-    REVIEWED = "REVIEWED"
-    EXPIRED = "EXPIRED"
-
-
-# The keys of a release event (all but kind and task may be None); ReleaseEvent in GraphQL.
-RELEASE_EVENT_KEYS = ("kind", "task", "version", "fromStage", "toStage", "trafficPercent",
-                      "actor", "reason", "at", "jobId", "status", "progress", "message")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def release_event(kind: ReleaseEventKind | str, task: str, *, version: int | None = None,
-                  from_stage: str | None = None, to_stage: str | None = None,
-                  traffic_percent: float | None = None, actor: str | None = None,
-                  reason: str | None = None, job_id: str | None = None,
-                  status: str | None = None, progress: float | None = None,
-                  message: str | None = None, at: datetime | None = None) -> Event:
-    """A release event (publish it on ``releases_topic(task)``); ``progress`` is 0..1."""
-    kind = ReleaseEventKind(kind)
-    if progress is not None and not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress must be within 0..1, got {progress}")
-    return {"kind": kind.value, "task": task, "version": version, "fromStage": from_stage,
-            "toStage": to_stage, "trafficPercent": traffic_percent, "actor": actor,
-            "reason": reason, "at": (at.isoformat() if at else _now()), "jobId": job_id,
-            "status": status, "progress": progress, "message": message}
-
-
-def prediction_event(values: dict[str, Any]) -> Event:
-    """The stored prediction itself, as JSON (subscribers need no database read), from the
-    column values it was inserted with (``values_of``): every column but the time already
-    holds JSON values, and pydantic's ``model_dump(mode="json")`` cost 11 % of the event
-    loop's time at 32 clients (attribute access per column)."""
-    return {**values, "created_at": values["created_at"].isoformat()}
-
-
-def review_event(item: ReviewItem, change: ReviewChange, waiting: int | None = None) -> Event:
-    """A review item's new state after ``change``; ``waiting`` = items open in its task."""
-    return {"itemId": item.id, "predictionId": item.prediction_id, "task": item.task,
-            "change": ReviewChange(change).value, "status": item.status,
-            "priority": item.priority, "reviewsDone": item.reviews_done,
-            "requiredReviews": item.required_reviews, "finalLabel": item.final_label,
-            "waiting": waiting, "at": _now()}
-
-
-class Subscription:
-    """One subscriber's bounded buffer of events from some topics; iterate it, close it."""
-
-    def __init__(self, bus: _Fanout, topics: frozenset[str], buffer: int) -> None:
-        self.topics = topics
-        self.buffer = buffer
-        self.dropped = 0
-        self.interrupted = False
-        self.opened_at = time.time()  # wall clock, compared with other processes' drops
-        self._bus = bus
-        self._events: collections.deque[Event] = collections.deque()
-        self._ready = asyncio.Event()
-
-    def offer(self, event: Event) -> None:
-        """Called on the subscribers' loop; never blocks. A full buffer marks the gap."""
-        if self.interrupted:
-            return
-        if self.dropped or len(self._events) >= self.buffer:
-            self.dropped += 1
-        else:
-            self._events.append(event)
-        self._ready.set()
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self
-
-    async def __anext__(self) -> Event:
-        while not self._events:
-            if self.dropped:
-                self.close()
-                raise SubscriberTooSlowError(self.dropped, self.buffer)
-            if self.interrupted:
-                self.close()
-                raise EventsMissedError()
-            self._ready.clear()
-            await self._ready.wait()
-        return self._events.popleft()
-
-    def interrupt(self) -> None:
-        """The stream this subscription hangs on was cut: it ends, after the events it
-        already has, with ``EventsMissedError``."""
-        self.interrupted = True
-        self._ready.set()
-
-    def close(self) -> None:
-        self._bus.remove(self)
-
-
-class _Fanout:
-    """The subscribers of one process by topic; touched only on their event loop."""
-
-    def __init__(self, buffer: int) -> None:
-        self.buffer = buffer
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._by_topic: dict[str, set[Subscription]] = collections.defaultdict(set)
-
-    def add(self, topics: Iterable[str], buffer: int | None) -> Subscription:
-        self.loop = asyncio.get_running_loop()
-        sub = Subscription(self, frozenset(topics), buffer or self.buffer)
-        for topic in sub.topics:
-            self._by_topic[topic].add(sub)
-        return sub
-
-    def remove(self, sub: Subscription) -> None:
-        for topic in sub.topics:
-            subs = self._by_topic.get(topic)
-            if subs is not None:
-                subs.discard(sub)
-                if not subs:
-                    del self._by_topic[topic]
-
-    def deliver(self, topic: str, event: Event) -> None:
-        for sub in list(self._by_topic.get(topic, ())):
-            sub.offer(event)
-
-    def interrupt(self) -> None:
-        for sub in {s for subs in self._by_topic.values() for s in subs}:
-            sub.interrupt()
-
-    def interrupt_missed(self, dropped: dict[str, float]) -> None:
-        """A publisher dropped events on these topics (topic -> time of its last drop):
-        the subscriptions that were open then missed them."""
-        for topic, last in dropped.items():
-            for sub in list(self._by_topic.get(topic, ())):
-                if sub.opened_at <= last + CLOCK_MARGIN_SECONDS:
-                    sub.interrupt()
-
-    def count(self) -> int:
-        return len({s for subs in self._by_topic.values() for s in subs})
-
-    def on_loop(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
 
 
 class EventBus(Protocol):
     """What publishers and subscribers use; ``LocalBus`` and ``RedisBus`` provide it."""
 
     async def publish(self, topic: str, event: Event) -> None: ...
-    async def publish_many(self, messages: Sequence[tuple[str, Event]]) -> None: ...
+    async def publish_many(self, messages: Sequence[Message]) -> None: ...
     def publish_sync(self, topic: str, event: Event) -> None: ...
     def subscribe(self, topics: Iterable[str], buffer: int | None = None) -> Subscription: ...
     def subscribers(self) -> int: ...
@@ -253,21 +79,7 @@ class EventBus(Protocol):
     async def stop(self) -> None: ...
 
 
-class _Subscribers:
-    """The subscribing half both buses share: this process's subscribers."""
-
-    def __init__(self, buffer: int) -> None:
-        self._fanout = _Fanout(buffer)
-
-    def subscribe(self, topics: Iterable[str], buffer: int | None = None) -> Subscription:
-        """A bounded subscription (``buffer`` events, default the bus's) to ``topics``."""
-        return self._fanout.add(topics, buffer)
-
-    def subscribers(self) -> int:
-        return self._fanout.count()
-
-
-class LocalBus(_Subscribers):
+class LocalBus(Subscribers):
     """In-process delivery (embedded mode)."""
 
     def __init__(self, buffer: int = 256) -> None:
@@ -276,7 +88,7 @@ class LocalBus(_Subscribers):
     async def publish(self, topic: str, event: Event) -> None:
         self.publish_sync(topic, event)
 
-    async def publish_many(self, messages: Sequence[tuple[str, Event]]) -> None:
+    async def publish_many(self, messages: Sequence[Message]) -> None:
         for topic, event in messages:
             self.publish_sync(topic, event)
 
@@ -298,7 +110,7 @@ class LocalBus(_Subscribers):
         return None
 
 
-class RedisBus(_Subscribers):
+class RedisBus(Subscribers):
     """Redis pub/sub delivery (scaled out). ``listen=False`` for processes that only publish
     (workers); servers listen with one connection whatever the number of subscribers."""
 
@@ -329,7 +141,7 @@ class RedisBus(_Subscribers):
     def _skipping(self) -> bool:
         return time.monotonic() < self._down_until
 
-    def _failed(self, exc: Exception, messages: Sequence[tuple[str, Event]]) -> None:
+    def _failed(self, exc: Exception, messages: Sequence[Message]) -> None:
         with self._lock:
             if not self._down:
                 log.warning("cannot publish events to Redis (%s); dropping events until it "
@@ -338,7 +150,7 @@ class RedisBus(_Subscribers):
             self._down_until = time.monotonic() + PUBLISH_BACKOFF_SECONDS
         self._drop(messages)
 
-    def _drop(self, messages: Sequence[tuple[str, Event]]) -> None:
+    def _drop(self, messages: Sequence[Message]) -> None:
         """Remember where events were lost, to tell the listeners once Redis is back."""
         now = time.time()
         with self._lock:
@@ -346,8 +158,8 @@ class RedisBus(_Subscribers):
                 if topic != MISSED_TOPIC:
                     self._dropped[topic] = now
 
-    def _with_notice(self, messages: Sequence[tuple[str, Event]]
-                     ) -> tuple[list[tuple[str, Event]], dict[str, float]]:
+    def _with_notice(self, messages: Sequence[Message]
+                     ) -> tuple[list[Message], dict[str, float]]:
         """The messages, behind a notice of the events dropped so far if there were any."""
         with self._lock:
             dropped = dict(self._dropped)
@@ -369,7 +181,7 @@ class RedisBus(_Subscribers):
     async def publish(self, topic: str, event: Event) -> None:
         await self.publish_many([(topic, event)])
 
-    async def publish_many(self, messages: Sequence[tuple[str, Event]]) -> None:
+    async def publish_many(self, messages: Sequence[Message]) -> None:
         """Publish in one round trip; with no messages, only the notice of dropped events
         if there is one to give."""
         if not messages and not self._dropped:
@@ -400,7 +212,7 @@ class RedisBus(_Subscribers):
         else:
             self._publish_blocking([(topic, event)])
 
-    def _publish_blocking(self, messages: Sequence[tuple[str, Event]]) -> None:
+    def _publish_blocking(self, messages: Sequence[Message]) -> None:
         sent, dropped = self._with_notice(messages)
         try:
             pipe = self._sync.pipeline(transaction=False)
@@ -503,12 +315,3 @@ def build_bus(settings: Settings, listen: bool = True) -> EventBus:
         return RedisBus(settings.redis_url, settings.redis_namespace,
                         settings.subscription_buffer, listen=listen)
     return LocalBus(settings.subscription_buffer)
-
-
-async def publish_stored(bus: EventBus, predictions: Sequence[dict[str, Any]],
-                         opened: Sequence[ReviewItem]) -> None:
-    """After the commit of ``_store``: one event per prediction (given by the column values
-    it was inserted with) and per opened review item."""
-    messages = [(predictions_topic(p["task"]), prediction_event(p)) for p in predictions]
-    messages += [(review_topic(i.task), review_event(i, ReviewChange.OPENED)) for i in opened]
-    await bus.publish_many(messages)

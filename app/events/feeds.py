@@ -12,7 +12,8 @@ from typing import Any, Generic, TypeVar
 
 from app.access.roles import Principal
 from app.db.tables import Prediction
-from app.events.bus import Event, EventBus, predictions_topic, releases_topic, review_topic
+from app.events.bus import EventBus
+from app.events.topics import Event, predictions_topic, releases_topic, review_topic
 
 T = TypeVar("T")
 RECENT_EVENTS = 1024

@@ -24,11 +24,15 @@ from sklearn.linear_model import LogisticRegression
 
 
 class OutputSpace(StrEnum):
+    """The space a member's explanation adds up in."""
+
     LOG_ODDS = "LOG_ODDS"
     PROBABILITY = "PROBABILITY"
 
 
 class ExplainerKind(StrEnum):
+    """Which SHAP explainer fits an algorithm."""
+
     LINEAR = "linear"
     TREE = "tree"
 

@@ -28,6 +28,7 @@ def library_versions() -> dict[str, str]:
 
 
 def sha256_of(path: Path) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

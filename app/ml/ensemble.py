@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedMember:
+    """One member of a release, loaded and ready to predict and explain."""
+
     name: str
     version: str
     algorithm: str
@@ -49,6 +51,8 @@ class Explained:
 
 @dataclass
 class MemberOutput:
+    """What one member answered for one row."""
+
     name: str
     version: str
     weight: float
@@ -59,6 +63,8 @@ class MemberOutput:
 
 @dataclass
 class RowResult:
+    """The ensemble's answer for one row: probabilities, label, set, explanation."""
+
     probabilities: np.ndarray
     label: int
     prediction_set: np.ndarray  # boolean (classes,)

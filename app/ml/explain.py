@@ -113,9 +113,11 @@ class MemberExplainer:
 
 
 def add_time(timings: dict[str, float], stage: str, seconds: float) -> None:
+    """Add ``seconds`` to the time spent in ``stage``."""
     timings[stage] = timings.get(stage, 0.0) + seconds
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, shifted by each row's maximum for stability."""
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return np.asarray(e / e.sum(axis=1, keepdims=True))

@@ -7,6 +7,7 @@ rule, and returns the decision with the full comparison table.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -30,12 +31,57 @@ class Decision(StrEnum):
 TOLERANCE = 1e-9  # metrics are ratios of counts: equal to the bound is within it
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One (metric, slice) of the table: both releases' scores on the same rows, the gain."""
+
+    metric: str
+    slice: str
+    rows: int
+    candidate: float
+    live: float
+    gain: float
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the gate concluded and why, with the comparison table and the rule it applied;
+    ``promotion`` says why a passing release stayed a CANDIDATE."""
+
+    decision: Decision
+    passed: bool
+    reasons: list[str]
+    rule: GateSettings
+    table: list[Comparison] = field(default_factory=list)
+    live_version: int | None = None
+    promotion: str | None = None
+
+    @property
+    def promote_to(self) -> str:
+        return self.rule.promote_to
+
+    def to_json(self) -> dict[str, Any]:
+        """The decision as it is stored on the release and exposed (camelCase keys)."""
+        rule = self.rule
+        stored: dict[str, Any] = {
+            "decision": self.decision.value, "passed": self.passed, "reasons": self.reasons,
+            "table": [asdict(row) for row in self.table]}
+        if self.live_version is not None:
+            stored["liveVersion"] = self.live_version
+        stored |= {"primaryMetric": rule.primary_metric.value, "improveOn": rule.improve_on,
+                   "minImprovement": rule.min_improvement,
+                   "maxRegression": rule.max_regression, "promoteTo": rule.promote_to}
+        if self.promotion is not None:
+            stored["promotion"] = self.promotion
+        return stored
+
+
 def _gain(metric: str, candidate: float, live: float) -> float:
     """How much better the candidate is (positive: better), whatever the metric's sense."""
     return live - candidate if metric in LOWER_IS_BETTER else candidate - live
 
 
-def comparison_table(holdout: Holdout, live_proba: np.ndarray) -> list[dict[str, Any]]:
+def comparison_table(holdout: Holdout, live_proba: np.ndarray) -> list[Comparison]:
     """One row per (metric, slice): both releases' scores on the same rows, and the gain."""
     table = []
     for name, mask in holdout.slices().items():
@@ -43,78 +89,50 @@ def comparison_table(holdout: Holdout, live_proba: np.ndarray) -> list[dict[str,
             continue
         ours = classification_metrics(holdout.proba[mask], holdout.y[mask])
         theirs = classification_metrics(live_proba[mask], holdout.y[mask])
-        for metric in ours.keys() & theirs.keys():
-            table.append(
-                {
-                    "metric": metric,
-                    "slice": name,
-                    "rows": int(mask.sum()),
-                    "candidate": ours[metric],
-                    "live": theirs[metric],
-                    "gain": _gain(metric, ours[metric], theirs[metric]),
-                }
-            )
-    table.sort(key=lambda r: (SLICES.index(r["slice"]), r["metric"]))
+        table += [Comparison(metric, name, int(mask.sum()), ours[metric], theirs[metric],
+                             _gain(metric, ours[metric], theirs[metric]))
+                  for metric in ours.keys() & theirs.keys()]
+    table.sort(key=lambda r: (SLICES.index(r.slice), r.metric))
     return table
 
 
-def _rule(settings: GateSettings) -> dict[str, Any]:
-    return {
-        "primaryMetric": settings.primary_metric.value,
-        "improveOn": settings.improve_on,
-        "minImprovement": settings.min_improvement,
-        "maxRegression": settings.max_regression,
-        "promoteTo": settings.promote_to,
-    }
-
-
-def no_baseline(settings: GateSettings, why: str) -> dict[str, Any]:
-    return {"decision": Decision.NO_BASELINE, "passed": False, "reasons": [why],
-            "table": [], **_rule(settings)}
+def no_baseline(settings: GateSettings, why: str) -> GateDecision:
+    """Nothing to compare the candidate with: it is not promoted."""
+    return GateDecision(Decision.NO_BASELINE, False, [why], settings)
 
 
 def decide(
     settings: GateSettings, holdout: Holdout, live_proba: np.ndarray, live_version: int
-) -> dict[str, Any]:
+) -> GateDecision:
     """PASSED when the primary metric gains at least ``min_improvement`` on the
     ``improve_on`` rows and loses no more than ``max_regression`` on any slice; else
     REJECTED, with why."""
     metric = settings.primary_metric.value
     table = comparison_table(holdout, live_proba)
-    primary = {r["slice"]: r for r in table if r["metric"] == metric}
-    reasons, passed = [], True
+    primary = {r.slice: r for r in table if r.metric == metric}
     judged = primary.get(settings.improve_on)
     if judged is None:
-        return {"decision": Decision.REJECTED, "passed": False, "table": table,
-                "liveVersion": live_version, **_rule(settings),
-                "reasons": [f"{metric} cannot be computed on the {settings.improve_on} "
-                            "held-out rows (there are none, or too few classes): nothing "
-                            "shows the candidate is better"]}
-    where = f"{metric} on the {judged['rows']} {settings.improve_on} held-out rows"
-    if judged["gain"] < settings.min_improvement - TOLERANCE:
-        passed = False
-        reasons.append(
-            f"{where} gains {judged['gain']:+.4f} over LIVE v{live_version}, less than the "
-            f"required {settings.min_improvement:.4f}"
-        )
-    else:
-        reasons.append(
-            f"{where} gains {judged['gain']:+.4f} over LIVE v{live_version} "
-            f"(at least {settings.min_improvement:.4f} required)"
-        )
-    for name in ("source", "reviewed"):
-        row = primary.get(name)
-        if row is not None and row["gain"] < -settings.max_regression - TOLERANCE:
-            passed = False
-            reasons.append(
-                f"{metric} on the {row['rows']} {name} held-out rows loses "
-                f"{-row['gain']:.4f}, more than the allowed {settings.max_regression:.4f}"
-            )
-    return {
-        "decision": Decision.PASSED if passed else Decision.REJECTED,
-        "passed": passed,
-        "reasons": reasons,
-        "table": table,
-        "liveVersion": live_version,
-        **_rule(settings),
-    }
+        return GateDecision(Decision.REJECTED, False, [
+            f"{metric} cannot be computed on the {settings.improve_on} held-out rows (there "
+            "are none, or too few classes): nothing shows the candidate is better"],
+            settings, table, live_version)
+    reasons = [_improvement(settings, judged, live_version)]
+    reasons += [_regression(settings, row) for row in primary.values()
+                if row.slice in ("source", "reviewed")
+                and row.gain < -settings.max_regression - TOLERANCE]
+    passed = judged.gain >= settings.min_improvement - TOLERANCE and len(reasons) == 1
+    return GateDecision(Decision.PASSED if passed else Decision.REJECTED, passed, reasons,
+                        settings, table, live_version)
+
+
+def _improvement(settings: GateSettings, judged: Comparison, live_version: int) -> str:
+    where = f"{judged.metric} on the {judged.rows} {settings.improve_on} held-out rows"
+    gains = f"{where} gains {judged.gain:+.4f} over LIVE v{live_version}"
+    if judged.gain < settings.min_improvement - TOLERANCE:
+        return f"{gains}, less than the required {settings.min_improvement:.4f}"
+    return f"{gains} (at least {settings.min_improvement:.4f} required)"
+
+
+def _regression(settings: GateSettings, row: Comparison) -> str:
+    return (f"{row.metric} on the {row.rows} {row.slice} held-out rows loses "
+            f"{-row.gain:.4f}, more than the allowed {settings.max_regression:.4f}")

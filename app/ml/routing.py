@@ -17,6 +17,8 @@ AUDIT_HASH_SPACE = 2**64
 
 
 class Route(StrEnum):
+    """Where a prediction goes: answered as is, or to people."""
+
     AUTO = "AUTO"
     REVIEW = "REVIEW"
 

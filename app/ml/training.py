@@ -29,6 +29,8 @@ from app.ml.task import Member, TaskSpec
 
 @dataclass
 class TrainedMember:
+    """One fitted member with its background and metrics."""
+
     spec: Member
     pipeline: Pipeline
     background_mean: np.ndarray
@@ -61,6 +63,8 @@ class Holdout:
 
 @dataclass
 class TrainedRelease:
+    """A whole fitted release, before it is stored."""
+
     task: TaskSpec
     members: list[TrainedMember]
     calibration: ReleaseCalibration

@@ -28,7 +28,8 @@ from app import logs
 from app.access.roles import Principal
 from app.audit import log as audit
 from app.db.pagination import Page, check_page_size, paginate
-from app.db.tables import Prediction, ReviewItem, StageChange, Status, built, values_of
+from app.db.rows import built, values_of
+from app.db.tables import Prediction, ReviewItem, StageChange, Status
 from app.db.types import utcnow
 from app.errors import (
     AllMembersFailedError,
@@ -36,7 +37,9 @@ from app.errors import (
     IdempotencyConflictError,
     NotFoundError,
 )
-from app.events.bus import EventBus, LocalBus, publish_stored
+from app.events.announcements import announce
+from app.events.bus import EventBus, LocalBus
+from app.events.topics import stored_events
 from app.metrics import PREDICTION_STAGE_DURATION, PREDICTIONS
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.ensemble import Ensemble, MemberColumns, Outputs
@@ -85,7 +88,7 @@ class Services:
 
     async def announce(self, changes: Sequence[StageChange]) -> None:
         """Publish committed stage changes on ``releaseEvents`` (and log them)."""
-        await stages.publish(self.events, self.sessions, changes)
+        await stages.announce(self.events, self.sessions, changes)
 
 
 _SORTED = json.JSONEncoder(sort_keys=True)  # json.dumps(sort_keys=True), without a new encoder
@@ -654,7 +657,7 @@ async def _store_together(services: Services, group: list[_Commit]) -> None:
             await conn.execute(insert(ReviewItem), [values_of(i) for i in opened.values()])
         audit.record(session, [audit_entry(p, c.actor, opened.get(p.id))
                                for c in group for p in c.records])
-    await publish_stored(services.events, values, list(opened.values()))  # once committed
+    await announce(services.events, stored_events(values, list(opened.values())))  # committed
 
 
 async def get_prediction(services: Services, caller: Principal, prediction_id: str) -> Prediction:

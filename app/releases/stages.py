@@ -1,9 +1,10 @@
 """Release stages: promotion, rollback, and the record of who moved which release, when, why.
 
 Each change runs inside the caller's transaction and returns the ``StageChange`` rows it
-wrote; the caller commits, then hands them to ``announce``. Every move is a compare-and-set
-on the stage that was read, and the partial unique index keeps one LIVE release per task,
-so of two conflicting promotions one fails with ``StageConflictError`` and writes nothing.
+wrote; the caller commits, then hands them to ``announce`` (logs and publishes them). Every
+move is a compare-and-set on the stage that was read, and the partial unique index keeps
+one LIVE release per task, so of two conflicting promotions one fails with
+``StageConflictError`` and writes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.audit import log as audit
 from app.db.tables import Release, StageChange
 from app.errors import NoLiveReleaseError, NotFoundError, StageChangeError, StageConflictError
-from app.events.bus import EventBus, ReleaseEventKind, release_event, releases_topic
+from app.events import announcements
+from app.events.bus import EventBus
+from app.events.topics import ReleaseEventKind, release_event, releases_topic
 from app.releases.store import Stage, live_release, release_by_version
 
 # Every SHADOW scores every LIVE-answered input off the response path: each costs inference.
@@ -171,7 +174,16 @@ async def promote(
     percent = _check_percent(target, traffic_percent)
     await lock_task(session, task)
     release = await find_release(session, task, version)
-    what = f"release {version} of {task!r}"
+    _check_move(release, target, percent)
+    changes = await _make_room(session, release, target, actor, reason)
+    changes.append(await change_stage(session, release, target, percent, actor, reason))
+    await session.flush()
+    return changes
+
+
+def _check_move(release: Release, target: Stage, percent: float) -> None:
+    """A LIVE release never moves by promotion, and a move must change something."""
+    what = f"release {release.version} of {release.task!r}"
     if release.stage == Stage.LIVE:
         raise StageChangeError(
             f"{what} is LIVE and a task always keeps one LIVE release; "
@@ -180,17 +192,25 @@ async def promote(
     if release.stage == target and (target is not Stage.CANARY
                                     or release.traffic_percent == percent):
         raise StageChangeError(f"{what} is already {target}; nothing to change")
+
+
+async def _make_room(session: AsyncSession, release: Release, target: Stage, actor: str,
+                     reason: str) -> list[StageChange]:
+    """Before ``release`` becomes ``target``: retire the old LIVE release, send the other
+    canary back, or refuse one SHADOW too many."""
+    task, version = release.task, release.version
     changes: list[StageChange] = []
     if target is Stage.LIVE:
         old = await live_release(session, task)
         if old is not None:
             changes.append(await change_stage(session, old, Stage.RETIRED, 0.0, actor,
-                                       f"replaced by release {version}: {reason}"))
+                                              f"replaced by release {version}: {reason}"))
     elif target is Stage.CANARY:
         for other in await releases_in(session, task, Stage.CANARY):
             if other.id != release.id:
-                changes.append(await change_stage(session, other, Stage.CANDIDATE, 0.0, actor,
-                                           f"replaced as canary by release {version}: {reason}"))
+                changes.append(await change_stage(
+                    session, other, Stage.CANDIDATE, 0.0, actor,
+                    f"replaced as canary by release {version}: {reason}"))
     elif target is Stage.SHADOW:
         shadows = [r.version for r in await releases_in(session, task, Stage.SHADOW)]
         if len(shadows) >= SHADOW_LIMIT:
@@ -198,8 +218,6 @@ async def promote(
                 f"task {task!r} already has {len(shadows)} SHADOW releases "
                 f"({', '.join(map(str, shadows))}), the most allowed; demote one first"
             )
-    changes.append(await change_stage(session, release, target, percent, actor, reason))
-    await session.flush()
     return changes
 
 
@@ -261,11 +279,11 @@ class StageNotice:
     at: datetime
 
 
-async def announce(
+async def stage_notices(
     sessions: async_sessionmaker[AsyncSession], changes: Sequence[StageChange]
 ) -> list[StageNotice]:
     """Call after commit with what ``promote``, ``rollback`` or the canary guard returned:
-    logs each change and returns the notices to publish."""
+    logs each change and returns its notice."""
     if not changes:
         return []
     ids = {c.release_id for c in changes}
@@ -280,12 +298,12 @@ async def announce(
     return notices
 
 
-async def publish(
+async def announce(
     bus: EventBus, sessions: async_sessionmaker[AsyncSession], changes: Sequence[StageChange]
 ) -> None:
-    """Announce committed changes and publish them on their tasks' ``releaseEvents``."""
-    notices = await announce(sessions, changes)
-    await bus.publish_many([
+    """Log committed changes and publish them on their tasks' ``releaseEvents``."""
+    notices = await stage_notices(sessions, changes)
+    await announcements.announce(bus, [
         (releases_topic(n.task), release_event(ReleaseEventKind.STAGE_CHANGED, **asdict(n)))
         for n in notices
     ])

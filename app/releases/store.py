@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,12 +24,15 @@ from app.ml.artifacts import library_versions, save_pipeline
 from app.ml.task import TaskSpec, release_policy
 
 if TYPE_CHECKING:
+    from app.ml.gate import GateDecision
     from app.ml.training import TrainedRelease
 
 VERSION_RETRIES = 5
 
 
 class Stage(StrEnum):
+    """Where a release stands in its lifecycle."""
+
     CANDIDATE = "CANDIDATE"
     SHADOW = "SHADOW"
     CANARY = "CANARY"
@@ -59,7 +62,7 @@ class Lineage:
     snapshot_id: str | None = None
     parent_id: int | None = None
     job_id: str | None = None
-    gate: dict[str, Any] = field(default_factory=dict)
+    gate: GateDecision | None = None
 
 
 # Work that must commit or roll back with the new release (e.g. finishing its job).
@@ -99,7 +102,7 @@ async def _insert(
         snapshot_id=lineage.snapshot_id,
         parent_id=lineage.parent_id,
         job_id=lineage.job_id,
-        gate=lineage.gate,
+        gate=lineage.gate.to_json() if lineage.gate else {},
         prediction_reference=(
             None if trained.holdout is None
             else prediction_reference(task, trained.holdout.proba)
@@ -186,6 +189,7 @@ def _jsonable_params(params: dict[str, object]) -> dict[str, object]:
 
 
 async def list_releases(session: AsyncSession, task: str) -> list[Release]:
+    """The task's releases, newest version first."""
     return list(
         (
             await session.exec(
@@ -196,12 +200,14 @@ async def list_releases(session: AsyncSession, task: str) -> list[Release]:
 
 
 async def live_release(session: AsyncSession, task: str) -> Release | None:
+    """The task's LIVE release, or None."""
     return (
         await session.exec(select(Release).where(Release.task == task, Release.stage == Stage.LIVE))
     ).first()
 
 
 async def release_members(session: AsyncSession, release_id: int) -> list[ReleaseMember]:
+    """A release's members, in the order they were stored."""
     return list(
         (
             await session.exec(
@@ -214,6 +220,7 @@ async def release_members(session: AsyncSession, release_id: int) -> list[Releas
 
 
 async def release_by_version(session: AsyncSession, task: str, version: int) -> Release:
+    """The task's release ``version``; an error when it has none."""
     found = (
         await session.exec(select(Release).where(Release.task == task, Release.version == version))
     ).first()

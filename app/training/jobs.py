@@ -9,19 +9,17 @@ nothing, and a job whose worker died (no heartbeat) is taken over by the next at
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import anyio
-from sqlalchemy import func, or_, update
+from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -29,31 +27,29 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit import log as audit
 from app.db.pagination import Page, check_page_size, paginate
-from app.db.tables import Release, TrainingJob, TrainingLabel, TrainingSnapshot
+from app.db.tables import Release, TrainingJob
 from app.db.types import utcnow
 from app.errors import ArbiterError, NotFoundError
-from app.events.bus import (
-    Event,
-    EventBus,
-    LocalBus,
-    ReleaseEventKind,
-    release_event,
-    releases_topic,
-)
+from app.events import announcements
+from app.events.bus import EventBus, LocalBus
 from app.events.outbox import enqueue
+from app.events.topics import Event, Message, ReleaseEventKind, release_event, releases_topic
 from app.metrics import TRAINING_RUNS
-from app.ml import gate
+from app.ml.gate import GateDecision
 from app.ml.task import TaskSpec
 from app.releases import stages
-from app.releases.store import Lineage, live_release, release_members, store_release
+from app.releases.store import Lineage, store_release
+from app.training import gating, triggers
+from app.training.heartbeat import ProgressPump, fit_with_heartbeat
 from app.training.snapshots import take_snapshot
+
+if TYPE_CHECKING:
+    from app.ml.training import TrainedRelease
 
 log = logging.getLogger("arbiter.retraining")
 
 RUN_ACTOR = "training.run"
 WORKER_ACTOR = f"system:{RUN_ACTOR}"
-HEARTBEAT_SECONDS = 2.0
-PROGRESS_POLL_SECONDS = 0.2
 
 
 class JobStatus(StrEnum):
@@ -66,16 +62,6 @@ class JobStatus(StrEnum):
 
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)  # a job in one of these still runs or will
-
-
-class Trigger(StrEnum):
-    """Who or what asked for a retraining."""
-
-    MANUAL = "manual"
-    CLI = "cli"
-    LABELS = "labels"
-    SCHEDULE = "schedule"
-    DRIFT = "drift"
 
 
 async def _active(session: AsyncSession, task: str) -> TrainingJob | None:
@@ -144,6 +130,7 @@ def _audit_request(session: AsyncSession, job: TrainingJob, actor: str, trigger:
 
 
 async def get_job(session: AsyncSession, job_id: str) -> TrainingJob:
+    """The job; an error naming it when there is none."""
     job = await session.get(TrainingJob, job_id)
     if job is None:
         raise NotFoundError(f"no training job {job_id!r}")
@@ -153,6 +140,7 @@ async def get_job(session: AsyncSession, job_id: str) -> TrainingJob:
 async def list_jobs(
     session: AsyncSession, task: str, first: int, after: str | None, page_size_max: int
 ) -> Page[TrainingJob]:
+    """A page of the task's jobs, newest first."""
     check_page_size(first, page_size_max)
     return await paginate(session, TrainingJob, [TrainingJob.task == task], first, after)
 
@@ -164,10 +152,6 @@ def job_event(job: TrainingJob) -> Event:
     return release_event(kind, job.task, job_id=job.id, status=job.status,
                          progress=min(max(job.progress, 0.0), 1.0),
                          message=job.error or job.message, actor=job.requested_by)
-
-
-async def publish_job(bus: EventBus, job: TrainingJob) -> None:
-    await bus.publish(releases_topic(job.task), job_event(job))
 
 
 async def _claim(
@@ -200,7 +184,7 @@ async def _claim(
             return False
         job = await get_job(session, job_id)
         audit.append(session, audit.Kind.TRAINING_STARTED, WORKER_ACTOR, "training_job",
-                           job_id, {"attempt": job.attempts}, job.task)
+                     job_id, {"attempt": job.attempts}, job.task)
         return True
 
 
@@ -225,103 +209,79 @@ async def _fail(sessions: async_sessionmaker[AsyncSession], job_id: str, error: 
         )
         job = await get_job(session, job_id)
         audit.append(session, audit.Kind.TRAINING_FAILED, WORKER_ACTOR, "training_job",
-                           job_id, {"error": error[:2000]}, job.task)
+                     job_id, {"error": error[:2000]}, job.task)
 
 
 # Called with the job each time its progress or status is written (after commit).
-Announce = Callable[[TrainingJob], Awaitable[None]]
+Watch = Callable[[TrainingJob], Awaitable[None]]
 
 
 async def _silent(_: TrainingJob) -> None:
     return None
 
 
-GATE_ACTOR = "system:gate"
-
-
 @dataclass
 class JobContext:
     """What running a job needs: sessions, the tasks, where artifacts live, the bus its
-    progress, gate decision and stage changes are published on (``releaseEvents``), and an
+    progress, gate decision and stage changes are announced on (``releaseEvents``), and an
     optional watcher of its progress (the CLI's progress bar)."""
 
     sessions: async_sessionmaker[AsyncSession]
     tasks: dict[str, TaskSpec]
     artifacts_dir: Path
     events: EventBus = field(default_factory=LocalBus)
-    watch: Announce = _silent
+    watch: Watch = _silent
     # a RUNNING job without a heartbeat for this long lost its worker: it may be taken over
     stale_seconds: float = 60.0
 
-    async def announce(self, job: TrainingJob) -> None:
+    async def announce(self, job_id: str, *more: Message) -> None:
+        """Show the job as committed to the watcher, and announce it (and ``more``)."""
+        async with self.sessions() as session:
+            job = await get_job(session, job_id)
         await self.watch(job)
-        await publish_job(self.events, job)
-
-
-class _ProgressPump:
-    """The fit runs in a thread and reports into this; the event loop writes the latest
-    report (and a heartbeat) to the job row every ``HEARTBEAT_SECONDS``."""
-
-    def __init__(self, start: float, end: float) -> None:
-        self.start, self.end = start, end
-        self.latest: tuple[float, str] = (start, "fitting")
-
-    def __call__(self, fraction: float, message: str) -> None:
-        self.latest = (self.start + (self.end - self.start) * fraction, message)
+        await announcements.announce(self.events, [(releases_topic(job.task), job_event(job)),
+                                                   *more])
 
 
 async def _step(ctx: JobContext, job_id: str, progress: float, message: str) -> None:
     await _report(ctx.sessions, job_id, progress, message)
-    async with ctx.sessions() as session:
-        await ctx.announce(await get_job(session, job_id))
+    await ctx.announce(job_id)
 
 
-async def _fit_with_heartbeat(ctx: JobContext, job_id: str, work: Callable[[], Any],
-                              pump: _ProgressPump) -> Any:
-    """New progress is written (and announced) within ``PROGRESS_POLL_SECONDS``; without
-    news, a heartbeat every ``HEARTBEAT_SECONDS``."""
-    fit = asyncio.ensure_future(anyio.to_thread.run_sync(work))
-    last: tuple[float, str] | None = None
-    beat = time.monotonic()
-    while not fit.done():
-        await asyncio.wait([fit], timeout=PROGRESS_POLL_SECONDS)
-        if fit.done():
-            break
-        if pump.latest != last:
-            last = pump.latest
-            await _step(ctx, job_id, *last)
-            beat = time.monotonic()
-        elif time.monotonic() - beat >= HEARTBEAT_SECONDS:
-            await _report(ctx.sessions, job_id, *pump.latest)
-            beat = time.monotonic()
-    return fit.result()
+@dataclass(frozen=True)
+class _Candidate:
+    """A job's trained release before it is stored, and what the gate made of it."""
+
+    snapshot_id: str
+    trained: TrainedRelease
+    parent: Release | None
+    decision: GateDecision
 
 
-async def _baseline(
-    ctx: JobContext, task: TaskSpec
-) -> tuple[Release | None, Any]:
-    """The LIVE release and its loaded ensemble, or why there is nothing to compare with."""
-    from app.releases.registry import build_ensemble  # loads artifacts: only when a job runs
+async def _train(ctx: JobContext, job: TrainingJob, task: TaskSpec) -> _Candidate:
+    """Snapshot, fit (progress 0.1 .. 0.85), and gate against the LIVE release."""
+    from app.ml.training import fit_release  # SHAP is slow to import: only when training
 
-    async with ctx.sessions() as session:
-        live = await live_release(session, task.name)
-        if live is None:
-            return None, "the task has no LIVE release"
-        if live.contract_hash != task.contract_hash():
-            return live, f"LIVE v{live.version} has another feature contract"
-        members = await release_members(session, live.id or 0)
-    ensemble = await anyio.to_thread.run_sync(
-        build_ensemble, task, live, members, ctx.artifacts_dir
-    )
-    return live, ensemble
+    await _step(ctx, job.id, 0.02, "taking the training snapshot")
+    snapshot, data = await take_snapshot(ctx.sessions, task, ctx.artifacts_dir,
+                                         job.requested_by)
+    await _step(ctx, job.id, 0.1, f"snapshot {snapshot.id[:12]}: {snapshot.source_rows} "
+                f"source rows, {snapshot.reviewed_rows} reviewed rows")
+    pump = ProgressPump(0.1, 0.85)
+    trained = await fit_with_heartbeat(
+        lambda: fit_release(task, data.X[: data.source_rows], data.y[: data.source_rows],
+                            reviewed=data.reviewed, progress=pump),
+        pump, functools.partial(_step, ctx, job.id),
+        functools.partial(_report, ctx.sessions, job.id))
+    await _step(ctx, job.id, 0.9, "comparing with the LIVE release")
+    parent, decision = await gating.evaluate(ctx.sessions, ctx.artifacts_dir, task, trained)
+    return _Candidate(snapshot.id, trained, parent, decision)
 
 
 async def run_job(ctx: JobContext, job_id: str) -> Release | None:
     """Snapshot, fit, gate, store; the new release, or None when there was nothing to do
     (the job is done, failed, or running elsewhere). Expected failures (bad data, a task
     that no longer exists) fail the job; others propagate so the broker retries."""
-    from app.ml.training import fit_release  # SHAP is slow to import: only when training
-
     if not await _claim(ctx.sessions, job_id, ctx.stale_seconds):
         return None
     async with ctx.sessions() as session:
@@ -331,121 +291,48 @@ async def run_job(ctx: JobContext, job_id: str) -> Release | None:
         await _fail(ctx.sessions, job_id, f"task {job.task!r} is no longer declared")
         return None
     try:
-        await _step(ctx, job_id, 0.02, "taking the training snapshot")
-        snapshot, data = await take_snapshot(
-            ctx.sessions, task, ctx.artifacts_dir, job.requested_by
-        )
-        await _step(ctx, job_id, 0.1, f"snapshot {snapshot.id[:12]}: {snapshot.source_rows} "
-                    f"source rows, {snapshot.reviewed_rows} reviewed rows")
-        pump = _ProgressPump(0.1, 0.85)
-        trained = await _fit_with_heartbeat(
-            ctx, job_id,
-            lambda: fit_release(task, data.X[: data.source_rows], data.y[: data.source_rows],
-                                reviewed=data.reviewed, progress=pump),
-            pump,
-        )
-        await _step(ctx, job_id, 0.9, "comparing with the LIVE release")
-        live, baseline = await _baseline(ctx, task)
-        assert trained.holdout is not None
-        if live is None or isinstance(baseline, str):
-            decision = gate.no_baseline(task.gate, str(baseline))
-        else:
-            proba = await anyio.to_thread.run_sync(baseline.probabilities, trained.holdout.X)
-            decision = gate.decide(task.gate, trained.holdout, proba, live.version)
+        candidate = await _train(ctx, job, task)
     except ArbiterError as exc:
         await _fail(ctx.sessions, job_id, str(exc))
         TRAINING_RUNS.labels(task.name, "failed").inc()
-        async with ctx.sessions() as session:
-            await ctx.announce(await get_job(session, job_id))
+        await ctx.announce(job_id)
         return None
+    return await _store(ctx, job, task, candidate)
+
+
+async def _store(ctx: JobContext, job: TrainingJob, task: TaskSpec,
+                 candidate: _Candidate) -> Release:
+    """Store the release with its lineage, finish the job in the same transaction, and
+    announce the job, the gate's decision and the stage changes it made."""
+    decision = candidate.decision
 
     async def finish(session: AsyncSession, release: Release) -> None:
         """In the release's transaction: the job is done, and a passing release moves to
         the stage the task's gate names."""
-        row = await get_job(session, job_id)
+        row = await get_job(session, job.id)
         row.status, row.progress, row.finished_at = JobStatus.SUCCEEDED, 1.0, utcnow()
         row.release_id = release.id
-        row.message = f"release {release.version}: gate {decision['decision']}"
+        row.message = f"release {release.version}: gate {decision.decision}"
         session.add(row)
         audit.record(session, [
-            audit.Entry(audit.Kind.GATE_DECIDED, GATE_ACTOR, "release", str(release.id),
-                        {"version": release.version, "decision": decision["decision"],
-                         "passed": decision["passed"], "promoteTo": decision["promoteTo"],
-                         "reasons": decision["reasons"], "job": job_id}, task.name),
-            audit.Entry(audit.Kind.TRAINING_FINISHED, WORKER_ACTOR, "training_job", job_id,
+            gating.decided_entry(release, decision, job.id),
+            audit.Entry(audit.Kind.TRAINING_FINISHED, WORKER_ACTOR, "training_job", job.id,
                         {"release": release.version}, task.name)])
-        if decision["passed"] and decision["promoteTo"] != stages.Stage.CANDIDATE:
-            await _promote(session, task, release, decision)
+        await gating.promote_passed(session, task, release, decision)
 
-    lineage = Lineage(snapshot.id, live.id if live else None, job_id, decision)
+    parent = candidate.parent.id if candidate.parent else None
+    lineage = Lineage(candidate.snapshot_id, parent, job.id, decision)
     release = await store_release(
-        ctx.sessions, ctx.artifacts_dir, trained, job.requested_by, lineage, finish
+        ctx.sessions, ctx.artifacts_dir, candidate.trained, job.requested_by, lineage, finish
     )
     TRAINING_RUNS.labels(task.name, "succeeded").inc()
-    log.info("%s: job %s made release %s (%s)", task.name, job_id, release.version,
-             decision["decision"])
+    log.info("%s: job %s made release %s (%s)", task.name, job.id, release.version,
+             decision.decision)
+    await ctx.announce(job.id, gating.decision_message(release, decision, job.id))
     async with ctx.sessions() as session:
-        await ctx.announce(await get_job(session, job_id))
         changes = await stages.stage_history(session, release.id or 0)
-    await ctx.events.publish(releases_topic(task.name), release_event(
-        ReleaseEventKind.GATE_DECISION, task.name, version=release.version, job_id=job_id,
-        status=decision["decision"], reason="; ".join(decision["reasons"]),
-        actor=GATE_ACTOR))
-    await stages.publish(ctx.events, ctx.sessions, changes)
+    await stages.announce(ctx.events, ctx.sessions, changes)
     return release
-
-
-async def _promote(
-    session: AsyncSession, task: TaskSpec, release: Release, decision: dict[str, Any]
-) -> None:
-    """Promote per the gate's rule; a refusal (say, the SHADOW limit) leaves the release a
-    CANDIDATE and says why on its gate record, without failing the training."""
-    target = decision["promoteTo"]
-    percent = task.gate.canary_percent if target == stages.Stage.CANARY else None
-    try:
-        await stages.promote(session, task.name, release.version, target, percent,
-                             GATE_ACTOR, f"passed the evaluation gate: {decision['reasons'][0]}")
-    except ArbiterError as exc:
-        release.gate = {**decision, "promotion": f"not promoted to {target}: {exc}"}
-        session.add(release)
-
-
-async def _labels_since_last_snapshot(session: AsyncSession, task: str) -> int:
-    last = (
-        await session.exec(
-            select(func.max(TrainingSnapshot.labels_until)).where(TrainingSnapshot.task == task)
-        )
-    ).one()
-    query = select(func.count()).select_from(TrainingLabel).where(TrainingLabel.task == task)
-    if last is not None:
-        query = query.where(col(TrainingLabel.created_at) > last)
-    return int((await session.exec(query)).one())
-
-
-async def _hours_since_last_job(session: AsyncSession, task: str) -> float | None:
-    last = (
-        await session.exec(
-            select(func.max(TrainingJob.created_at)).where(TrainingJob.task == task)
-        )
-    ).one()
-    if last is None:
-        return None
-    return (utcnow() - last).total_seconds() / 3600
-
-
-async def due_trigger(session: AsyncSession, task: TaskSpec) -> tuple[str, str] | None:
-    """(trigger, reason) when the task's own settings call for a retraining now."""
-    s = task.training
-    if s.retrain_after_labels:
-        new = await _labels_since_last_snapshot(session, task.name)
-        if new >= s.retrain_after_labels:
-            return Trigger.LABELS, f"{new} new labels (threshold {s.retrain_after_labels})"
-    if s.retrain_every_hours:
-        hours = await _hours_since_last_job(session, task.name)
-        if hours is None or hours >= s.retrain_every_hours:
-            since = "never trained by a job" if hours is None else f"{hours:.1f} h since"
-            return Trigger.SCHEDULE, f"every {s.retrain_every_hours:g} h ({since})"
-    return None
 
 
 async def check_triggers(
@@ -457,7 +344,7 @@ async def check_triggers(
         async with sessions() as session:
             if await _active(session, task.name) is not None:
                 continue
-            due = await due_trigger(session, task)
+            due = await triggers.due_trigger(session, task)
         if due is not None:
             job, _ = await request_retrain(sessions, task, due[0], "system:trigger", due[1])
             requested.append(job)

@@ -33,6 +33,8 @@ from app.ml.training import ReviewedRows
 
 
 class Split:
+    """Which part of the training a reviewed label serves."""
+
     TRAIN = "train"
     CALIBRATION = "calibration"
     HOLDOUT = "holdout"

@@ -14,7 +14,7 @@ import pytest
 import websockets
 from gql.transport.exceptions import TransportQueryError
 
-from app.events.bus import release_event, releases_topic
+from app.events.topics import release_event, releases_topic
 from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.conftest import Api, LiveServer, example_inputs, make_key

@@ -10,7 +10,8 @@ import pytest
 from app.errors import ArbiterError, StageChangeError, StageConflictError
 from app.ml.training import TrainedRelease
 from app.predictions.path import Services
-from app.releases.store import Stage, stages
+from app.releases import stages
+from app.releases.store import Stage
 from app.settings import Settings
 from tests.stages.conftest import (
     TASK,
@@ -176,12 +177,12 @@ def test_announce_names_versions_of_committed_changes(
     async def work(services: Services) -> None:
         await add_release(services, trained[TASK])
         changes = await promote(services, 2, "LIVE", reason="better")
-        notices = await stages.announce(services.sessions, changes)
+        notices = await stages.stage_notices(services.sessions, changes)
         assert [(n.version, n.from_stage, n.to_stage, n.traffic_percent, n.actor)
                 for n in notices] == [(1, "LIVE", "RETIRED", 0, "tester"),
                                       (2, "CANDIDATE", "LIVE", 100, "tester")]
         assert notices[1].reason == "better" and notices[1].at == changes[1].at
-        assert await stages.announce(services.sessions, []) == []
+        assert await stages.stage_notices(services.sessions, []) == []
 
     run_with(settings, work)
 
