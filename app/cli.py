@@ -38,6 +38,7 @@ from app.audit import log as audit
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
 from app.db.tables import Release
+from app.db.time_range import check_time_range
 from app.errors import ArbiterError, InputValidationError
 from app.events.bus import build_bus
 from app.logs import configure_logging
@@ -422,7 +423,7 @@ def audit_export(
     """Export audit events in [since, until) as JSON Lines, hashes included (re-verify an
     export with `arbiter audit verify --file`)."""
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
-    audit.check_range(start, end)
+    check_time_range(start, end)
     settings = _prepare()
     tasks = load_tasks(settings.tasks_dir)
     if output is None:
