@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -21,7 +24,7 @@ from strawberry.types.unset import UNSET, UnsetType
 from app import json_codec, metrics
 from app.access.keys import KeyVerifier
 from app.db.engine import make_engine, make_sessionmaker
-from app.events.bus import build_bus
+from app.events.bus import EventBus, LocalBus, build_bus
 from app.http.authn import ApiKeyAuth, Verify
 from app.http.body_limit import BodySizeLimit
 from app.http.explanations import ExplanationPictures
@@ -30,8 +33,12 @@ from app.http.metrics import MetricsEndpoint, ScrapeGauges
 from app.http.requests import RequestObserver
 from app.logs import configure_logging
 from app.ml.task import load_tasks
-from app.predictions.path import Services
+from app.predictions.batching import Batcher, InferencePool
+from app.predictions.inference import run_models
+from app.predictions.services import Services
+from app.predictions.store import commit_group
 from app.releases.registry import Registry
+from app.releases.shadows import ShadowScorer
 from app.settings import Settings
 from graphql_schema.context import Context
 from graphql_schema.schema import build_schema
@@ -81,7 +88,25 @@ def build_services(settings: Settings) -> tuple[Services, Any]:
         settings.artifacts_dir,
         settings.release_refresh_seconds,
     )
-    return Services(settings, sessions, registry, events=build_bus(settings)), engine
+    return wire_services(settings, sessions, registry, build_bus(settings)), engine
+
+
+def wire_services(settings: Settings, sessions: async_sessionmaker[AsyncSession],
+                  registry: Registry, events: EventBus | None = None) -> Services:
+    """The prediction path's parts over these sessions and registry: the inference threads,
+    the shadow scorer, and the micro-batchers of ensemble calls and of commits. The one
+    place that builds ``Services`` (``events`` default: notices within this process)."""
+    events = events if events is not None else LocalBus()
+    pool = InferencePool(settings.inference_threads)
+    window = settings.batch_window_ms / 1000
+    return Services(
+        settings, sessions, registry, events, inference=pool,
+        shadows=ShadowScorer(sessions, pool, settings.shadow_max_in_flight),
+        model_calls=Batcher("inference", functools.partial(run_models, pool),
+                            settings.batch_max_rows, window, size=lambda item: len(item[1])),
+        commits=Batcher("commit", functools.partial(commit_group, sessions, events),
+                        settings.batch_max_rows, window, size=lambda item: len(item.records)),
+    )
 
 
 def build_app(settings: Settings) -> Starlette:

@@ -10,7 +10,7 @@ from strawberry.types import Info as _Info
 from app.access.roles import Principal
 from app.errors import AuthenticationError
 from app.http.authn import Verify
-from app.predictions.path import Services
+from app.predictions.services import Services
 
 
 @dataclass

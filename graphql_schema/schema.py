@@ -13,6 +13,7 @@ from strawberry.scalars import JSON
 from strawberry.schema.config import StrawberryConfig
 
 from app.predictions import path as predictions
+from app.predictions import preview, queries
 from app.releases.store import list_releases, set_routing
 from app.settings import Settings
 from graphql_schema.audit import AuditQuery
@@ -60,7 +61,7 @@ class Query(ReviewQuery, ReleaseQuery, TrainingQuery, DriftQuery, AuditQuery, Ke
     @strawberry.field(permission_classes=GUARDED, description="A stored prediction by id.")
     async def prediction(self, info: Info, id: strawberry.ID) -> Prediction:
         ctx = info.context
-        return Prediction.from_row(await predictions.get_prediction(ctx.services, ctx.caller(), id))
+        return Prediction.from_row(await queries.get_prediction(ctx.services, ctx.caller(), id))
 
     @strawberry.field(
         permission_classes=GUARDED,
@@ -83,7 +84,7 @@ class Query(ReviewQuery, ReleaseQuery, TrainingQuery, DriftQuery, AuditQuery, Ke
         after: str | None = None,
     ) -> PredictionConnection:
         ctx = info.context
-        page = await predictions.list_predictions(
+        page = await queries.list_predictions(
             ctx.services,
             ctx.caller(),
             task,
@@ -113,7 +114,7 @@ class Query(ReviewQuery, ReleaseQuery, TrainingQuery, DriftQuery, AuditQuery, Ke
         "to review, and why; stores nothing.",
     )
     async def routing_preview(self, info: Info, task: str, inputs: list[JSON]) -> RoutingPreview:
-        p = await predictions.preview_routing(info.context.services, task, inputs)
+        p = await preview.preview_routing(info.context.services, task, inputs)
         return RoutingPreview(
             total=p.total,
             routed=p.routed,

@@ -12,7 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.db.tables import ReviewItem
 from app.events.bus import EventBus
 from app.events.topics import ReviewChange, review_event, review_topic
-from review.queue import ItemStatus
+from review.items import ItemStatus
 
 
 async def waiting_items(session: AsyncSession, task: str) -> int:

@@ -37,17 +37,11 @@ from app.errors import (
 from app.events.outbox import enqueue
 from app.metrics import LEASE_EXPIRIES, REVIEW_OUTCOMES
 from review.consolidation import Consolidation
+from review.items import ItemStatus
 
 CANDIDATES_PER_TRY = 20
 CLAIM_TRIES = 5
 ESCALATION_PRIORITY_BOOST = 5
-
-
-class ItemStatus(StrEnum):
-    PENDING = "PENDING"
-    CLAIMED = "CLAIMED"
-    RESOLVED = "RESOLVED"
-    ESCALATED = "ESCALATED"
 
 
 class Resolution(StrEnum):

@@ -25,9 +25,11 @@ from app.db.engine import make_engine, make_sessionmaker
 from app.db.tables import AuditEvent, ReviewItem
 from app.db.types import utcnow
 from app.errors import StageChangeError
-from app.main import build_services
+from app.main import build_services, wire_services
 from app.ml.task import TaskSpec
-from app.predictions.path import Services, input_hash, predict, predict_batch
+from app.predictions.inputs import input_hash
+from app.predictions.path import predict, predict_batch
+from app.predictions.services import Services
 from app.releases import stages
 from app.releases.store import set_routing, store_release
 from app.settings import Settings
@@ -90,7 +92,7 @@ def test_concurrent_writers_from_connections_and_processes_make_one_chain(
     async def work(services: Services) -> None:
         # A second engine: predictions and claims race over two connection pools as well.
         other_engine = make_engine(settings.resolved_database_url)
-        other = Services(settings, make_sessionmaker(other_engine), services.registry)
+        other = wire_services(settings, make_sessionmaker(other_engine), services.registry)
         try:
             await services.registry.load_all()
             rows = example_inputs(example_tasks[TASK], 50, seed=8)

@@ -22,7 +22,8 @@ from app.errors import IdempotencyConflictError
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.task import TaskSpec
 from app.predictions.batching import PARALLEL_ROWS, Batcher, collector_paused
-from app.predictions.path import LARGE_BATCH, Services, predict, predict_batch
+from app.predictions.path import LARGE_BATCH, predict, predict_batch
+from app.predictions.services import Services
 from app.settings import Settings
 from tests.conftest import example_inputs, make_key
 from tests.stages.conftest import run_with

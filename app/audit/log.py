@@ -30,6 +30,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.pagination import Page
 from app.db.tables import AuditEvent
+from app.db.time_range import check_time_range
 from app.db.types import utcnow
 from app.errors import BadRequestError
 
@@ -266,15 +267,6 @@ def _filters(since: datetime | None, until: datetime | None, kind: str | None,
     return filters
 
 
-def check_range(since: datetime | None, until: datetime | None) -> None:
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise BadRequestError(f"{name} needs a time zone, e.g. 2026-11-30T14:00:00+00:00")
-    if since is not None and until is not None and since >= until:
-        raise BadRequestError(f"since ({since.isoformat()}) must be before until "
-                              f"({until.isoformat()})")
-
-
 def encode_cursor(event_id: int) -> str:
     return base64.urlsafe_b64encode(f"audit:{event_id}".encode()).decode()
 
@@ -295,7 +287,7 @@ async def list_events(session: AsyncSession, *, since: datetime | None = None,
                       task: str | None = None, first: int = 50,
                       after: str | None = None) -> Page[AuditEvent]:
     """Events in ``[since, until)`` of a kind and task, oldest first, after a cursor."""
-    check_range(since, until)
+    check_time_range(since, until)
     filters = _filters(since, until, kind, task)
     total = (await session.exec(select(func.count()).select_from(AuditEvent)
                                 .where(*filters))).one()
@@ -312,7 +304,7 @@ async def iter_events(sessions: async_sessionmaker[AsyncSession], since: datetim
                       until: datetime | None,
                       page_rows: int = VERIFY_PAGE_ROWS) -> AsyncIterator[AuditEvent]:
     """Every event in ``[since, until)`` in id order, read a page at a time."""
-    check_range(since, until)
+    check_time_range(since, until)
     filters = _filters(since, until, None, None)
     after = 0
     while True:

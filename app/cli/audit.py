@@ -12,6 +12,7 @@ import typer
 from app.access.pii import redact
 from app.audit import log as audit
 from app.cli.context import console, err, prepare, run
+from app.db.time_range import check_time_range
 from app.errors import ArbiterError
 from app.ml.task import load_tasks
 
@@ -82,7 +83,7 @@ def audit_export(
     """Export audit events in [since, until) as JSON Lines, hashes included (re-verify an
     export with `arbiter audit verify --file`)."""
     start, end = parse_time(since, "--since"), parse_time(until, "--until")
-    audit.check_range(start, end)
+    check_time_range(start, end)
     settings = prepare()
     tasks = load_tasks(settings.tasks_dir)
     if output is None:

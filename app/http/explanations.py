@@ -19,8 +19,8 @@ from app.errors import (
 )
 from app.http.authn import Verify, bearer_token
 from app.predictions.charts import TOP_FEATURES, TOP_FEATURES_MAX, ChartKind, ImageFormat
-from app.predictions.path import Services
 from app.predictions.pictures import picture_etag, render, stored_explanation
+from app.predictions.services import Services
 
 PREDICTION_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
 STATUS = {AuthenticationError: 401, PermissionDeniedError: 403, NotFoundError: 404,

@@ -26,7 +26,8 @@ from typing import Any, TextIO
 from app.errors import BadRequestError, IdempotencyConflictError, InputValidationError
 from app.ml.routing import Route
 from app.ml.task import FeatureType, TaskSpec
-from app.predictions.path import Services, predict_batch
+from app.predictions.path import predict_batch
+from app.predictions.services import Services
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}

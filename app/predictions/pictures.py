@@ -23,7 +23,9 @@ from app.predictions.charts import (
     ImageFormat,
     draw,
 )
-from app.predictions.path import Services, get_prediction
+from app.predictions.explanation import Explanation
+from app.predictions.queries import get_prediction
+from app.predictions.services import Services
 
 # Pictures show inputs and explanations in full: the roles that read everything.
 PICTURE_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
@@ -60,43 +62,42 @@ def class_explanation(p: Prediction, class_name: str | None = None) -> ClassExpl
     """One class's explanation from a stored prediction. Multiclass predictions store every
     class; a binary one stores the predicted class, and the other is its exact mirror."""
     classes = tuple(c["label"] for c in p.probabilities)
-    stored = p.explanation
-    wanted = stored["explainedClass"] if class_name is None else class_name
+    stored = Explanation.from_json(p.explanation)
+    wanted = stored.explained_class if class_name is None else class_name
     if wanted not in classes:
         raise BadRequestError(
             f"task {p.task!r} has no class {wanted!r}; its classes: {', '.join(classes)}")
-    base, output, shap = _class_values(p, classes, wanted)
+    base, output, shap = _class_values(p.id, stored, classes, wanted)
     probability = next(c["probability"] for c in p.probabilities if c["label"] == wanted)
     return ClassExplanation(
         task=p.task, release=p.release_version, prediction_id=p.id, classes=classes,
         label=p.label, confidence=p.confidence, explained_class=wanted,
-        class_probability=probability, space=stored["space"], status=stored["status"],
+        class_probability=probability, space=stored.space, status=stored.status,
         base=base, output=output,
         contributions=tuple(
             FeatureContribution(c["feature"], c["value"], s, bool(c.get("derived")))
-            for c, s in zip(stored["contributions"], shap, strict=True)),
+            for c, s in zip(stored.contributions or [], shap, strict=True)),
     )
 
 
-def _class_values(p: Prediction, classes: tuple[str, ...], wanted: str
-                  ) -> tuple[float, float, list[float]]:
-    stored = p.explanation
-    shap = [float(c["shap"]) for c in stored["contributions"]]
-    base, output = float(stored["baseValue"]), float(stored["outputValue"])
-    if wanted == stored["explainedClass"]:
+def _class_values(prediction_id: str, stored: Explanation, classes: tuple[str, ...],
+                  wanted: str) -> tuple[float, float, list[float]]:
+    shap = [float(c["shap"]) for c in stored.contributions or []]
+    base, output = float(stored.base_value), float(stored.output_value)
+    if wanted == stored.explained_class:
         return base, output, shap
     if len(classes) == 2:
         # Two classes: log-odds of one are minus those of the other, and probabilities
         # add to one, so every SHAP value flips sign (a constant has none).
-        if stored["space"] == "PROBABILITY":
+        if stored.space == "PROBABILITY":
             return 1.0 - base, 1.0 - output, [-s for s in shap]
         return -base, -output, [-s for s in shap]
-    for other in stored.get("otherClasses", []):
-        if other["class"] == wanted:
-            return float(other["baseValue"]), float(other["outputValue"]), list(other["shap"])
+    for other in stored.other_classes or []:
+        if other.name == wanted:
+            return float(other.base_value), float(other.output_value), list(other.shap)
     raise BadRequestError(
-        f"prediction {p.id} was stored before explanations of every class were kept; "
-        f"only its predicted class {stored['explainedClass']!r} can be drawn")
+        f"prediction {prediction_id} was stored before explanations of every class were "
+        f"kept; only its predicted class {stored.explained_class!r} can be drawn")
 
 
 def picture_etag(ex: ClassExplanation, kind: ChartKind, fmt: ImageFormat, top: int) -> str:

@@ -15,7 +15,8 @@ from app.db.tables import Prediction, ReviewItem, TrainingLabel
 from app.errors import BadRequestError, LeaseExpiredError, StaleLeaseError
 from app.main import build_services
 from app.ml.task import TaskSpec
-from app.predictions.path import Services, predict_batch
+from app.predictions.path import predict_batch
+from app.predictions.services import Services
 from app.settings import Settings
 from review import queue
 from tests.conftest import example_inputs, make_key

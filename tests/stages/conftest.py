@@ -16,7 +16,7 @@ from app.ml.contract import to_matrix, validate_inputs
 from app.ml.data import load_frame
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease, fit_release
-from app.predictions.path import Services
+from app.predictions.services import Services
 from app.releases import stages
 from app.releases.registry import build_ensemble
 from app.releases.store import release_members, store_release

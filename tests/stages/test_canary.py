@@ -7,7 +7,8 @@ from typing import Any
 from app.db.tables import StageChange
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
-from app.predictions.path import Services, predict_batch
+from app.predictions.path import predict_batch
+from app.predictions.services import Services
 from app.releases.canary import CANARY_GUARD_ACTOR, check_canary
 from app.releases.stages import live_of
 from app.settings import Settings

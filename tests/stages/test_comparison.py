@@ -6,7 +6,8 @@ import pytest
 
 from app.errors import BadRequestError
 from app.ml.training import TrainedRelease
-from app.predictions.path import Services, predict_batch
+from app.predictions.path import predict_batch
+from app.predictions.services import Services
 from app.releases.comparison import Tally, compare_release
 from app.releases.stages import live_of
 from app.settings import Settings

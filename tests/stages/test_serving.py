@@ -9,7 +9,8 @@ from sqlmodel import select
 from app.db.tables import ShadowOutput
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.training import TrainedRelease
-from app.predictions.path import Services, predict, predict_batch
+from app.predictions.path import predict, predict_batch
+from app.predictions.services import Services
 from app.releases.deployment import observed_pairs
 from app.releases.shadows import ShadowBackfill
 from app.releases.store import release_members

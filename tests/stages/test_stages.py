@@ -9,7 +9,7 @@ import pytest
 
 from app.errors import ArbiterError, StageChangeError, StageConflictError
 from app.ml.training import TrainedRelease
-from app.predictions.path import Services
+from app.predictions.services import Services
 from app.releases import stages
 from app.releases.store import Stage
 from app.settings import Settings
