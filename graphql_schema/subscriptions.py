@@ -10,22 +10,14 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from strawberry.permission import BasePermission
 
 from app.events import feeds
-from app.events.bus import ReleaseEventKind as _ReleaseEventKind
-from app.events.bus import ReviewChange as _ReviewChange
 from graphql_schema.context import Info
-from graphql_schema.permissions import Allowed
-from graphql_schema.review import ReviewStatus
-from graphql_schema.types import Prediction
+from graphql_schema.enums import ItemStatus, ReleaseEventKind, ReviewChange
+from graphql_schema.permissions import GUARDED
+from graphql_schema.predictions import Prediction
 
-GUARDED: list[type[BasePermission]] = [Allowed]
 _converted = feeds.Recent(Prediction.from_row)  # one GraphQL object per event and process
-
-ReleaseEventKind = strawberry.enum(
-    _ReleaseEventKind, description="What happened to a task's releases.")
-ReviewChange = strawberry.enum(_ReviewChange, description="What changed in the review queue.")
 
 
 def _time(value: Any) -> datetime | None:
@@ -37,8 +29,8 @@ class ReviewEvent:
     item_id: strawberry.ID
     prediction_id: strawberry.ID
     task: str
-    change: ReviewChange  # type: ignore[valid-type]
-    status: ReviewStatus
+    change: ReviewChange
+    status: ItemStatus
     priority: int
     reviews_done: int
     required_reviews: int
@@ -50,8 +42,8 @@ class ReviewEvent:
     @classmethod
     def from_event(cls, e: dict[str, Any]) -> ReviewEvent:
         return cls(item_id=strawberry.ID(e["itemId"]), prediction_id=strawberry.ID(
-            e["predictionId"]), task=e["task"], change=_ReviewChange(e["change"]),
-            status=ReviewStatus(e["status"]), priority=e["priority"],
+            e["predictionId"]), task=e["task"], change=ReviewChange(e["change"]),
+            status=ItemStatus(e["status"]), priority=e["priority"],
             reviews_done=e["reviewsDone"], required_reviews=e["requiredReviews"],
             final_label=e["finalLabel"], waiting=e["waiting"],
             at=datetime.fromisoformat(e["at"]))
@@ -59,7 +51,7 @@ class ReviewEvent:
 
 @strawberry.type(description="A release stage change, training progress, or gate decision.")
 class ReleaseEvent:
-    kind: ReleaseEventKind  # type: ignore[valid-type]
+    kind: ReleaseEventKind
     task: str
     version: int | None
     from_stage: str | None
@@ -75,7 +67,7 @@ class ReleaseEvent:
 
     @classmethod
     def from_event(cls, e: dict[str, Any]) -> ReleaseEvent:
-        return cls(kind=_ReleaseEventKind(e["kind"]), task=e["task"], version=e.get("version"),
+        return cls(kind=ReleaseEventKind(e["kind"]), task=e["task"], version=e.get("version"),
                    from_stage=e.get("fromStage"), to_stage=e.get("toStage"),
                    traffic_percent=e.get("trafficPercent"), actor=e.get("actor"),
                    reason=e.get("reason"), at=_time(e.get("at")), job_id=e.get("jobId"),
