@@ -23,6 +23,7 @@ from app.releases import lineage, stages
 from app.releases.comparison import Tally, compare_release
 from app.releases.stages import stage_history
 from app.releases.store import change_routing, list_releases, release_by_version, release_members
+from app.training.snapshots import learned_labels
 from graphql_schema.context import Info
 from graphql_schema.enums import JobStatus, Stage
 from graphql_schema.permissions import GUARDED
@@ -126,8 +127,8 @@ class Release:
                            split: str | None = None) -> LearnedLabelConnection:
         services = info.context.services
         check_page_size(first, services.settings.page_size_max)
-        learned = await read(services.sessions, lineage.learned_labels, self.row, first, after,
-                             split)
+        learned = await read(services.sessions, learned_labels, self.row.snapshot_id, first,
+                             after, split)
         return LearnedLabelConnection.of(learned.page, after, lambda p: LearnedLabel(
             split=learned.splits[p.id], label=p.final_label or "",
             prediction=Prediction.from_row(p)))

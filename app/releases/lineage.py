@@ -1,4 +1,4 @@
-"""Lineage both ways: from a release to the snapshot, labels, parent and job it came from;
+"""Lineage both ways: from a release to the snapshot, parent and job it came from;
 from a prediction to the releases that later learned from its label."""
 
 from __future__ import annotations
@@ -8,9 +8,7 @@ from dataclasses import dataclass
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db.pagination import Page
-from app.db.tables import Prediction, Release, SnapshotLabel, TrainingJob, TrainingSnapshot
-from app.training.snapshots import label_splits, learned_predictions
+from app.db.tables import Release, SnapshotLabel, TrainingJob, TrainingSnapshot
 
 HOLDOUT = "holdout"  # the split a release was judged on, never trained on
 
@@ -61,22 +59,3 @@ async def releases_using_label(session: AsyncSession, prediction_id: str) -> lis
 async def trained_on_label(session: AsyncSession, prediction_id: str) -> list[LearnedBy]:
     """The releases that trained or calibrated on a prediction's label, oldest first."""
     return [u for u in await releases_using_label(session, prediction_id) if u.split != HOLDOUT]
-
-
-@dataclass
-class LearnedLabels:
-    """A page of the reviewed predictions a release's snapshot holds, with each one's split."""
-
-    page: Page[Prediction]
-    splits: dict[str, str]  # prediction id -> train, calibration or holdout
-
-
-async def learned_labels(session: AsyncSession, release: Release, first: int,
-                         after: str | None, split: str | None = None) -> LearnedLabels:
-    """The reviewed predictions whose labels a release learned from (or was judged on),
-    newest first; an empty page for a release without a snapshot."""
-    if release.snapshot_id is None:
-        return LearnedLabels(Page([], [], False, 0), {})
-    page = await learned_predictions(session, release.snapshot_id, first, after, split)
-    splits = await label_splits(session, release.snapshot_id, [p.id for p in page.items])
-    return LearnedLabels(page, splits)
