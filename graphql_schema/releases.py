@@ -1,13 +1,13 @@
-"""Releases over GraphQL: a release, its members, stages and lineage (the snapshot, job and
-parent it came from, the labels it learned from), with thin resolvers handing off to
-``app.releases``. A training job and the release it made refer to each other, so
-``TrainingJob`` and ``Snapshot`` are declared here too; ``graphql_schema.training`` holds the
-training operations."""
+"""Releases over GraphQL, and the retraining that makes them: a release, its members, stages
+and lineage (the snapshot, job and parent it came from, the labels it learned from), and
+training jobs, with thin resolvers handing off to ``app.releases`` and
+``app.training.jobs``. A training job and the release it made refer to each other, so
+their types share this module."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -23,13 +23,13 @@ from app.releases import lineage, stages
 from app.releases.comparison import Tally, compare_release
 from app.releases.stages import stage_history
 from app.releases.store import change_routing, list_releases, release_by_version, release_members
+from app.training import jobs as retraining
 from app.training.snapshots import learned_labels
 from graphql_schema.context import Info
 from graphql_schema.enums import JobStatus, Stage
 from graphql_schema.permissions import GUARDED
 from graphql_schema.predictions import Prediction
 from graphql_schema.relay import Connection
-from graphql_schema.scalars import as_json
 
 NO_REASON = "no reason given"
 
@@ -137,17 +137,17 @@ class Release:
     def from_row(cls, r: ReleaseRow) -> Release:
         return cls(
             row=r,
-            gate=as_json(r.gate),
-            rows=as_json(r.rows),
+            gate=cast(JSON, r.gate),
+            rows=cast(JSON, r.rows),
             task=r.task,
             version=r.version,
             stage=Stage(r.stage),
             traffic_percent=r.traffic_percent,
             created_at=r.created_at,
             created_by=r.created_by,
-            metrics=as_json(r.metrics),
-            calibration=as_json(calibration_summary(r.calibration)),
-            routing=as_json(r.routing),
+            metrics=cast(JSON, r.metrics),
+            calibration=cast(JSON, calibration_summary(r.calibration)),
+            routing=cast(JSON, r.routing),
         )
 
     @strawberry.field(description="Its trained members, in declaration order.")
@@ -178,8 +178,8 @@ class ReleaseMember:
     @classmethod
     def from_row(cls, m: ReleaseMemberRow) -> ReleaseMember:
         return cls(name=m.name, version=m.version, algorithm=m.algorithm, family=m.family,
-                   weight=m.weight, params=as_json(m.params), sha256=m.sha256,
-                   metrics=as_json(m.metrics), library_versions=as_json(m.library_versions),
+                   weight=m.weight, params=cast(JSON, m.params), sha256=m.sha256,
+                   metrics=cast(JSON, m.metrics), library_versions=cast(JSON, m.library_versions),
                    created_at=m.created_at, created_by=m.created_by)
 
 
@@ -326,3 +326,41 @@ class ReleaseMutation:
         return Release.from_row(await change_routing(
             ctx.services.sessions, ctx.services.registry.task(task), version, policy,
             ctx.caller().actor))
+
+
+@strawberry.type(description="A page of training jobs, newest first.")
+class TrainingJobConnection(Connection[TrainingJob]):
+    pass
+
+
+@strawberry.type
+class TrainingQuery:
+    @strawberry.field(permission_classes=GUARDED, description="A training job by id.")
+    async def training_job(self, info: Info, id: strawberry.ID) -> TrainingJob:
+        job = await read(info.context.services.sessions, retraining.get_job, str(id))
+        return TrainingJob.from_row(job)
+
+    @strawberry.field(permission_classes=GUARDED,
+                      description="A task's training jobs, newest first.")
+    async def training_jobs(self, info: Info, task: str, first: int = 20,
+                            after: str | None = None) -> TrainingJobConnection:
+        services = info.context.services
+        services.registry.task(task)
+        page = await read(services.sessions, retraining.list_jobs, task, first, after,
+                          services.settings.page_size_max)
+        return TrainingJobConnection.of(page, after, TrainingJob.from_row)
+
+
+@strawberry.type
+class TrainingMutation:
+    @strawberry.mutation(
+        permission_classes=GUARDED,
+        description="Retrain a task on its source data plus every settled review label. "
+        "One training per task at a time: a request while one is queued or running joins it.",
+    )
+    async def retrain(self, info: Info, task: str, reason: str = "") -> TrainingJob:
+        ctx = info.context
+        job = await retraining.request_and_wake(
+            ctx.services.sessions, ctx.services.wake_relay, ctx.services.registry.task(task),
+            retraining.Trigger.MANUAL, ctx.caller().actor, reason)
+        return TrainingJob.from_row(job)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
+from typing import cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -17,7 +18,6 @@ from graphql_schema.enums import ItemStatus
 from graphql_schema.permissions import GUARDED
 from graphql_schema.predictions import Prediction
 from graphql_schema.relay import Connection
-from graphql_schema.scalars import as_json
 from review import desk, queue
 from review.history import agreement_report
 
@@ -91,7 +91,7 @@ class ReviewQuery:
         services = info.context.services
         if task is not None:
             services.registry.task(task)
-        return as_json(asdict(await read(services.sessions, agreement_report, task)))
+        return cast(JSON, asdict(await read(services.sessions, agreement_report, task)))
 
     @strawberry.field(permission_classes=GUARDED, description="One review item by id.")
     async def review_item(self, info: Info, id: strawberry.ID) -> ReviewItem:

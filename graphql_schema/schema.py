@@ -13,16 +13,19 @@ from strawberry.schema.config import StrawberryConfig
 from app.settings import Settings
 from graphql_schema.audit import AuditQuery
 from graphql_schema.drift import DriftQuery
-from graphql_schema.errors import DomainErrors, code_document_errors
+from graphql_schema.extensions import DomainErrors, code_document_errors, limit_extensions
 from graphql_schema.keys import KeyMutation, KeyQuery
-from graphql_schema.limits import limit_extensions
 from graphql_schema.permissions import FieldRules
 from graphql_schema.predictions import PredictionMutation, PredictionQuery
-from graphql_schema.releases import ReleaseMutation, ReleaseQuery
+from graphql_schema.releases import (
+    ReleaseMutation,
+    ReleaseQuery,
+    TrainingMutation,
+    TrainingQuery,
+)
 from graphql_schema.review import ReviewMutation, ReviewQuery
 from graphql_schema.subscriptions import Subscription
 from graphql_schema.tasks import TaskQuery
-from graphql_schema.training import TrainingMutation, TrainingQuery
 
 QUERY_CACHE_SIZE = 256
 
