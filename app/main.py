@@ -42,7 +42,7 @@ from app.releases.shadows import ShadowScorer
 from app.settings import Settings
 from graphql_schema.context import Context
 from graphql_schema.schema import build_schema
-from graphql_schema.websocket import KeepAliveHandler, authenticate, websocket_options
+from graphql_schema.subscriptions import KeepAliveHandler, authenticate, websocket_options
 from web.pages import page_routes
 from workers.runtime import JobRuntime
 

@@ -8,27 +8,20 @@ from datetime import datetime
 from typing import cast
 
 import strawberry
-from strawberry.permission import BasePermission
 from strawberry.scalars import JSON
 
 from app.audit import log as audit
 from app.audit.story import prediction_story
+from app.db.engine import read
 from app.db.pagination import check_page_size
 from app.db.tables import AuditEvent as AuditEventRow
 from app.db.tables import Review as ReviewRow
 from graphql_schema.context import Info
-from graphql_schema.permissions import Allowed
+from graphql_schema.permissions import GUARDED
+from graphql_schema.predictions import LabelUse, Prediction, label_uses
+from graphql_schema.relay import Connection
+from graphql_schema.releases import Release
 from graphql_schema.review import ReviewItem
-from graphql_schema.types import (
-    LabelUse,
-    PageInfo,
-    Prediction,
-    Release,
-    label_uses,
-    relay_page_info,
-)
-
-GUARDED: list[type[BasePermission]] = [Allowed]
 
 
 @strawberry.type(description="One entry of the hash-chained, append-only audit log.")
@@ -61,17 +54,9 @@ class AuditEvent:
                    hash=e.hash)
 
 
-@strawberry.type
-class AuditEventEdge:
-    cursor: str
-    node: AuditEvent
-
-
 @strawberry.type(description="A page of audit events, in chain (oldest first) order.")
-class AuditEventConnection:
-    edges: list[AuditEventEdge]
-    page_info: PageInfo
-    total_count: int
+class AuditEventConnection(Connection[AuditEvent]):
+    pass
 
 
 @strawberry.type(description="The audit chain recomputed from its first event.")
@@ -137,20 +122,14 @@ class AuditQuery:
                            after: str | None = None) -> AuditEventConnection:
         services = info.context.services
         check_page_size(first, services.settings.page_size_max)
-        async with services.sessions() as session:
-            page = await audit.list_events(session, since=since, until=until, kind=kind,
-                                           task=task, first=first, after=after)
-        return AuditEventConnection(
-            edges=[AuditEventEdge(cursor=c, node=AuditEvent.from_row(e))
-                   for e, c in zip(page.items, page.cursors, strict=True)],
-            total_count=page.total,
-            page_info=relay_page_info(page, after))
+        page = await read(services.sessions, audit.list_events, since=since, until=until,
+                          kind=kind, task=task, first=first, after=after)
+        return AuditEventConnection.of(page, after, AuditEvent.from_row)
 
     @strawberry.field(permission_classes=GUARDED,
                       description="A prediction's whole story in one query.")
     async def prediction_story(self, info: Info, id: strawberry.ID) -> PredictionStory:
-        async with info.context.services.sessions() as session:
-            s = await prediction_story(session, id)
+        s = await read(info.context.services.sessions, prediction_story, id)
         return PredictionStory(
             prediction=Prediction.from_row(s.prediction), release=Release.from_row(s.release),
             review_item=ReviewItem.from_row(s.item) if s.item is not None else None,

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
 
 import strawberry
-from strawberry.permission import BasePermission
 
+from app.db.engine import read
 from app.drift import report as drift
 from app.drift.checks import compute_report, latest_report
 from graphql_schema.context import Info
-from graphql_schema.permissions import Allowed
-
-GUARDED: list[type[BasePermission]] = [Allowed]
-
-
-@strawberry.enum(description="What a drift report concluded.")
-class DriftVerdict(Enum):
-    DRIFTED = "DRIFTED"
-    NOT_DRIFTED = "NOT_DRIFTED"
-    INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+from graphql_schema.enums import Verdict
+from graphql_schema.permissions import GUARDED
 
 
 @strawberry.type(description="One feature's (or prediction output's) drift test.")
@@ -40,7 +31,7 @@ class FeatureDrift:
     threshold: float | None = strawberry.field(
         description="Drift when a p-value is below it, or a distance above it.")
     drifted: bool = strawberry.field(description="Whether this feature drifted.")
-    status: DriftVerdict = strawberry.field(
+    status: Verdict = strawberry.field(
         description="INSUFFICIENT_DATA when too few recent values were present to test.")
     sample_size: int = strawberry.field(description="Recent values tested (missing excluded).")
     reference_size: int = strawberry.field(description="Reference values compared with.")
@@ -51,7 +42,7 @@ class FeatureDrift:
     def from_result(cls, r: drift.FeatureResult) -> FeatureDrift:
         return cls(feature=r.feature, kind=r.kind, test=r.test, statistic=r.statistic,
                    value=r.statistic, p_value=r.p_value, threshold=r.threshold,
-                   drifted=r.drifted, status=DriftVerdict(r.status), sample_size=r.sample_size,
+                   drifted=r.drifted, status=Verdict(r.status), sample_size=r.sample_size,
                    reference_size=r.reference_size, current_mean=r.current_mean,
                    reference_mean=r.reference_mean)
 
@@ -71,7 +62,7 @@ class DriftReport:
     window: str = strawberry.field(description="How far back predictions were read, e.g. 24h.")
     since: datetime = strawberry.field(description="Start of the window.")
     computed_at: datetime
-    verdict: DriftVerdict
+    verdict: Verdict
     drifted: bool = strawberry.field(
         description="Share of drifted features >= the task's drift.share threshold.")
     rows: int = strawberry.field(description="Recent predictions read.")
@@ -95,7 +86,7 @@ class DriftReport:
         def buckets(items: list[drift.RateBucket]) -> list[RateBucket]:
             return [RateBucket(start=b.start, rate=b.rate, count=b.count) for b in items]
         return cls(task=r.task, release=r.release, window=r.window, since=r.since,
-                   computed_at=r.computed_at, verdict=DriftVerdict(r.verdict),
+                   computed_at=r.computed_at, verdict=Verdict(r.verdict),
                    drifted=r.drifted, rows=r.rows, share=r.share,
                    share_threshold=r.share_threshold, message=r.message,
                    drifted_features=r.drifted_features,
@@ -124,6 +115,5 @@ class DriftQuery:
     async def latest_drift_report(self, info: Info, task: str) -> DriftReport | None:
         services = info.context.services
         services.registry.task(task)
-        async with services.sessions() as session:
-            report = await latest_report(session, task)
+        report = await read(services.sessions, latest_report, task)
         return None if report is None else DriftReport.from_report(report)

@@ -5,14 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 
 import strawberry
-from strawberry.permission import BasePermission
 
 from app.access import keys
+from app.db.engine import read
 from app.db.tables import ApiKey as ApiKeyRow
 from graphql_schema.context import Info
-from graphql_schema.permissions import Allowed
-
-GUARDED: list[type[BasePermission]] = [Allowed]
+from graphql_schema.permissions import GUARDED
 
 
 @strawberry.type(description="An API key as stored: its name, role and first characters; "
@@ -37,13 +35,24 @@ class CreatedApiKey:
     secret: str
 
 
+@strawberry.type(description="The caller's own key.")
+class Me:
+    name: str
+    role: str
+
+
 @strawberry.type
 class KeyQuery:
     @strawberry.field(permission_classes=GUARDED,
                       description="Every API key, revoked ones included, oldest first.")
     async def api_keys(self, info: Info) -> list[ApiKey]:
-        async with info.context.services.sessions() as session:
-            return [ApiKey.from_row(k) for k in await keys.list_keys(session)]
+        return [ApiKey.from_row(k) for k in await read(info.context.services.sessions,
+                                                        keys.list_keys)]
+
+    @strawberry.field(permission_classes=GUARDED, description="The calling key's name and role.")
+    def me(self, info: Info) -> Me:
+        p = info.context.caller()
+        return Me(name=p.name, role=p.role.value)
 
 
 @strawberry.type
@@ -52,15 +61,14 @@ class KeyMutation:
                          description="Create a key for a role (predictor, reviewer, auditor, "
                          "admin); the secret is returned once.")
     async def create_api_key(self, info: Info, name: str, role: str) -> CreatedApiKey:
-        actor = info.context.caller().actor
-        async with info.context.services.sessions() as session, session.begin():
-            row, secret = await keys.create_key(session, role, name, actor)
+        ctx = info.context
+        row, secret = await keys.issue_key(ctx.services.sessions, role, name, ctx.caller().actor)
         return CreatedApiKey(key=ApiKey.from_row(row), secret=secret)
 
     @strawberry.mutation(permission_classes=GUARDED,
                          description="Revoke a key for good; servers refuse it within their "
                          "key cache time (ARBITER_KEY_CACHE_SECONDS).")
     async def revoke_api_key(self, info: Info, id: int) -> ApiKey:
-        actor = info.context.caller().actor
-        async with info.context.services.sessions() as session, session.begin():
-            return ApiKey.from_row(await keys.revoke_key(session, id, actor))
+        ctx = info.context
+        return ApiKey.from_row(await keys.withdraw_key(ctx.services.sessions, id,
+                                                       ctx.caller().actor))

@@ -44,6 +44,9 @@ class Allowed(BasePermission):
         return True
 
 
+GUARDED: list[type[BasePermission]] = [Allowed]  # every root field's check
+
+
 class _FirstRefused(Visitor):
     def __init__(self, type_info: TypeInfo, role: Role) -> None:
         super().__init__()

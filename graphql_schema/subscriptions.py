@@ -1,31 +1,108 @@
-"""Subscriptions over graphql-transport-ws: thin resolvers over ``app.events.feeds``.
-
-The caller was authenticated when the websocket connected (``graphql_schema.websocket``);
-each subscription is checked against the permission table like any other operation."""
+"""Subscriptions over graphql-transport-ws: thin resolvers over ``app.events.feeds``, and the
+websocket they travel on: authentication in ``connection_init``, a limit of subscriptions
+per connection, and server pings so idle connections stay open through proxies and dead
+peers are noticed. Each subscription is checked against the permission table like any
+other operation."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncGenerator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import strawberry
-from strawberry.permission import BasePermission
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
 
 from app.events import feeds
-from app.events.topics import ReleaseEventKind as _ReleaseEventKind
-from app.events.topics import ReviewChange as _ReviewChange
-from graphql_schema.context import Info
-from graphql_schema.permissions import Allowed
-from graphql_schema.review import ReviewStatus
-from graphql_schema.types import Prediction
+from app.http.authn import Verify
+from app.settings import Settings
+from graphql_schema.context import Context, Info
+from graphql_schema.enums import ItemStatus, ReleaseEventKind, ReviewChange
+from graphql_schema.permissions import GUARDED
+from graphql_schema.predictions import Prediction
 
-GUARDED: list[type[BasePermission]] = [Allowed]
+log = logging.getLogger("arbiter.graphql")
+CONNECTION_INIT_TIMEOUT = timedelta(seconds=10)
+
+
+def websocket_options(settings: Settings) -> dict[str, Any]:
+    """Strawberry view options; the legacy graphql-ws protocol stays off."""
+    return {"subscription_protocols": (GRAPHQL_TRANSPORT_WS_PROTOCOL,),
+            "keep_alive": True, "keep_alive_interval": settings.ws_keepalive_seconds,
+            "max_subscriptions_per_connection": settings.ws_max_subscriptions,
+            "connection_init_wait_timeout": CONNECTION_INIT_TIMEOUT}
+
+
+def _bearer(params: dict[str, Any]) -> str | None:
+    header = params.get("Authorization", params.get("authorization"))
+    if not isinstance(header, str):
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def authenticate(context: Context, verify: Verify) -> None:
+    """The key travels as ``{"Authorization": "Bearer <key>"}`` in ``connection_init``;
+    without a valid one the connection is closed with 4403 before any subscription."""
+    token = _bearer(context.connection_params or {})
+    principal = await verify(token) if token else None
+    if principal is None:
+        raise ConnectionRejectionError({"code": "UNAUTHENTICATED"})
+    context.principal = principal
+
+
+class KeepAliveHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """graphql-transport-ws with a ``ping`` every ``keep_alive_interval`` once acknowledged
+    (Strawberry pings only on the legacy protocol). Before each ping the connection's key
+    is checked again: a revoked key's socket is closed with 4403, ending its subscriptions
+    within the keep-alive interval plus the key cache's time."""
+
+    _pinger: asyncio.Task[None] | None = None
+
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged and self._pinger is None:
+            self._pinger = asyncio.create_task(self._ping())
+
+    async def _ping(self) -> None:
+        interval = float(self.view.keep_alive_interval or 15)
+        with contextlib.suppress(Exception):  # the socket closed: the handler shuts down
+            while True:
+                await asyncio.sleep(interval)
+                if not await self._key_still_valid():
+                    await self.websocket.close(code=4403, reason="API key revoked")
+                    return
+                await self.send_message({"type": "ping"})
+
+    async def _key_still_valid(self) -> bool:
+        """False once the key is revoked; True while it cannot be checked (the database is
+        away: the next ping checks again, and the connection is not cut for that)."""
+        token = _bearer(self.context.connection_params or {})
+        if token is None:
+            return False
+        try:
+            return await self.context.verify(token) is not None
+        except Exception as exc:
+            log.warning("cannot check a websocket's API key again (%s); next ping retries", exc)
+            return True
+
+    async def shutdown(self) -> None:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pinger
+        await super().shutdown()
+
+
 _converted = feeds.Recent(Prediction.from_row)  # one GraphQL object per event and process
-
-ReleaseEventKind = strawberry.enum(
-    _ReleaseEventKind, description="What happened to a task's releases.")
-ReviewChange = strawberry.enum(_ReviewChange, description="What changed in the review queue.")
 
 
 def _time(value: Any) -> datetime | None:
@@ -37,8 +114,8 @@ class ReviewEvent:
     item_id: strawberry.ID
     prediction_id: strawberry.ID
     task: str
-    change: ReviewChange  # type: ignore[valid-type]
-    status: ReviewStatus
+    change: ReviewChange
+    status: ItemStatus
     priority: int
     reviews_done: int
     required_reviews: int
@@ -50,8 +127,8 @@ class ReviewEvent:
     @classmethod
     def from_event(cls, e: dict[str, Any]) -> ReviewEvent:
         return cls(item_id=strawberry.ID(e["itemId"]), prediction_id=strawberry.ID(
-            e["predictionId"]), task=e["task"], change=_ReviewChange(e["change"]),
-            status=ReviewStatus(e["status"]), priority=e["priority"],
+            e["predictionId"]), task=e["task"], change=ReviewChange(e["change"]),
+            status=ItemStatus(e["status"]), priority=e["priority"],
             reviews_done=e["reviewsDone"], required_reviews=e["requiredReviews"],
             final_label=e["finalLabel"], waiting=e["waiting"],
             at=datetime.fromisoformat(e["at"]))
@@ -59,7 +136,7 @@ class ReviewEvent:
 
 @strawberry.type(description="A release stage change, training progress, or gate decision.")
 class ReleaseEvent:
-    kind: ReleaseEventKind  # type: ignore[valid-type]
+    kind: ReleaseEventKind
     task: str
     version: int | None
     from_stage: str | None
@@ -75,7 +152,7 @@ class ReleaseEvent:
 
     @classmethod
     def from_event(cls, e: dict[str, Any]) -> ReleaseEvent:
-        return cls(kind=_ReleaseEventKind(e["kind"]), task=e["task"], version=e.get("version"),
+        return cls(kind=ReleaseEventKind(e["kind"]), task=e["task"], version=e.get("version"),
                    from_stage=e.get("fromStage"), to_stage=e.get("toStage"),
                    traffic_percent=e.get("trafficPercent"), actor=e.get("actor"),
                    reason=e.get("reason"), at=_time(e.get("at")), job_id=e.get("jobId"),

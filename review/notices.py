@@ -10,6 +10,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import ReviewItem
+from app.events import announcements
 from app.events.bus import EventBus
 from app.events.topics import ReviewChange, review_event, review_topic
 from review.items import ItemStatus
@@ -28,7 +29,8 @@ async def announce(bus: EventBus, sessions: async_sessionmaker[AsyncSession],
     """Publish ``item``'s committed ``change`` with the task's waiting count."""
     async with sessions() as session:
         waiting = await waiting_items(session, item.task)
-    await bus.publish(review_topic(item.task), review_event(item, change, waiting))
+    event = review_event(item, change, waiting)
+    await announcements.announce(bus, [(review_topic(item.task), event)])
 
 
 async def announce_expired(bus: EventBus, sessions: async_sessionmaker[AsyncSession],

@@ -68,6 +68,20 @@ async def revoke_key(session: AsyncSession, key_id: int, actor: str) -> ApiKey:
     return row
 
 
+async def issue_key(sessions: async_sessionmaker[AsyncSession], role: str, name: str,
+                    actor: str) -> tuple[ApiKey, str]:
+    """``create_key`` in a transaction of its own: the row and the plaintext, once committed."""
+    async with sessions() as session, session.begin():
+        return await create_key(session, role, name, actor)
+
+
+async def withdraw_key(sessions: async_sessionmaker[AsyncSession], key_id: int,
+                       actor: str) -> ApiKey:
+    """``revoke_key`` in a transaction of its own: the revoked row, once committed."""
+    async with sessions() as session, session.begin():
+        return await revoke_key(session, key_id, actor)
+
+
 async def authenticate(session: AsyncSession, plaintext: str) -> Principal | None:
     """The principal of a live key, or None for an unknown or revoked one."""
     row = (await session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(plaintext)))).first()

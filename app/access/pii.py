@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from app.access.roles import Role
+from app.access.roles import READERS, Role
 from app.ml.task import TaskSpec
 
 REDACTED = "[redacted]"
 # Roles that see personal data as it was sent; everyone else reads REDACTED.
-SEES_PII = frozenset({Role.AUDITOR, Role.ADMIN})
+SEES_PII = READERS
 
 
 def personal_columns(task: TaskSpec) -> frozenset[str]:

@@ -33,50 +33,55 @@ class Principal:
     @property
     def reads_everything(self) -> bool:
         """Auditors and admins see every caller's predictions; others only their own."""
-        return self.role in (Role.AUDITOR, Role.ADMIN)
+        return self.role in READERS
 
 
 EVERYONE = frozenset(Role)
-READERS = frozenset({Role.AUDITOR, Role.ADMIN})  # read everything (releases, lineage, ...)
+# Auditors and admins read everything: every caller's predictions, personal data,
+# releases, lineage, the audit log. Every "auditor or admin" rule is this set.
+READERS = frozenset({Role.AUDITOR, Role.ADMIN})
 ADMIN_ONLY = frozenset({Role.ADMIN})
-REVIEW_READERS = frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN})
+REVIEW_READERS = frozenset({Role.REVIEWER, *READERS})
+PREDICTION_READERS = frozenset({Role.PREDICTOR, *READERS})  # predictors read their own
+PREDICTORS = frozenset({Role.PREDICTOR, Role.ADMIN})
+REVIEWERS = frozenset({Role.REVIEWER, Role.ADMIN})
 
 # operation name -> roles allowed to call it
 PERMISSIONS: dict[str, frozenset[Role]] = {
     "tasks": EVERYONE,
     "task": EVERYONE,
     "me": EVERYONE,
-    "prediction": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
-    "predictions": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
-    "releases": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "routingPreview": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "predict": frozenset({Role.PREDICTOR, Role.ADMIN}),
-    "predictBatch": frozenset({Role.PREDICTOR, Role.ADMIN}),
-    "reviewItems": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
-    "reviewItem": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
-    "reviewAgreement": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "setReleaseRouting": frozenset({Role.ADMIN}),
-    "claimReview": frozenset({Role.REVIEWER, Role.ADMIN}),
-    "submitReview": frozenset({Role.REVIEWER, Role.ADMIN}),
-    "releaseReview": frozenset({Role.REVIEWER, Role.ADMIN}),
-    "release": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "trainingJob": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "trainingJobs": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "retrain": frozenset({Role.ADMIN}),
-    "releaseComparison": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "promoteRelease": frozenset({Role.ADMIN}),
-    "rollback": frozenset({Role.ADMIN}),
-    "driftReport": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "latestDriftReport": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "verifyAuditLog": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "auditEvents": frozenset({Role.AUDITOR, Role.ADMIN}),
-    "predictionStory": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "prediction": PREDICTION_READERS,
+    "predictions": PREDICTION_READERS,
+    "releases": READERS,
+    "routingPreview": READERS,
+    "predict": PREDICTORS,
+    "predictBatch": PREDICTORS,
+    "reviewItems": REVIEW_READERS,
+    "reviewItem": REVIEW_READERS,
+    "reviewAgreement": READERS,
+    "setReleaseRouting": ADMIN_ONLY,
+    "claimReview": REVIEWERS,
+    "submitReview": REVIEWERS,
+    "releaseReview": REVIEWERS,
+    "release": READERS,
+    "trainingJob": READERS,
+    "trainingJobs": READERS,
+    "retrain": ADMIN_ONLY,
+    "releaseComparison": READERS,
+    "promoteRelease": ADMIN_ONLY,
+    "rollback": ADMIN_ONLY,
+    "driftReport": READERS,
+    "latestDriftReport": READERS,
+    "verifyAuditLog": READERS,
+    "auditEvents": READERS,
+    "predictionStory": READERS,
     "apiKeys": ADMIN_ONLY,
     "createApiKey": ADMIN_ONLY,
     "revokeApiKey": ADMIN_ONLY,
     # subscriptions (``predictions`` shares the query's rule: predictors follow their own)
-    "reviewEvents": frozenset({Role.REVIEWER, Role.AUDITOR, Role.ADMIN}),
-    "releaseEvents": frozenset({Role.AUDITOR, Role.ADMIN}),
+    "reviewEvents": REVIEW_READERS,
+    "releaseEvents": READERS,
 }
 
 ROOT_TYPES = frozenset({"Query", "Mutation", "Subscription"})
@@ -92,7 +97,7 @@ TYPE_RULES: dict[str, frozenset[Role]] = {
     # the review queue
     **dict.fromkeys(("ReviewItem", "ReviewItemConnection", "ReviewItemEdge", "ReviewEvent"),
                     REVIEW_READERS),
-    "ReviewLease": frozenset({Role.REVIEWER, Role.ADMIN}),
+    "ReviewLease": REVIEWERS,
     # releases, training, lineage, comparisons: read by auditors, changed by admins
     **dict.fromkeys(("Release", "StageChange", "LearnedLabel", "LearnedLabelConnection",
                      "LearnedLabelEdge", "LabelUse", "Snapshot", "TrainingJob",
@@ -113,9 +118,9 @@ FIELD_RULES: dict[str, frozenset[Role]] = {
     # which releases learned from a label is release lineage, not the caller's business
     "Prediction.trainedInto": READERS,
     # the caller's own retry key: not shown to reviewers
-    "Prediction.idempotencyKey": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
+    "Prediction.idempotencyKey": PREDICTION_READERS,
     # how long the server took is operations data
-    "Prediction.latencyMs": frozenset({Role.PREDICTOR, Role.AUDITOR, Role.ADMIN}),
+    "Prediction.latencyMs": PREDICTION_READERS,
 }
 
 

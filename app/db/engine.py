@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -13,6 +14,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app import json_codec
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+Params = ParamSpec("Params")
+Result = TypeVar("Result")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -64,3 +67,14 @@ class SessionsPerLoop:
             self._made[loop] = (engine, make_sessionmaker(engine))
         sessions: async_sessionmaker[AsyncSession] = self._made[loop][1]
         return sessions
+
+
+async def read(
+    sessions: async_sessionmaker[AsyncSession],
+    query: Callable[Concatenate[AsyncSession, Params], Awaitable[Result]],
+    *args: Params.args, **kwargs: Params.kwargs,
+) -> Result:
+    """Run one read-only ``query`` (a function of a session) in a session of its own: the
+    entry point of every read that needs no transaction."""
+    async with sessions() as session:
+        return await query(session, *args, **kwargs)

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -45,7 +46,9 @@ PREDICTED_CLASS = "predicted_class"
 PROBABILITY = "probability"
 
 
-class Verdict:
+class Verdict(StrEnum):
+    """What a drift test (of one feature, or of the whole report) concluded."""
+
     DRIFTED = "DRIFTED"
     NOT_DRIFTED = "NOT_DRIFTED"
     INSUFFICIENT_DATA = "INSUFFICIENT_DATA"

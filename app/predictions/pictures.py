@@ -12,7 +12,7 @@ from urllib.parse import quote
 import anyio
 import matplotlib
 
-from app.access.roles import Principal, Role
+from app.access.roles import READERS, Principal, Role
 from app.db.tables import Prediction
 from app.errors import BadRequestError, PermissionDeniedError
 from app.predictions.charts import (
@@ -28,7 +28,7 @@ from app.predictions.queries import get_prediction
 from app.predictions.services import Services
 
 # Pictures show inputs and explanations in full: the roles that read everything.
-PICTURE_ROLES = frozenset({Role.AUDITOR, Role.ADMIN})
+PICTURE_ROLES = READERS
 # Part of every ETag: bump it when the drawing changes, so caches fetch the new picture.
 CHART_VERSION = "1"
 

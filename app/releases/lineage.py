@@ -1,5 +1,5 @@
-"""Lineage both ways: from a release to the snapshot, labels and parent it came from; from
-a prediction to the releases that later learned from its label."""
+"""Lineage both ways: from a release to the snapshot, parent and job it came from;
+from a prediction to the releases that later learned from its label."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db.tables import Release, SnapshotLabel, TrainingSnapshot
+from app.db.tables import Release, SnapshotLabel, TrainingJob, TrainingSnapshot
+
+HOLDOUT = "holdout"  # the split a release was judged on, never trained on
 
 
 async def snapshot_of(session: AsyncSession, release: Release) -> TrainingSnapshot | None:
@@ -21,6 +23,16 @@ async def snapshot_of(session: AsyncSession, release: Release) -> TrainingSnapsh
 async def parent_of(session: AsyncSession, release: Release) -> Release | None:
     """The LIVE release this one was compared with when it was trained."""
     return None if release.parent_id is None else await session.get(Release, release.parent_id)
+
+
+async def job_of(session: AsyncSession, release: Release) -> TrainingJob | None:
+    """The training job that made a release (None for releases stored by hand)."""
+    return None if release.job_id is None else await session.get(TrainingJob, release.job_id)
+
+
+async def made_by(session: AsyncSession, job: TrainingJob) -> Release | None:
+    """The release a training job made (None while it runs, or when it failed)."""
+    return None if job.release_id is None else await session.get(Release, job.release_id)
 
 
 @dataclass
@@ -42,3 +54,8 @@ async def releases_using_label(session: AsyncSession, prediction_id: str) -> lis
         )
     ).all()
     return [LearnedBy(release, split) for release, split in rows]
+
+
+async def trained_on_label(session: AsyncSession, prediction_id: str) -> list[LearnedBy]:
+    """The releases that trained or calibrated on a prediction's label, oldest first."""
+    return [u for u in await releases_using_label(session, prediction_id) if u.split != HOLDOUT]

@@ -10,7 +10,7 @@ one LIVE release per task, so of two conflicting promotions one fails with
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -307,3 +307,34 @@ async def announce(
         (releases_topic(n.task), release_event(ReleaseEventKind.STAGE_CHANGED, **asdict(n)))
         for n in notices
     ])
+
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+async def _committed(sessions: Sessions, bus: EventBus,
+                     change: Callable[[AsyncSession], Awaitable[list[StageChange]]],
+                     after: Callable[[AsyncSession], Awaitable[Release]]) -> Release:
+    """Run ``change`` in a transaction of its own, read ``after`` (the release it leaves)
+    in the same one, and publish the committed changes."""
+    async with sessions() as session, session.begin():
+        changes = await change(session)
+        release = await after(session)
+    await announce(bus, sessions, changes)
+    return release
+
+
+async def promote_release(sessions: Sessions, bus: EventBus, task: str, version: int,
+                          stage: str, percent: float | None, actor: str,
+                          reason: str) -> Release:
+    """``promote`` committed and published: the release as it now stands."""
+    return await _committed(
+        sessions, bus, lambda s: promote(s, task, version, stage, percent, actor, reason),
+        lambda s: find_release(s, task, version))
+
+
+async def rollback_release(sessions: Sessions, bus: EventBus, task: str, actor: str,
+                           reason: str) -> Release:
+    """``rollback`` committed and published: the release LIVE again."""
+    return await _committed(sessions, bus, lambda s: rollback(s, task, actor, reason),
+                            lambda s: live_of(s, task))

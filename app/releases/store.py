@@ -244,3 +244,10 @@ async def set_routing(session: AsyncSession, task: TaskSpec, version: int,
     audit.append(session, audit.Kind.ROUTING_CHANGED, actor, "release", str(release.id),
                        {"version": version, "from": before, "to": release.routing}, task.name)
     return release
+
+
+async def change_routing(sessions: async_sessionmaker[AsyncSession], task: TaskSpec,
+                         version: int, overrides: Any, actor: str) -> Release:
+    """``set_routing`` in a transaction of its own: the release, once committed."""
+    async with sessions() as session, session.begin():
+        return await set_routing(session, task, version, overrides, actor)

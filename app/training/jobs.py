@@ -373,3 +373,14 @@ async def resend_stalled(
         for job in jobs:
             enqueue(session, RUN_ACTOR, {"job_id": job.id})
     return [j.id for j in jobs]
+
+
+async def request_and_wake(sessions: async_sessionmaker[AsyncSession],
+                           wake_relay: Callable[[], None], task: TaskSpec, trigger: str,
+                           actor: str, reason: str = "") -> TrainingJob:
+    """``request_retrain``; a new job's outbox message is sent at once (a joined job's was
+    sent when it was created)."""
+    job, created = await request_retrain(sessions, task, trigger, actor, reason)
+    if created:
+        wake_relay()
+    return job

@@ -238,3 +238,22 @@ async def label_splits(
         )
     ).all()
     return dict(rows)
+
+
+@dataclass
+class LearnedLabels:
+    """A page of the reviewed predictions a snapshot holds, with each one's split."""
+
+    page: Page[Prediction]
+    splits: dict[str, str]  # prediction id -> train, calibration or holdout
+
+
+async def learned_labels(session: AsyncSession, snapshot_id: str | None, first: int,
+                         after: str | None, split: str | None = None) -> LearnedLabels:
+    """``learned_predictions`` with their splits; an empty page for no snapshot (a release
+    stored before snapshots)."""
+    if snapshot_id is None:
+        return LearnedLabels(Page([], [], False, 0), {})
+    page = await learned_predictions(session, snapshot_id, first, after, split)
+    return LearnedLabels(page, await label_splits(session, snapshot_id,
+                                                  [p.id for p in page.items]))

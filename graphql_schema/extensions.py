@@ -1,4 +1,6 @@
-"""The one place where errors become GraphQL errors.
+"""The schema's extensions besides the permission checks: the one place where errors become
+GraphQL errors, what one document may cost (depth, tokens, aliases), and what an error may
+tell a stranger about the schema in production.
 
 Domain errors (``ArbiterError``) keep their message and gain a stable ``extensions.code``;
 documents that do not parse or validate keep graphql-core's message and gain a code too;
@@ -8,12 +10,23 @@ anything unexpected is logged with an id and the client receives only that id.
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from collections.abc import Callable, Iterator
 
 from graphql.error import GraphQLError
-from strawberry.extensions import MaskErrors
+from strawberry.extensions import (
+    AddValidationRules,
+    DisableIntrospection,
+    MaskErrors,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
 
 from app.errors import ArbiterError
+from app.settings import Settings
 
 log = logging.getLogger("arbiter.graphql")
 
@@ -68,3 +81,34 @@ class DomainErrors(MaskErrors):
             path=error.path,
             extensions={"code": "INTERNAL_ERROR", "errorId": error_id},
         )
+
+
+_SUGGESTION = re.compile(r"\s*Did you mean .*$", re.DOTALL)
+
+
+class HideSuggestions(SchemaExtension):
+    """Drops "Did you mean ...?" hints (field, argument, type and enum names) from errors,
+    so a refused introspection is not undone by guessing names one error at a time."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        for error in getattr(result, "errors", None) or ():
+            error.message = _SUGGESTION.sub("", error.message)
+
+
+def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
+    """Schema extension factories enforcing the settings' document limits."""
+    # The validation rules are built once: the validation cache is keyed by the rule
+    # classes, and a class per request would never hit it.
+    rules = [*QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
+             *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules]
+    if not settings.introspection_enabled:
+        rules += DisableIntrospection().validation_rules
+    factories: list[Callable[[], SchemaExtension]] = [
+        lambda: AddValidationRules(rules),
+        lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
+    ]
+    if settings.production:
+        factories.append(HideSuggestions)
+    return factories
