@@ -28,7 +28,8 @@ from app.errors import StageChangeError
 from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions.path import Services, input_hash, predict, predict_batch
-from app.releases.store import set_routing, stages, store_release
+from app.releases import stages
+from app.releases.store import set_routing, store_release
 from app.settings import Settings
 from app.training.jobs import Trigger, request_retrain
 from review import queue

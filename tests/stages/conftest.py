@@ -17,8 +17,9 @@ from app.ml.data import load_frame
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease, fit_release
 from app.predictions.path import Services
+from app.releases import stages
 from app.releases.registry import build_ensemble
-from app.releases.store import release_members, stages, store_release
+from app.releases.store import release_members, store_release
 from app.settings import Settings
 from tests.conftest import example_inputs
 

@@ -10,7 +10,8 @@ import pytest
 from app.errors import ArbiterError, StageChangeError, StageConflictError
 from app.ml.training import TrainedRelease
 from app.predictions.path import Services
-from app.releases.store import Stage, stages
+from app.releases import stages
+from app.releases.store import Stage
 from app.settings import Settings
 from tests.stages.conftest import (
     TASK,
