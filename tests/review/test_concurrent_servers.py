@@ -17,7 +17,7 @@ from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.conftest import Api, example_inputs, free_port, make_key
 from tests.graphql_schema.test_review_api import BATCH, CLAIM, SUBMIT
-from tests.test_cli import ARBITER, wait_ready
+from tests.system.test_cli import ARBITER, wait_ready
 
 REVIEWERS = 24
 

@@ -24,8 +24,8 @@ from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.conftest import Api, example_inputs, free_port, make_key
 from tests.graphql_schema.test_review_api import BATCH, CLAIM
-from tests.test_cli import ARBITER, wait_ready
-from tests.test_scale_out import process_env, short_leases
+from tests.system.test_cli import ARBITER, wait_ready
+from tests.system.test_scale_out import process_env, short_leases
 from tests.workers.test_redis_worker import require_redis
 
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

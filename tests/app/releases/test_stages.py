@@ -13,7 +13,7 @@ from app.predictions.path import Services
 from app.releases import stages
 from app.releases.store import Stage
 from app.settings import Settings
-from tests.stages.conftest import (
+from tests.app.releases.conftest import (
     TASK,
     add_release,
     change_count,

@@ -18,8 +18,8 @@ from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions.path import predict_batch
 from app.settings import Settings
+from tests.app.audit.test_log import rewrite_route, tamper
 from tests.conftest import example_inputs, make_key
-from tests.test_audit import rewrite_route, tamper
 
 ARBITER = str(Path(sys.executable).parent / "arbiter")
 

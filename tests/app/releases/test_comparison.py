@@ -10,7 +10,7 @@ from app.predictions.path import Services, predict_batch
 from app.releases.comparison import Tally, compare_release
 from app.releases.stages import live_of
 from app.settings import Settings
-from tests.stages.conftest import (
+from tests.app.releases.conftest import (
     TASK,
     add_release,
     labelled_inputs,

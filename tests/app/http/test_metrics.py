@@ -23,7 +23,7 @@ from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.conftest import Api, LiveServer, example_inputs, free_port, make_key
 from tests.graphql_schema.test_review_api import BATCH, CLAIM, ITEM, SUBMIT
-from tests.test_cli import ARBITER, wait_ready
+from tests.system.test_cli import ARBITER, wait_ready
 from tests.workers.test_redis_worker import REDIS_URL, require_redis
 
 PREDICT = 'mutation($i: JSON!) { predict(task: "loan_default", input: $i) { id route } }'

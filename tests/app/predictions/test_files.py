@@ -22,7 +22,7 @@ from app.ml.task import TaskSpec
 from app.predictions import files as batch_files
 from app.predictions.path import predict_batch
 from app.settings import Settings
-from tests.test_cli import arbiter, env  # noqa: F401  (env is a fixture)
+from tests.system.test_cli import arbiter, env  # noqa: F401  (env is a fixture)
 
 TASK = "loan_default"
 

@@ -21,7 +21,7 @@ from app.settings import EXAMPLE_TASKS_DIR, Settings
 from tests.conftest import Api, example_inputs, free_port, make_key
 from tests.graphql_schema.test_review_api import BATCH, CLAIM
 from tests.subscriber import client, follow, until
-from tests.test_cli import ARBITER, wait_ready
+from tests.system.test_cli import ARBITER, wait_ready
 from tests.workers.test_redis_worker import REDIS_URL, require_redis
 
 PREDICTIONS = 'subscription { predictions(task: "loan_default") { id route } }'

@@ -36,7 +36,7 @@ from review import queue
 from tests.conftest import example_inputs, make_key
 
 TASK = "loan_default"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 
 # A separate OS process appending events through its own engine, as a worker would.
 APPENDER = """

@@ -24,8 +24,8 @@ from app.ml.task import TaskSpec
 from app.predictions.batching import PARALLEL_ROWS, Batcher, collector_paused
 from app.predictions.path import LARGE_BATCH, Services, predict, predict_batch
 from app.settings import Settings
+from tests.app.releases.conftest import run_with
 from tests.conftest import example_inputs, make_key
-from tests.stages.conftest import run_with
 
 TASK = "loan_default"
 
