@@ -24,9 +24,9 @@ from app.ml.training import classification_metrics
 from app.releases.registry import build_ensemble
 from app.releases.store import release_by_version, release_members
 from app.settings import EXAMPLE_TASKS_DIR, Settings
-from tests import subscriber
 from tests.conftest import Api, LiveServer, frame_inputs, make_key
 from tests.graphql_schema.test_subscriptions import RELEASE_EVENTS
+from tests.support import subscriber
 
 TASK = "loan_default"
 REVIEWED = 300  # shifted predictions people label

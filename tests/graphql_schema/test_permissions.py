@@ -32,7 +32,7 @@ from app.settings import Settings
 from graphql_schema.permissions import refused_field
 from graphql_schema.schema import build_schema
 from tests.conftest import Api, LiveServer, example_inputs, make_key, run
-from tests.subscriber import client, take
+from tests.support.subscriber import client, take
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 ROLES = (Role.PREDICTOR, Role.REVIEWER, Role.AUDITOR, Role.ADMIN)  # README's column order

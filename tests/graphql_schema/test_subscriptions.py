@@ -19,8 +19,8 @@ from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.conftest import Api, LiveServer, example_inputs, make_key
 from tests.graphql_schema.test_review_api import BATCH, CLAIM
-from tests.redis_server import RedisServer
-from tests.subscriber import client, follow, take, until, ws_url
+from tests.support.redis_server import RedisServer
+from tests.support.subscriber import client, follow, take, until, ws_url
 
 PREDICTIONS = """subscription($task: String!, $only: Boolean!) {
   predictions(task: $task, onlyReview: $only) { id task route label status

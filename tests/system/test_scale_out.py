@@ -20,7 +20,7 @@ from app.ml.task import TaskSpec
 from app.settings import EXAMPLE_TASKS_DIR, Settings
 from tests.conftest import Api, example_inputs, free_port, make_key
 from tests.graphql_schema.test_review_api import BATCH, CLAIM
-from tests.subscriber import client, follow, until
+from tests.support.subscriber import client, follow, until
 from tests.system.test_cli import ARBITER, wait_ready
 from tests.workers.test_redis_worker import REDIS_URL, require_redis
 

@@ -24,8 +24,8 @@ from app.events.bus import (
     release_event,
     releases_topic,
 )
-from tests.redis_server import RedisServer
-from tests.tcp_proxy import TcpProxy
+from tests.support.redis_server import RedisServer
+from tests.support.tcp_proxy import TcpProxy
 from tests.workers.test_redis_worker import REDIS_URL, require_redis
 
 WAIT_SECONDS = 30

@@ -14,7 +14,7 @@ import pytest
 
 from app.settings import Settings
 from tests.conftest import LiveServer, free_port
-from tests.redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 TIMEOUT = 1.0  # ARBITER_READY_TIMEOUT_SECONDS in these tests
 
