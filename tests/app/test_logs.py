@@ -20,8 +20,9 @@ import pytest
 from app import logs
 from app.ml.task import TaskSpec
 from app.settings import EXAMPLE_TASKS_DIR, Settings
-from tests.conftest import Api, example_inputs, free_port, make_key
-from tests.system.test_cli import ARBITER, wait_ready
+from tests.support.inputs import example_inputs
+from tests.support.processes import ARBITER, wait_ready
+from tests.support.server import Api, free_port, make_key
 
 PREDICT = 'mutation($t: String!, $i: JSON!) { predict(task: $t, input: $i) { id } }'
 SECRET_INCOME = 52345.678  # pii: never in the logs

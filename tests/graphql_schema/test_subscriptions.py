@@ -17,9 +17,10 @@ from gql.transport.exceptions import TransportQueryError
 from app.events.bus import release_event, releases_topic
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, LiveServer, example_inputs, make_key
-from tests.graphql_schema.test_review_api import BATCH, CLAIM
+from tests.support.documents import BATCH, CLAIM, RELEASE_EVENTS
+from tests.support.inputs import example_inputs
 from tests.support.redis_server import RedisServer
+from tests.support.server import Api, LiveServer, make_key
 from tests.support.subscriber import client, follow, take, until, ws_url
 
 PREDICTIONS = """subscription($task: String!, $only: Boolean!) {
@@ -27,9 +28,6 @@ PREDICTIONS = """subscription($task: String!, $only: Boolean!) {
     explanation { baseValue outputValue } } }"""
 REVIEW_EVENTS = """subscription { reviewEvents(task: "loan_default") {
   itemId predictionId task change status waiting at } }"""
-RELEASE_EVENTS = """subscription { releaseEvents(task: "loan_default") {
-  kind task version fromStage toStage trafficPercent actor reason at jobId status progress
-  message } }"""
 PREDICT = """mutation($i: JSON!) { predict(task: "loan_default", input: $i) { id route } }"""
 RELEASE = "mutation($t: String!) { releaseReview(leaseToken: $t) { id status } }"
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

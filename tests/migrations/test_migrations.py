@@ -19,7 +19,7 @@ from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions.path import predict_batch
 from app.settings import Settings
-from tests.conftest import example_inputs
+from tests.support.inputs import example_inputs
 
 
 def _inspect(url: str, check: object) -> object:

@@ -15,9 +15,10 @@ import pytest
 
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, example_inputs, free_port, make_key
-from tests.graphql_schema.test_review_api import BATCH, CLAIM, SUBMIT
-from tests.system.test_cli import ARBITER, wait_ready
+from tests.support.documents import BATCH, CLAIM, SUBMIT
+from tests.support.inputs import example_inputs
+from tests.support.processes import ARBITER, wait_ready
+from tests.support.server import Api, free_port, make_key
 
 REVIEWERS = 24
 

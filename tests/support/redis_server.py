@@ -3,6 +3,7 @@ shared Redis on 6379 serves other tests and is never stopped)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -10,7 +11,21 @@ import time
 import pytest
 import redis
 
-from tests.conftest import IN_CI, free_port
+from tests.support.databases import IN_CI
+from tests.support.server import free_port
+
+REDIS_URL = os.environ.get("ARBITER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def require_redis() -> None:
+    """Skip the test when the shared Redis is absent locally; fail it under CI=true."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        message = f"Redis is not reachable at {REDIS_URL} ({exc})"
+        if IN_CI:
+            pytest.fail(f"{message}; CI=true requires it (.ci/run starts it)")
+        pytest.skip(message)
 
 
 class RedisServer:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import threading
 
-from tests.conftest import free_port
+from tests.support.server import free_port
 
 
 class TcpProxy:

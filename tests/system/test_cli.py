@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,32 +18,8 @@ from app.db.tables import StageChange
 from app.ml.training import TrainedRelease
 from app.releases.store import store_release
 from app.settings import Settings
-from tests.conftest import free_port
-
-ARBITER = str(Path(sys.executable).parent / "arbiter")
-
-
-@pytest.fixture
-def env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "ARBITER_DATA_DIR": str(tmp_path / "data"),
-            "ARBITER_DATABASE_URL": database_url}
-
-
-def arbiter(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ARBITER, *args], env=env, capture_output=True, text=True, timeout=600)
-
-
-def wait_ready(url: str, process: subprocess.Popen[Any], seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "the server exited"
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} was not ready within {seconds} s")
+from tests.support.processes import ARBITER, arbiter, wait_ready
+from tests.support.server import free_port
 
 
 @pytest.fixture

@@ -22,11 +22,11 @@ import pytest
 
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, example_inputs, free_port, make_key
-from tests.graphql_schema.test_review_api import BATCH, CLAIM
-from tests.system.test_cli import ARBITER, wait_ready
-from tests.system.test_scale_out import process_env, short_leases
-from tests.workers.test_redis_worker import require_redis
+from tests.support.documents import BATCH, CLAIM
+from tests.support.inputs import example_inputs
+from tests.support.processes import ARBITER, process_env, short_leases, wait_ready
+from tests.support.redis_server import require_redis
+from tests.support.server import Api, free_port, make_key
 
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 PREDICT = """mutation($i: JSON!, $k: String) {

@@ -6,8 +6,6 @@ it too."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,34 +15,19 @@ import httpx
 import pytest
 
 from app.ml.task import TaskSpec
-from app.settings import EXAMPLE_TASKS_DIR, Settings
-from tests.conftest import Api, example_inputs, free_port, make_key
-from tests.graphql_schema.test_review_api import BATCH, CLAIM
+from app.settings import Settings
+from tests.support.documents import BATCH, CLAIM
+from tests.support.inputs import example_inputs
+from tests.support.processes import ARBITER, process_env, short_leases, wait_ready
+from tests.support.redis_server import require_redis
+from tests.support.server import Api, free_port, make_key
 from tests.support.subscriber import client, follow, until
-from tests.system.test_cli import ARBITER, wait_ready
-from tests.workers.test_redis_worker import REDIS_URL, require_redis
 
 PREDICTIONS = 'subscription { predictions(task: "loan_default") { id route } }'
 REVIEW_EVENTS = """subscription { reviewEvents(task: "loan_default") {
   itemId change status } }"""
 PREDICT = 'mutation($i: JSON!) { predict(task: "loan_default", input: $i) { id } }'
 POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-
-
-def short_leases(tmp_path: Path) -> Path:
-    """The bundled tasks with one-second leases (the review policy is not in the contract)."""
-    tasks = tmp_path / "tasks"
-    shutil.copytree(EXAMPLE_TASKS_DIR, tasks)
-    toml = tasks / "loan_default.toml"
-    toml.write_text(toml.read_text().replace("[review]\n", "[review]\nlease_seconds = 1\n", 1))
-    return tasks
-
-
-def process_env(settings: Settings, namespace: str, tasks: Path) -> dict[str, str]:
-    return {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
-            "ARBITER_DATABASE_URL": settings.resolved_database_url,
-            "ARBITER_REDIS_URL": REDIS_URL, "ARBITER_REDIS_NAMESPACE": namespace,
-            "ARBITER_TASKS_DIR": str(tasks), "ARBITER_LEASE_SWEEP_SECONDS": "1"}
 
 
 @pytest.fixture

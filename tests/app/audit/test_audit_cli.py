@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,10 @@ from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions.path import predict_batch
 from app.settings import Settings
-from tests.app.audit.test_log import rewrite_route, tamper
-from tests.conftest import example_inputs, make_key
-
-ARBITER = str(Path(sys.executable).parent / "arbiter")
+from tests.support.inputs import example_inputs
+from tests.support.processes import ARBITER
+from tests.support.server import make_key
+from tests.support.tampering import rewrite_route, tamper
 
 
 def arbiter(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,6 @@ from app.db.engine import make_engine, make_sessionmaker
 from app.db.tables import AuditEvent, ReviewItem
 from app.db.types import utcnow
 from app.errors import StageChangeError
-from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions.path import Services, input_hash, predict, predict_batch
 from app.releases import stages
@@ -33,7 +31,9 @@ from app.releases.store import set_routing, store_release
 from app.settings import Settings
 from app.training.jobs import Trigger, request_retrain
 from review import queue
-from tests.conftest import example_inputs, make_key
+from tests.support.inputs import example_inputs
+from tests.support.server import make_key
+from tests.support.services import run_with
 
 TASK = "loan_default"
 ROOT = Path(__file__).resolve().parents[3]
@@ -55,16 +55,6 @@ async def main(url, name, n):
 
 asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 """
-
-
-def run_with(settings: Settings, work: Callable[[Services], Awaitable[Any]]) -> Any:
-    async def main() -> Any:
-        services, engine = build_services(settings)
-        try:
-            return await work(services)
-        finally:
-            await engine.dispose()
-    return asyncio.run(main())
 
 
 async def all_events(services: Services) -> list[AuditEvent]:
@@ -206,30 +196,6 @@ def test_domain_changes_are_recorded_with_actor_and_subject(
         assert (await audit.verify_chain(services.sessions)).ok
 
     run_with(settings, work)
-
-
-def tamper(url: str, statement: str) -> None:
-    """Change the stored log behind the application's back, as an intruder with database
-    access would: switch the append-only triggers off, then run ``statement``."""
-    async def work() -> None:
-        engine = make_engine(url)
-        try:
-            async with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    await conn.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
-                else:
-                    await conn.execute(text("DROP TRIGGER IF EXISTS audit_events_no_update"))
-                    await conn.execute(text("DROP TRIGGER IF EXISTS audit_events_no_delete"))
-                await conn.execute(text(statement))
-        finally:
-            await engine.dispose()
-    asyncio.run(work())
-
-
-def rewrite_route(event_id: int) -> str:
-    """An UPDATE turning a REVIEW routing decision of a prediction event into AUTO."""
-    return (f"UPDATE audit_events SET payload = replace(payload, '\"route\":\"REVIEW\"', "
-            f"'\"route\":\"AUTO\"') WHERE id = {event_id}")
 
 
 def test_an_export_reverifies_and_names_what_was_changed() -> None:

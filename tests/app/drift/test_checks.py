@@ -22,7 +22,7 @@ from app.ml.training import TrainedRelease
 from app.settings import Settings
 from app.training.jobs import JobContext
 from app.training.snapshots import take_snapshot
-from tests.graphql_schema.test_drift_api import store_with_snapshots
+from tests.support.releases import store_with_snapshots
 
 TASK = "loan_default"
 NOW = datetime(2026, 11, 30, 12, 0, 30, tzinfo=UTC)

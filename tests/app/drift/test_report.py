@@ -27,6 +27,7 @@ from app.errors import BadRequestError, ConfigurationError
 from app.ml.contract import to_matrix
 from app.ml.task import DriftSettings, DriftTest, FeatureDrift, TaskSpec, load_task, window_seconds
 from app.settings import EXAMPLE_TASKS_DIR
+from tests.support.inputs import frame_inputs
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
 
@@ -122,7 +123,6 @@ def recent(task: TaskSpec, rows: list[dict[str, Any]], routes: list[str] | None 
 
 def loan_rows(task: TaskSpec, n: int, seed: int, **shift: float) -> list[dict[str, Any]]:
     from app.examples.loan import generate
-    from tests.conftest import frame_inputs
     return frame_inputs(task, generate(n, seed, **shift))
 
 

@@ -24,9 +24,8 @@ from app.events.bus import (
     release_event,
     releases_topic,
 )
-from tests.support.redis_server import RedisServer
+from tests.support.redis_server import REDIS_URL, RedisServer, require_redis
 from tests.support.tcp_proxy import TcpProxy
-from tests.workers.test_redis_worker import REDIS_URL, require_redis
 
 WAIT_SECONDS = 30
 

@@ -17,7 +17,8 @@ from PIL import Image
 from app.ml.task import TaskSpec
 from app.predictions.charts import probability_text
 from app.settings import Settings
-from tests.conftest import Api, example_inputs, make_key
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, make_key
 
 SVG = "{http://www.w3.org/2000/svg}"
 PREDICT = """mutation($task: String!, $input: JSON!) { predict(task: $task, input: $input) {

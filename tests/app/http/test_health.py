@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from app.settings import Settings
-from tests.conftest import LiveServer, free_port
 from tests.support.redis_server import RedisServer
+from tests.support.server import LiveServer, free_port
 
 TIMEOUT = 1.0  # ARBITER_READY_TIMEOUT_SECONDS in these tests
 

@@ -21,10 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, LiveServer, example_inputs, free_port, make_key
-from tests.graphql_schema.test_review_api import BATCH, CLAIM, ITEM, SUBMIT
-from tests.system.test_cli import ARBITER, wait_ready
-from tests.workers.test_redis_worker import REDIS_URL, require_redis
+from tests.support.documents import BATCH, CLAIM, ITEM, SUBMIT
+from tests.support.inputs import example_inputs
+from tests.support.processes import ARBITER, wait_ready
+from tests.support.redis_server import REDIS_URL, require_redis
+from tests.support.server import Api, LiveServer, free_port, make_key
 
 PREDICT = 'mutation($i: JSON!) { predict(task: "loan_default", input: $i) { id route } }'
 STAGES = ("validate", "infer", "explain", "route", "store")

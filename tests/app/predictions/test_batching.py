@@ -24,8 +24,9 @@ from app.ml.task import TaskSpec
 from app.predictions.batching import PARALLEL_ROWS, Batcher, collector_paused
 from app.predictions.path import LARGE_BATCH, Services, predict, predict_batch
 from app.settings import Settings
-from tests.app.releases.conftest import run_with
-from tests.conftest import example_inputs, make_key
+from tests.support.inputs import example_inputs
+from tests.support.server import make_key
+from tests.support.services import run_with
 
 TASK = "loan_default"
 

@@ -22,7 +22,7 @@ from app.ml.task import TaskSpec
 from app.predictions import files as batch_files
 from app.predictions.path import predict_batch
 from app.settings import Settings
-from tests.system.test_cli import arbiter, env  # noqa: F401  (env is a fixture)
+from tests.support.processes import arbiter
 
 TASK = "loan_default"
 
@@ -63,7 +63,7 @@ def stored(settings: Settings) -> tuple[dict[str, Prediction], int, bool]:
 
 
 def test_a_csv_file_is_predicted_in_chunks_and_listed_in_order(
-    settings: Settings, env: dict[str, str], example_tasks: dict[str, TaskSpec],  # noqa: F811
+    settings: Settings, env: dict[str, str], example_tasks: dict[str, TaskSpec],
     tmp_path: Path,
 ) -> None:
     task = example_tasks[TASK]
@@ -88,7 +88,7 @@ def test_a_csv_file_is_predicted_in_chunks_and_listed_in_order(
 
 
 def test_a_bad_row_stops_the_run_and_resume_stores_nothing_twice(
-    settings: Settings, env: dict[str, str], example_tasks: dict[str, TaskSpec],  # noqa: F811
+    settings: Settings, env: dict[str, str], example_tasks: dict[str, TaskSpec],
     tmp_path: Path,
 ) -> None:
     task = example_tasks[TASK]
@@ -123,7 +123,7 @@ def test_a_bad_row_stops_the_run_and_resume_stores_nothing_twice(
 
 
 def test_unknown_formats_and_missing_files_are_named(
-    settings: Settings, env: dict[str, str], tmp_path: Path,  # noqa: F811
+    settings: Settings, env: dict[str, str], tmp_path: Path,
 ) -> None:
     odd = tmp_path / "loans.xlsx"
     odd.write_text("not a table")

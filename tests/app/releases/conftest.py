@@ -3,15 +3,12 @@ with their true labels."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from sqlmodel import select
 
 from app.db.tables import Release, StageChange, TrainingLabel
-from app.main import build_services
 from app.ml.contract import to_matrix, validate_inputs
 from app.ml.data import load_frame
 from app.ml.task import TaskSpec
@@ -20,8 +17,7 @@ from app.predictions.path import Services
 from app.releases import stages
 from app.releases.registry import build_ensemble
 from app.releases.store import release_members, store_release
-from app.settings import Settings
-from tests.conftest import example_inputs
+from tests.support.inputs import example_inputs
 
 TASK = "breast_cancer"
 
@@ -35,20 +31,6 @@ def crippled(example_tasks: dict[str, TaskSpec]) -> TrainedRelease:
             "hist_gradient_boosting": {"max_iter": 1, "learning_rate": 0.001}}
     members = [m.model_copy(update={"params": weak[m.algorithm]}) for m in task.members]
     return fit_release(task.model_copy(update={"members": members}))
-
-
-def run_with(settings: Settings, work: Callable[[Services], Awaitable[Any]]) -> Any:
-    """Run ``work`` with the app's services (registry re-reading stages on every call)."""
-
-    async def main() -> Any:
-        services, engine = build_services(settings)
-        try:
-            return await work(services)
-        finally:
-            await services.shadows.drain()
-            await engine.dispose()
-
-    return asyncio.run(main())
 
 
 async def add_release(services: Services, trained: TrainedRelease) -> Release:

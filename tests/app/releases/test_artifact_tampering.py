@@ -19,7 +19,8 @@ from app.db.engine import make_engine
 from app.ml.artifacts import save_pipeline
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, LiveServer, example_inputs, make_key, run
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, LiveServer, make_key, run
 
 PREDICT = 'mutation($t: String!, $i: JSON!) { predict(task: $t, input: $i) { id label } }'
 

@@ -17,10 +17,10 @@ from tests.app.releases.conftest import (
     labelled_inputs,
     labels_of,
     promote,
-    run_with,
     settle,
     stages_of,
 )
+from tests.support.services import run_with
 
 MIN_REVIEWED = 20
 

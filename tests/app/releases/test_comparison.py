@@ -16,9 +16,9 @@ from tests.app.releases.conftest import (
     labelled_inputs,
     labels_of,
     promote,
-    run_with,
     settle,
 )
+from tests.support.services import run_with
 
 
 def share(hits: int, n: int) -> float | None:

@@ -14,8 +14,9 @@ from app.releases.deployment import observed_pairs
 from app.releases.shadows import ShadowBackfill
 from app.releases.store import release_members
 from app.settings import Settings
-from tests.app.releases.conftest import TASK, add_release, labels_of, promote, run_with
-from tests.conftest import example_inputs
+from tests.app.releases.conftest import TASK, add_release, labels_of, promote
+from tests.support.inputs import example_inputs
+from tests.support.services import run_with
 
 
 async def shadow_outputs(services: Services) -> dict[tuple[str, int], ShadowOutput]:

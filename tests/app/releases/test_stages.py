@@ -13,14 +13,8 @@ from app.predictions.path import Services
 from app.releases import stages
 from app.releases.store import Stage
 from app.settings import Settings
-from tests.app.releases.conftest import (
-    TASK,
-    add_release,
-    change_count,
-    promote,
-    run_with,
-    stages_of,
-)
+from tests.app.releases.conftest import TASK, add_release, change_count, promote, stages_of
+from tests.support.services import run_with
 
 
 async def rollback(services: Services, reason: str = "bad release") -> list[Any]:

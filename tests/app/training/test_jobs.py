@@ -28,7 +28,7 @@ from app.predictions import path as predictions
 from app.settings import Settings
 from app.training import jobs as retraining
 from app.training.snapshots import Split, load_snapshot, reviewed_split, take_snapshot
-from tests.conftest import example_inputs
+from tests.support.inputs import example_inputs
 
 TASK = "breast_cancer"
 
