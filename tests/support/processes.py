@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import redis
 
 from app.settings import EXAMPLE_TASKS_DIR, Settings
 from tests.support.redis_server import REDIS_URL, require_redis
+from tests.support.server import free_port
 
 ARBITER = str(Path(sys.executable).parent / "arbiter")
 
@@ -82,3 +84,25 @@ def process_env(settings: Settings, namespace: str, tasks: Path) -> dict[str, st
             "ARBITER_DATABASE_URL": settings.resolved_database_url,
             "ARBITER_REDIS_URL": REDIS_URL, "ARBITER_REDIS_NAMESPACE": namespace,
             "ARBITER_TASKS_DIR": str(tasks), "ARBITER_LEASE_SWEEP_SECONDS": "1"}
+
+
+@contextmanager
+def servers(env: dict[str, str], count: int, worker: bool = False) -> Iterator[list[str]]:
+    """``count`` `arbiter serve` processes (and a worker) on free ports; yields their URLs
+    once each answers /readyz, and stops them all on the way out."""
+    ports = [free_port() for _ in range(count)]
+    procs = [subprocess.Popen([ARBITER, "serve", "--port", str(p)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for p in ports]
+    if worker:
+        procs.append(subprocess.Popen([ARBITER, "worker"], env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL))
+    try:
+        urls = [f"http://127.0.0.1:{p}" for p in ports]
+        for url, proc in zip(urls, procs, strict=False):
+            wait_ready(url, proc)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=60)

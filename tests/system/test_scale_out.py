@@ -6,7 +6,6 @@ it too."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,9 @@ from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.support.documents import BATCH, CLAIM
 from tests.support.inputs import example_inputs
-from tests.support.processes import ARBITER, process_env, short_leases, wait_ready
+from tests.support.processes import process_env, servers, short_leases
 from tests.support.redis_server import require_redis
-from tests.support.server import Api, free_port, make_key
+from tests.support.server import Api, make_key
 from tests.support.subscriber import client, follow, until
 
 PREDICTIONS = 'subscription { predictions(task: "loan_default") { id route } }'
@@ -35,21 +34,8 @@ def cluster(settings: Settings, tmp_path: Path) -> Iterator[list[str]]:
     """Two servers and one worker; yields the servers' URLs."""
     require_redis()
     env = process_env(settings, f"arbiter-test-{tmp_path.name[-12:]}", short_leases(tmp_path))
-    ports = [free_port(), free_port()]
-    procs = [subprocess.Popen([ARBITER, "serve", "--port", str(p)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for p in ports]
-    procs.append(subprocess.Popen([ARBITER, "worker"], env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL))
-    try:
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        for url, proc in zip(urls, procs, strict=False):
-            wait_ready(url, proc)
+    with servers(env, 2, worker=True) as urls:
         yield urls
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=60)
 
 
 async def subscribe_until_live(sink: list[dict[str, Any]], probe: Any) -> None:
