@@ -18,6 +18,8 @@ PG_ADMIN_DSN = os.environ.get(
     "ARBITER_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 IN_CI = os.environ.get("CI", "").lower() == "true"
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 def _pg_reachable() -> str | None:

@@ -30,6 +30,11 @@ PROMOTE = ("mutation($task: String!, $v: Int!, $stage: ReleaseStage!, $p: Float,
 COMPARE = ("query($task: String!, $v: Int!) { releaseComparison(task: $task, version: $v) { "
            "version stage liveVersion overall { paired agreed agreement reviewed "
            "releaseAccuracy liveAccuracy } byClass { label paired agreement } } }")
+PREDICTIONS = """subscription($task: String!, $only: Boolean!) {
+  predictions(task: $task, onlyReview: $only) { id task route label status
+    explanation { baseValue outputValue } } }"""
+REVIEW_EVENTS = """subscription { reviewEvents(task: "loan_default") {
+  itemId predictionId task change status waiting at } }"""
 RELEASE_EVENTS = """subscription { releaseEvents(task: "loan_default") {
   kind task version fromStage toStage trafficPercent actor reason at jobId status progress
   message } }"""

@@ -9,6 +9,8 @@ from typing import Any
 from gql import Client, GraphQLRequest
 from gql.transport.websockets import WebsocketsTransport
 
+from tests.support.server import LiveServer
+
 WAIT_SECONDS = 60
 
 
@@ -48,3 +50,9 @@ async def until(condition: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"gave up waiting: {what}")
+
+
+async def subscribed(server: LiveServer, n: int) -> None:
+    """Wait until ``n`` subscriptions are live on the server's bus."""
+    bus = server.services.events
+    await until(lambda: bus.subscribers() >= n, f"{n} subscribers on the server")

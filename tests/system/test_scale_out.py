@@ -15,6 +15,7 @@ import pytest
 
 from app.ml.task import TaskSpec
 from app.settings import Settings
+from tests.support.databases import POSTGRES_ONLY
 from tests.support.documents import BATCH, CLAIM
 from tests.support.inputs import example_inputs
 from tests.support.processes import process_env, servers, short_leases
@@ -26,7 +27,6 @@ PREDICTIONS = 'subscription { predictions(task: "loan_default") { id route } }'
 REVIEW_EVENTS = """subscription { reviewEvents(task: "loan_default") {
   itemId change status } }"""
 PREDICT = 'mutation($i: JSON!) { predict(task: "loan_default", input: $i) { id } }'
-POSTGRES_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
 @pytest.fixture
