@@ -3,7 +3,7 @@ HTTP server. PostgreSQL tests skip locally when it is absent and fail when CI=tr
 
 from __future__ import annotations
 
-import asyncio
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,27 +15,43 @@ from app.db.migrate import upgrade
 from app.ml.task import TaskSpec, load_tasks
 from app.ml.training import TrainedRelease, fit_release
 from app.settings import EXAMPLE_TASKS_DIR, Settings
-from tests.support.databases import PG_ADMIN_DSN, admin_sql, require_postgres
+from tests.support.databases import (
+    StoredReleases,
+    admin_sql,
+    copy_sqlite,
+    postgres_url,
+    require_postgres,
+)
 from tests.support.processes import env, scaled  # noqa: F401  (fixtures of every test)
-from tests.support.releases import store_all
 from tests.support.server import Api, LiveServer, make_key
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, migrated database of each backend."""
+    """A fresh, migrated database of each backend; for a test that asks for ``settings``, a
+    copy of the session's database where both example releases are stored."""
+    stored: StoredReleases | None = (
+        request.getfixturevalue("stored_releases") if "settings" in request.fixturenames
+        else None)
     if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'arbiter.db'}"
-        upgrade(url)
+        path = tmp_path / "arbiter.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        if stored:
+            copy_sqlite(Path(stored.template("sqlite")[0]), path)
+        else:
+            upgrade(url)
         yield url
         return
     require_postgres()
     name = f"arbiter_test_{uuid.uuid4().hex[:12]}"
-    admin_sql(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    url = f"{base}/{name}"
+    if stored:
+        admin_sql(f'CREATE DATABASE "{name}" TEMPLATE "{stored.template("postgresql")[0]}"')
+    else:
+        admin_sql(f'CREATE DATABASE "{name}"')
+    url = postgres_url(name)
     try:
-        upgrade(url)
+        if not stored:
+            upgrade(url)
         yield url
     finally:
         admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -52,12 +68,22 @@ def trained(example_tasks: dict[str, TaskSpec]) -> dict[str, TrainedRelease]:
     return {name: fit_release(task) for name, task in example_tasks.items()}
 
 
+@pytest.fixture(scope="session")
+def stored_releases(tmp_path_factory: pytest.TempPathFactory,
+                    trained: dict[str, TrainedRelease]) -> Iterator[StoredReleases]:
+    """Both example releases stored once per session and backend, to be copied per test."""
+    stored = StoredReleases(tmp_path_factory.mktemp("stored"), trained)
+    yield stored
+    stored.close()
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path, trained: dict[str, TrainedRelease]) -> Settings:
-    """Settings on a fresh database where both example tasks have a LIVE release."""
+def settings(database_url: str, tmp_path: Path, stored_releases: StoredReleases) -> Settings:
+    """Settings on a fresh database where both example tasks have a LIVE release (the
+    database a copy made by ``database_url``, the artifacts copied here)."""
     s = Settings(data_dir=tmp_path / "data", database_url=database_url, release_refresh_seconds=0.0)
-    s.data_dir.mkdir(parents=True, exist_ok=True)
-    asyncio.run(store_all(s, trained))
+    backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+    shutil.copytree(stored_releases.template(backend)[1], s.data_dir, dirs_exist_ok=True)
     return s
 
 
