@@ -108,12 +108,14 @@ def check_members(p: dict[str, Any]) -> None:
 
 
 def data(body: dict[str, Any]) -> dict[str, Any]:
+    """The data of a GraphQL answer, failing on any error."""
     assert "errors" not in body, body["errors"]
     result: dict[str, Any] = body["data"]
     return result
 
 
 def wait_for_job(api: Api, job_id: str) -> dict[str, Any]:
+    """Poll a training job until it SUCCEEDED or FAILED."""
     deadline = time.monotonic() + JOB_WAIT_SECONDS
     while time.monotonic() < deadline:
         job: dict[str, Any] = data(api(JOB, id=job_id))["trainingJob"]

@@ -27,15 +27,18 @@ ARBITER = str(Path(sys.executable).parent / "arbiter")
 
 @pytest.fixture
 def env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    """The environment of an `arbiter` process on the test's database and data folder."""
     return {**os.environ, "ARBITER_DATA_DIR": str(tmp_path / "data"),
             "ARBITER_DATABASE_URL": database_url}
 
 
 def arbiter(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run one `arbiter` command to its end."""
     return subprocess.run([ARBITER, *args], env=env, capture_output=True, text=True, timeout=600)
 
 
 def wait_ready(url: str, process: subprocess.Popen[Any], seconds: float = 300) -> None:
+    """Wait until the server process answers /readyz with 200."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         assert process.poll() is None, "the server exited"
@@ -50,6 +53,7 @@ def wait_ready(url: str, process: subprocess.Popen[Any], seconds: float = 300) -
 
 @pytest.fixture
 def scaled(settings: Settings) -> Iterator[Settings]:
+    """Settings on the shared Redis, under a namespace of their own (removed after)."""
     require_redis()
     namespace = f"arbiter-test-{uuid.uuid4().hex[:8]}"
     yield settings.model_copy(update={"redis_url": REDIS_URL, "redis_namespace": namespace,
@@ -61,6 +65,7 @@ def scaled(settings: Settings) -> Iterator[Settings]:
 
 def start_worker(settings: Settings,
                  extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """An `arbiter worker` process on the settings' database and Redis."""
     env = {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
            "ARBITER_DATABASE_URL": settings.resolved_database_url,
            "ARBITER_REDIS_URL": str(settings.redis_url),
@@ -80,6 +85,7 @@ def short_leases(tmp_path: Path) -> Path:
 
 
 def process_env(settings: Settings, namespace: str, tasks: Path) -> dict[str, str]:
+    """The environment of `arbiter serve`/`worker` processes on PostgreSQL and Redis."""
     return {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
             "ARBITER_DATABASE_URL": settings.resolved_database_url,
             "ARBITER_REDIS_URL": REDIS_URL, "ARBITER_REDIS_NAMESPACE": namespace,

@@ -10,6 +10,7 @@ from app.training.snapshots import take_snapshot
 
 
 async def store_all(settings: Settings, trained: dict[str, TrainedRelease]) -> None:
+    """Store each trained release (the first of a task goes LIVE)."""
     engine = make_engine(settings.resolved_database_url)
     try:
         sessions = make_sessionmaker(engine)

@@ -18,10 +18,12 @@ from app.settings import Settings
 
 
 def run(coro: Any) -> Any:
+    """Run a coroutine to its end."""
     return asyncio.run(coro)
 
 
 def make_key(settings: Settings, role: str, name: str) -> str:
+    """A new API key of ``role``: its secret."""
     async def work() -> str:
         engine = make_engine(settings.resolved_database_url)
         try:
@@ -34,6 +36,7 @@ def make_key(settings: Settings, role: str, name: str) -> str:
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -97,6 +100,7 @@ class Api:
 
 
 class People:
+    """A predictor, a reviewer and an admin, each with a key, on one client."""
     def __init__(self, client: httpx.Client, settings: Settings) -> None:
         self.predictor = Api(client, make_key(settings, "predictor", "app"))
         self.reviewer = Api(client, make_key(settings, "reviewer", "rita"))

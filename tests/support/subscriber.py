@@ -15,6 +15,7 @@ WAIT_SECONDS = 60
 
 
 def ws_url(http_url: str) -> str:
+    """The server's GraphQL websocket URL."""
     return http_url.replace("http://", "ws://", 1) + "/graphql"
 
 
