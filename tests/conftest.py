@@ -107,3 +107,16 @@ def predictor(http: httpx.Client, settings: Settings) -> Api:
 @pytest.fixture
 def admin(http: httpx.Client, settings: Settings) -> Api:
     return Api(http, make_key(settings, "admin", "ops"))
+
+
+# Modules whose tests start `arbiter` processes or train: pytest-xdist hands tests out in
+# collection order, so these go first and neither worker is left alone with them at the end.
+LONG_FIRST = ("tests/system/", "tests/workers/", "tests/app/audit/test_audit_cli.py",
+              "tests/app/predictions/test_files.py", "tests/app/http/test_metrics.py",
+              "tests/app/test_logs.py", "tests/review/test_concurrent_servers.py",
+              "tests/graphql_schema/test_learning_loop.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests first (a stable sort: the order within each part stays)."""
+    items.sort(key=lambda item: not item.nodeid.startswith(LONG_FIRST))
