@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import anyio._core._fileio  # noqa: F401  (see below)
 import httpx
 import uvicorn
 
@@ -15,6 +16,11 @@ from app.access.keys import create_key
 from app.db.engine import make_engine, make_sessionmaker
 from app.main import build_app
 from app.settings import Settings
+
+# Starlette's FileResponse opens files through anyio, which imports that part on first use;
+# pytest rewrites anyio's modules (anyio ships a pytest plugin), so that first use parses
+# Python in the server's thread, and CPython 3.11's parser, parsing in two threads at once,
+# failed a test with "AST constructor recursion depth mismatch". Imported here, up front.
 
 
 def run(coro: Any) -> Any:
