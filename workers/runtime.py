@@ -24,6 +24,11 @@ from workers.relay import OutboxRelay
 
 WORKER_THREADS = 2
 WORKER_STOP_MS = 10_000
+# How long the in-process broker's consumer and threads wait for a message before looking
+# again: stop() waits out one wait per stage, 1.8 s at Dramatiq's default of 1 s, and every
+# server (each test's too) stops. Polling memory 10 times a second costs nothing; Redis
+# workers keep the default so they do not poll Redis more often.
+EMBEDDED_POLL_MS = 100
 
 
 class JobRuntime:
@@ -50,7 +55,9 @@ class JobRuntime:
         self.actors = register(self.broker, self._worker_sessions, self.events, job_context,
                                backfill)
         self.relay = OutboxRelay(sessions, self.actors, sweep_seconds=settings.lease_sweep_seconds)
-        self.worker = (dramatiq.Worker(self.broker, worker_threads=WORKER_THREADS)
+        poll_ms = EMBEDDED_POLL_MS if settings.redis_url is None else 1000
+        self.worker = (dramatiq.Worker(self.broker, worker_threads=WORKER_THREADS,
+                                       worker_timeout=poll_ms)
                        if consume else None)
         self._relay_task: asyncio.Task[None] | None = None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,69 +13,12 @@ from app.db.engine import make_engine, make_sessionmaker
 from app.db.tables import Prediction
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, example_inputs, make_key, run
+from tests.support.documents import CONTRACT, check_prediction
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, make_key, run
 
-CONTRACT = """
-mutation($task: String!, $input: JSON!, $key: String) {
-  predict(task: $task, input: $input, idempotencyKey: $key) {
-    id task release label confidence
-    probabilities { label probability } predictionSet
-    members { name version label weight error probabilities { label probability }
-              explanation { status space explainedClass baseValue outputValue
-                            contributions { feature value shap derived } } }
-    explanation { status space explainedClass baseValue outputValue
-                  contributions { feature value shap derived } }
-    route reasons { code detail } status finalLabel createdAt } }
-"""
 FIELDS = CONTRACT.split("{", 2)[2].rsplit("}", 1)[0]  # the selection set of `predict`
 GET = "query($id: ID!) { prediction(id: $id) {" + FIELDS.rsplit("}", 1)[0] + "} }"
-
-
-def check_prediction(task: TaskSpec, p: dict[str, Any]) -> None:
-    """What every prediction must satisfy, whatever the task."""
-    probs = {c["label"]: c["probability"] for c in p["probabilities"]}
-    assert list(probs) == list(task.classes)
-    assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-9)
-    assert p["label"] == max(probs, key=probs.__getitem__)
-    assert p["confidence"] == probs[p["label"]]
-    ex = p["explanation"]
-    assert ex["explainedClass"] == p["label"]
-    total = ex["baseValue"] + sum(c["shap"] for c in ex["contributions"])
-    assert abs(total - ex["outputValue"]) < 1e-6
-    q = probs[p["label"]]
-    if ex["space"] == "LOG_ODDS" and len(task.classes) == 2:
-        assert abs(ex["outputValue"] - math.log(q / (1 - q))) < 1e-6
-    elif ex["space"] == "LOG_ODDS":
-        mean_log = sum(math.log(v) for v in probs.values()) / len(probs)
-        assert abs(ex["outputValue"] - (math.log(q) - mean_log)) < 1e-6
-    assert [c["feature"] for c in ex["contributions"]] == task.model_columns
-    assert {m["name"] for m in p["members"]} == {m.name for m in task.members}
-    check_members(p)
-    assert set(p["predictionSet"]) <= set(task.classes)
-    assert (p["route"] == "AUTO") == (not p["reasons"])
-    if p["route"] == "AUTO":
-        assert p["status"] == "ACCEPTED" and p["finalLabel"] == p["label"]
-        assert p["predictionSet"] == [p["label"]]
-    else:
-        assert p["status"] == "PENDING_REVIEW" and p["finalLabel"] is None
-
-
-def check_members(p: dict[str, Any]) -> None:
-    """Each member explains the ensemble's class over the same features and values, exactly
-    (base + SHAP = output), and the ensemble's SHAP values are their weighted sum."""
-    ex = p["explanation"]
-    features = [(c["feature"], c["value"], c["derived"]) for c in ex["contributions"]]
-    for m in p["members"]:
-        mex = m["explanation"]
-        assert mex["explainedClass"] == ex["explainedClass"] and mex["space"] == ex["space"]
-        assert [(c["feature"], c["value"], c["derived"]) for c in mex["contributions"]] == features
-        total = mex["baseValue"] + sum(c["shap"] for c in mex["contributions"])
-        assert abs(total - mex["outputValue"]) < 1e-6
-    weight = sum(m["weight"] for m in p["members"])
-    for j, c in enumerate(ex["contributions"]):
-        mixed = sum(m["weight"] / weight * m["explanation"]["contributions"][j]["shap"]
-                    for m in p["members"])
-        assert abs(mixed - c["shap"]) < 1e-9
 
 
 @pytest.mark.parametrize("task_name", ["breast_cancer", "loan_default"])

@@ -15,8 +15,9 @@ import pytest
 from app.audit.log import event_hash
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, LiveServer, example_inputs, make_key
-from tests.test_audit import rewrite_route, tamper
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, LiveServer, make_key
+from tests.support.tampering import rewrite_route, tamper
 
 BATCH = """mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $i) {
   id route input explanation { contributions { feature value } } } }"""

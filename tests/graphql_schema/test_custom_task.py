@@ -15,8 +15,9 @@ import pytest
 from app.ml.task import load_tasks
 from app.ml.training import fit_release
 from app.settings import Settings
-from tests.conftest import Api, LiveServer, make_key, run
-from tests.graphql_schema.test_api import CONTRACT, check_prediction
+from tests.support.documents import CONTRACT, check_prediction
+from tests.support.releases import store_all
+from tests.support.server import Api, LiveServer, make_key, run
 
 TASK = """
 name = "churn"
@@ -81,8 +82,6 @@ def _write_task(folder: Path) -> None:
 
 @pytest.fixture
 def churn_api(database_url: str, tmp_path: Path) -> Iterator[Api]:
-    from tests.conftest import _store_all
-
     folder = tmp_path / "tasks"
     folder.mkdir()
     _write_task(folder)
@@ -90,7 +89,7 @@ def churn_api(database_url: str, tmp_path: Path) -> Iterator[Api]:
                         tasks_dir=folder, release_refresh_seconds=0.0)
     settings.data_dir.mkdir()
     task = load_tasks(folder)["churn"]
-    run(_store_all(settings, {"churn": fit_release(task)}))
+    run(store_all(settings, {"churn": fit_release(task)}))
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=60) as c:
         yield Api(c, make_key(settings, "predictor", "churn-app"))
 

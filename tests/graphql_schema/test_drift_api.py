@@ -14,22 +14,17 @@ import httpx
 import pytest
 from graphql import GraphQLObjectType
 
-from app.db.engine import make_engine, make_sessionmaker
 from app.examples.loan import generate
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
-from app.releases.store import Lineage, store_release
 from app.settings import Settings
-from app.training.snapshots import take_snapshot
 from graphql_schema.schema import build_schema
-from tests.conftest import Api, LiveServer, frame_inputs, make_key
+from tests.support.inputs import frame_inputs
+from tests.support.loans import LARGE, SEED, SHIFTED, SMALL
+from tests.support.releases import store_with_snapshots
+from tests.support.server import Api, LiveServer, make_key
 
 TASK = "loan_default"
-SEED = 3  # generate(seed=3): no unshifted feature crosses its threshold at either size
-SMALL, LARGE = 300, 1200
-# generate(shift=1) lowers incomes (and so loan amounts) and raises unemployment;
-# long_terms offers terms the book never had. The other six inputs keep their distribution.
-SHIFTED = {"income", "loan_amount", "employment", "term_months"}
 BATCH_ROWS = 300
 
 REPORT = """query($w: String) { driftReport(task: "loan_default", window: $w) {
@@ -39,24 +34,6 @@ REPORT = """query($w: String) { driftReport(task: "loan_default", window: $w) {
   prediction { feature test statistic drifted sampleSize }
   routingRate { start rate count } overturnRate { start rate count } computedAt } }"""
 BATCH = """mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $i) { id } }"""
-
-
-async def store_with_snapshots(settings: Settings, trained: dict[str, TrainedRelease],
-                               tasks: list[str] | None = None) -> None:
-    """Each trained release stored as a training job stores it: with the snapshot of the
-    rows it was fitted on (the source rows: no labels yet), which holds its reference."""
-    engine = make_engine(settings.resolved_database_url)
-    try:
-        sessions = make_sessionmaker(engine)
-        for name, release in trained.items():
-            if tasks is not None and name not in tasks:
-                continue
-            snapshot, _ = await take_snapshot(sessions, release.task, settings.artifacts_dir,
-                                              "tests")
-            await store_release(sessions, settings.artifacts_dir, release, "tests",
-                                Lineage(snapshot_id=snapshot.id))
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

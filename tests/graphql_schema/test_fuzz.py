@@ -17,8 +17,8 @@ from app.access.roles import Role, allowed
 from app.ml.task import TaskSpec
 from app.settings import Settings
 from graphql_schema.schema import build_schema
-from tests.conftest import LiveServer, make_key
-from tests.graphql_schema.test_permissions import snapshot
+from tests.support.databases import snapshot
+from tests.support.server import LiveServer, make_key
 
 SCHEMA = build_schema()._schema
 EXAMPLES_PER_ROLE = int(os.environ.get("ARBITER_FUZZ_EXAMPLES", "15"))

@@ -24,22 +24,19 @@ from app.ml.training import classification_metrics
 from app.releases.registry import build_ensemble
 from app.releases.store import release_by_version, release_members
 from app.settings import EXAMPLE_TASKS_DIR, Settings
-from tests import subscriber
-from tests.conftest import Api, LiveServer, frame_inputs, make_key
-from tests.graphql_schema.test_subscriptions import RELEASE_EVENTS
+from tests.support import subscriber
+from tests.support.documents import JOB_WAIT_SECONDS, RELEASE_EVENTS, RETRAIN, data, wait_for_job
+from tests.support.inputs import frame_inputs
+from tests.support.server import Api, LiveServer, make_key
 
 TASK = "loan_default"
 REVIEWED = 300  # shifted predictions people label
-JOB_WAIT_SECONDS = 600  # an upper bound on waiting, not a speed requirement
+
 
 BATCH = 'mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $i) { id route } }'
 CLAIM = """mutation { claimReview(task: "loan_default") {
   leaseToken item { prediction { id } } } }"""
 SUBMIT = "mutation($t: String!, $l: String!) { submitReview(leaseToken: $t, label: $l) { id } }"
-RETRAIN = """mutation($r: String!) { retrain(task: "loan_default", reason: $r) {
-  id status trigger requests } }"""
-JOB = """query($id: ID!) { trainingJob(id: $id) { id status progress message error
-  release { version stage gate } } }"""
 RELEASE = """query($v: Int!) { release(task: "loan_default", version: $v) {
   version stage gate rows parent { version } job { id status }
   snapshot { id sourceRows reviewedRows labelsUntil }
@@ -66,22 +63,6 @@ class Team:
 def team(settings: Settings) -> Iterator[Team]:
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=120) as c:
         yield Team(c, settings, server)
-
-
-def data(body: dict[str, Any]) -> dict[str, Any]:
-    assert "errors" not in body, body["errors"]
-    result: dict[str, Any] = body["data"]
-    return result
-
-
-def wait_for_job(api: Api, job_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + JOB_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = data(api(JOB, id=job_id))["trainingJob"]
-        if job["status"] in ("SUCCEEDED", "FAILED"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"training job {job_id} did not finish: {job}")
 
 
 def wait_for_comparison(api: Api, paired: int) -> dict[str, Any]:

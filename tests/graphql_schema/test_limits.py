@@ -16,7 +16,8 @@ from sqlalchemy import text
 
 from app.db.engine import make_engine
 from app.settings import Settings
-from tests.conftest import Api, LiveServer, example_inputs, make_key, run
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, LiveServer, make_key, run
 
 ME = "{ me { name role } }"
 

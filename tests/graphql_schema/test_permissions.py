@@ -13,8 +13,6 @@ import httpx
 import pytest
 from gql.transport.exceptions import TransportQueryError
 from graphql import GraphQLObjectType, parse
-from sqlalchemy import text
-from sqlmodel import SQLModel
 
 import app.db.tables  # noqa: F401  (registers the tables in SQLModel.metadata)
 from app.access.roles import (
@@ -26,13 +24,14 @@ from app.access.roles import (
     allowed,
     field_allowed,
 )
-from app.db.engine import make_engine
 from app.ml.task import TaskSpec
 from app.settings import Settings
 from graphql_schema.permissions import refused_field
 from graphql_schema.schema import build_schema
-from tests.conftest import Api, LiveServer, example_inputs, make_key, run
-from tests.subscriber import client, take
+from tests.support.databases import snapshot
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, LiveServer, make_key
+from tests.support.subscriber import client, take
 
 README = Path(__file__).resolve().parents[2] / "docs" / "api.md"  # the *Roles* table
 ROLES = (Role.PREDICTOR, Role.REVIEWER, Role.AUDITOR, Role.ADMIN)  # README's column order
@@ -197,21 +196,6 @@ SUBSCRIPTIONS = {
     "reviewEvents": "subscription($t: String!) { reviewEvents(task: $t) { itemId } }",
     "releaseEvents": "subscription($t: String!) { releaseEvents(task: $t) { kind } }",
 }
-
-
-def snapshot(settings: Settings) -> dict[str, list[str]]:
-    """Every row of every table, as text."""
-    async def work() -> dict[str, list[str]]:
-        engine = make_engine(settings.resolved_database_url)
-        try:
-            async with engine.connect() as conn:
-                return {t: sorted(repr(tuple(r)) for r in
-                                  await conn.execute(text(f'SELECT * FROM "{t}"')))
-                        for t in sorted(SQLModel.metadata.tables)}
-        finally:
-            await engine.dispose()
-
-    return dict(run(work()))
 
 
 def codes(body: dict[str, Any]) -> list[str]:

@@ -9,7 +9,8 @@ import httpx
 
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, example_inputs, make_key
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, make_key
 
 BATCH = """mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $i)
   { id label route createdAt } }"""

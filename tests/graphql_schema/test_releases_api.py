@@ -13,19 +13,13 @@ from app.db.engine import make_engine, make_sessionmaker
 from app.ml.training import TrainedRelease
 from app.releases.store import store_release
 from app.settings import Settings
-from tests.conftest import Api, example_inputs, make_key
+from tests.support.documents import COMPARE, PROMOTE, RELEASE_FIELDS
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, make_key
 
 TASK = "breast_cancer"
-RELEASE = "task version stage trafficPercent stageHistory { fromStage toStage trafficPercent " \
-          "actor reason at }"
-PROMOTE = ("mutation($task: String!, $v: Int!, $stage: ReleaseStage!, $p: Float, $why: String!)"
-           " { promoteRelease(task: $task, version: $v, stage: $stage, trafficPercent: $p, "
-           "reason: $why) { " + RELEASE + " } }")
 ROLLBACK = ("mutation($task: String!) { rollback(task: $task, reason: \"alarms\") { "
-            + RELEASE + " } }")
-COMPARE = ("query($task: String!, $v: Int!) { releaseComparison(task: $task, version: $v) { "
-           "version stage liveVersion overall { paired agreed agreement reviewed "
-           "releaseAccuracy liveAccuracy } byClass { label paired agreement } } }")
+            + RELEASE_FIELDS + " } }")
 RELEASES = "query($task: String!) { releases(task: $task) { version stage trafficPercent } }"
 PREDICT = ("mutation($input: JSON!, $entity: String) { predict(task: \"breast_cancer\", "
            "input: $input, entityKey: $entity) { id release } }")

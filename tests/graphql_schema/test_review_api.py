@@ -12,22 +12,9 @@ import pytest
 
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, LiveServer, example_inputs, make_key
-
-BATCH = 'mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $i) { id route } }'
-CLAIM = """mutation($id: ID) { claimReview(task: "loan_default", itemId: $id) {
-  leaseToken expiresAt item { id status prediction { id label probabilities { label probability }
-  explanation { baseValue outputValue } reasons { code } } } } }"""
-SUBMIT = """mutation($t: String!, $l: String!) { submitReview(leaseToken: $t, label: $l,
-  comment: "checked the file") { id status finalLabel resolution } }"""
-ITEM = "query($id: ID!) { reviewItem(id: $id) { id status leaseExpiresAt } }"
-
-
-class People:
-    def __init__(self, client: httpx.Client, settings: Settings) -> None:
-        self.predictor = Api(client, make_key(settings, "predictor", "app"))
-        self.reviewer = Api(client, make_key(settings, "reviewer", "rita"))
-        self.admin = Api(client, make_key(settings, "admin", "ops"))
+from tests.support.documents import BATCH, CLAIM, ITEM, SUBMIT
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, LiveServer, People, make_key
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ reviewed exactly once, and no two reviewers ever hold it at the same time."""
 from __future__ import annotations
 
 import os
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +14,10 @@ import pytest
 
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import Api, example_inputs, free_port, make_key
-from tests.graphql_schema.test_review_api import BATCH, CLAIM, SUBMIT
-from tests.test_cli import ARBITER, wait_ready
+from tests.support.documents import BATCH, CLAIM, SUBMIT
+from tests.support.inputs import example_inputs
+from tests.support.processes import servers
+from tests.support.server import Api, make_key
 
 REVIEWERS = 24
 
@@ -26,19 +26,8 @@ REVIEWERS = 24
 def two_servers(settings: Settings, tmp_path: Path) -> Iterator[list[str]]:
     env = {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
            "ARBITER_DATABASE_URL": settings.resolved_database_url}
-    ports = [free_port(), free_port()]
-    procs = [subprocess.Popen([ARBITER, "serve", "--port", str(p)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for p in ports]
-    try:
-        urls = [f"http://127.0.0.1:{p}" for p in ports]
-        for url, proc in zip(urls, procs, strict=True):
-            wait_ready(url, proc)
+    with servers(env, 2) as urls:
         yield urls
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def test_reviewers_on_two_servers_never_collide(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -13,29 +12,16 @@ from sqlmodel import col, func, select
 from app.access.roles import Principal, Role
 from app.db.tables import Prediction, ReviewItem, TrainingLabel
 from app.errors import BadRequestError, LeaseExpiredError, StaleLeaseError
-from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions.path import predict_batch
 from app.predictions.services import Services
 from app.settings import Settings
 from review import queue
-from tests.conftest import example_inputs, make_key
+from tests.support.inputs import example_inputs
+from tests.support.server import make_key
+from tests.support.services import run_with
 
 TASK = "loan_default"
-
-
-def run_with(settings: Settings, work: Callable[[Services], Awaitable[Any]],
-             required_reviews: int = 1) -> Any:
-    async def main() -> Any:
-        services, engine = build_services(settings)
-        task = services.registry.tasks[TASK]
-        services.registry.tasks[TASK] = task.model_copy(update={
-            "review": task.review.model_copy(update={"required_reviews": required_reviews})})
-        try:
-            return await work(services)
-        finally:
-            await engine.dispose()
-    return asyncio.run(main())
 
 
 async def routed(services: Services, tasks: dict[str, TaskSpec], n: int = 120) -> list[Prediction]:
@@ -181,7 +167,7 @@ def test_blind_double_review_agrees_or_escalates_to_a_third_person(
             reviewed = (await session.exec(select(func.count()).select_from(Prediction).where(
                 col(Prediction.status) == "REVIEWED"))).one()
         assert labels == reviewed == 2
-    run_with(settings, work, required_reviews=2)
+    run_with(settings, work, review={"required_reviews": 2})
 
 
 def test_a_lease_lasts_the_requested_seconds(settings: Settings) -> None:

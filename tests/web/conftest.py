@@ -18,7 +18,9 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from app.ml.task import TaskSpec
 from app.settings import Settings
-from tests.conftest import IN_CI, Api, LiveServer, example_inputs, make_key
+from tests.support.databases import IN_CI
+from tests.support.inputs import example_inputs
+from tests.support.server import Api, LiveServer, make_key
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / ".artifacts" / "screenshots"

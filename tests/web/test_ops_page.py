@@ -19,8 +19,9 @@ from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
 from app.settings import Settings
 from app.training.jobs import JobContext
-from tests.conftest import _store_all, frame_inputs
-from tests.graphql_schema.test_drift_api import SEED, SHIFTED, SMALL, store_with_snapshots
+from tests.support.inputs import frame_inputs
+from tests.support.loans import SEED, SHIFTED, SMALL
+from tests.support.releases import store_all, store_with_snapshots
 from tests.web.conftest import ON_SQLITE, Site, open_page, screenshot
 
 RELEASES = '{ releases(task: "loan_default") { version stage } }'
@@ -30,7 +31,7 @@ RELEASES = '{ releases(task: "loan_default") { version stage } }'
 def second_release(settings: Settings, trained: dict[str, TrainedRelease]) -> Iterator[None]:
     """loan_default v2 stored beside v1 (a CANDIDATE until promoted)."""
     def store() -> None:  # its own thread: asyncio.run must not meet Playwright's loop
-        asyncio.run(_store_all(settings, {"loan_default": trained["loan_default"]}))
+        asyncio.run(store_all(settings, {"loan_default": trained["loan_default"]}))
 
     worker = threading.Thread(target=store)
     worker.start()

@@ -18,11 +18,12 @@ from app.examples.loan import generate
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
 from app.settings import EXAMPLE_TASKS_DIR, Settings
-from tests import subscriber
-from tests.conftest import Api, LiveServer, frame_inputs, make_key
-from tests.graphql_schema.test_drift_api import SEED, SHIFTED, store_with_snapshots
-from tests.graphql_schema.test_learning_loop import data, wait_for_job
-from tests.graphql_schema.test_subscriptions import RELEASE_EVENTS
+from tests.support import subscriber
+from tests.support.documents import RELEASE_EVENTS, data, wait_for_job
+from tests.support.inputs import frame_inputs
+from tests.support.loans import SEED, SHIFTED
+from tests.support.releases import store_with_snapshots
+from tests.support.server import Api, LiveServer, make_key
 
 ROWS = 300
 LATEST = """{ latestDriftReport(task: "loan_default") { drifted verdict release window

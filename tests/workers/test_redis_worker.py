@@ -7,59 +7,19 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
-import pytest
-import redis
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
 from app.releases.store import store_release
 from app.settings import Settings
-from tests.conftest import IN_CI, Api, LiveServer, example_inputs, make_key
-from tests.graphql_schema.test_releases_api import COMPARE, PROMOTE
-from tests.graphql_schema.test_review_api import BATCH, CLAIM, ITEM, SUBMIT, People
-
-REDIS_URL = os.environ.get("ARBITER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-ARBITER = str(Path(sys.executable).parent / "arbiter")
-
-
-def require_redis() -> None:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_timeout=2).ping()
-    except redis.RedisError as exc:
-        message = f"Redis is not reachable at {REDIS_URL} ({exc})"
-        if IN_CI:
-            pytest.fail(f"{message}; CI=true requires it (.ci/run starts it)")
-        pytest.skip(message)
-
-
-@pytest.fixture
-def scaled(settings: Settings) -> Iterator[Settings]:
-    require_redis()
-    namespace = f"arbiter-test-{uuid.uuid4().hex[:8]}"
-    yield settings.model_copy(update={"redis_url": REDIS_URL, "redis_namespace": namespace,
-                                      "lease_sweep_seconds": 1.0})
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"{namespace}*"):
-        client.delete(key)
-
-
-def start_worker(settings: Settings,
-                 extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "ARBITER_DATA_DIR": str(settings.data_dir),
-           "ARBITER_DATABASE_URL": settings.resolved_database_url,
-           "ARBITER_REDIS_URL": str(settings.redis_url),
-           "ARBITER_REDIS_NAMESPACE": settings.redis_namespace,
-           "ARBITER_LEASE_SWEEP_SECONDS": "1", **(extra or {})}
-    return subprocess.Popen([ARBITER, "worker"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+from tests.support.documents import BATCH, CLAIM, COMPARE, ITEM, PROMOTE, SUBMIT
+from tests.support.inputs import example_inputs
+from tests.support.processes import ARBITER, start_worker
+from tests.support.server import Api, LiveServer, People, make_key
 
 
 def wait_pending(people: People, item_id: str, seconds: float = 60) -> None:

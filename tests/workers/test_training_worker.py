@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 
 from app.settings import EXAMPLE_TASKS_DIR, Settings
-from tests.conftest import Api, LiveServer, make_key
-from tests.graphql_schema.test_learning_loop import JOB, RETRAIN, data, wait_for_job
-from tests.workers.test_redis_worker import scaled, start_worker  # noqa: F401 (fixture)
+from tests.support.documents import JOB, RETRAIN, data, wait_for_job
+from tests.support.processes import start_worker
+from tests.support.server import Api, LiveServer, make_key
 
 FIT_WAIT_SECONDS = 600  # an upper bound on waiting for the fit to start, not a requirement
 
@@ -44,7 +44,7 @@ def slow_tasks(folder: Path) -> Path:
 
 
 def test_a_worker_killed_while_training_loses_nothing(
-        scaled: Settings, tmp_path: Path) -> None:  # noqa: F811
+        scaled: Settings, tmp_path: Path) -> None:
     tasks = slow_tasks(tmp_path / "tasks")
     stale = scaled.model_copy(update={"training_stale_seconds": 5.0, "tasks_dir": tasks})
     env = {"ARBITER_TRAINING_STALE_SECONDS": "5", "ARBITER_TASKS_DIR": str(tasks)}
