@@ -118,7 +118,17 @@ def test_expired_lease_is_refused_and_returns_the_item(
                                lambda _: example_tasks[TASK].classes)
         assert len(await queue.expire_leases(services.sessions)) == 1
         item = next(i for i in await items(services) if i.id == lease.item.id)
-        assert item.status == "PENDING" and item.lease_token_hash is None
+        assert item.status == "PENDING" and item.lease_holder_id is None
+        assert item.lease_expires_at is None
+        # Swept or not, an expired token still says so (the sweep keeps its hash) ...
+        with pytest.raises(LeaseExpiredError):
+            await queue.submit(services.sessions, lease.token, alice, "late", "",
+                               lambda _: example_tasks[TASK].classes)
+        with pytest.raises(LeaseExpiredError):
+            await queue.release(services.sessions, lease.token, "tests")
+        # ... while a token that never named a lease is stale.
+        with pytest.raises(StaleLeaseError):
+            await queue.release(services.sessions, "no-such-token", "tests")
         again = await queue.claim(services.sessions, TASK, bob, 60, item_id=lease.item.id)
         assert again is not None and again.item.lease_version == lease.item.lease_version + 1
         with pytest.raises(StaleLeaseError):
