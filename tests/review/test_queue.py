@@ -17,6 +17,7 @@ from app.predictions.path import predict_batch
 from app.predictions.services import Services
 from app.settings import Settings
 from review import queue
+from review.items import waiting_by_task
 from tests.support.inputs import example_inputs
 from tests.support.server import make_key
 from tests.support.services import run_with
@@ -55,6 +56,9 @@ def test_routed_predictions_open_items_in_their_transaction(
                 {"LOW_CONFIDENCE": 2, "MEMBER_DISAGREEMENT": 2, "AUDIT_SAMPLE": 0,
                  "OUT_OF_DISTRIBUTION": 3, "MEMBER_FAILURE": 3}[r["code"]] for r in p.reasons)
             assert (item.due_at - p.created_at).total_seconds() == pytest.approx(24 * 3600)
+        async with services.sessions() as session:
+            waiting = await waiting_by_task(session, {TASK, "breast_cancer"})
+        assert waiting == {TASK: len(review), "breast_cancer": 0}
     run_with(settings, work)
 
 
