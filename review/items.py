@@ -1,10 +1,16 @@
-"""Review items: their statuses, and opening one for a prediction routed to review."""
+"""Review items: their statuses, opening one for a prediction routed to review, and how many
+wait for a reviewer."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import timedelta
 from enum import StrEnum
+
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.rows import built
 from app.db.tables import Prediction, ReviewItem
@@ -43,3 +49,16 @@ def open_review_item(policy: ReviewPolicy, p: Prediction) -> ReviewItem:
         "created_at": p.created_at,
         "required_reviews": policy.required_reviews,
     })
+
+
+async def waiting_by_task(session: AsyncSession, tasks: Collection[str]) -> dict[str, int]:
+    """Items waiting for a reviewer (pending or escalated) in each of ``tasks``, in one
+    grouped query over the queue index; no query when ``tasks`` is empty."""
+    if not tasks:
+        return {}
+    query = (select(ReviewItem.task, func.count())
+             .where(col(ReviewItem.task).in_(tasks),
+                    col(ReviewItem.status).in_([ItemStatus.PENDING, ItemStatus.ESCALATED]))
+             .group_by(ReviewItem.task))
+    counts = {task: int(n) for task, n in (await session.exec(query)).all()}
+    return {task: counts.get(task, 0) for task in tasks}

@@ -4,24 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.db.tables import ReviewItem
 from app.events import announcements
 from app.events.bus import EventBus
 from app.events.topics import ReviewChange, review_event, review_topic
-from review.items import ItemStatus
+from review.items import waiting_by_task
 
 
 async def waiting_items(session: AsyncSession, task: str) -> int:
     """Items of ``task`` waiting for a reviewer (pending or escalated)."""
-    query = select(func.count()).select_from(ReviewItem).where(
-        ReviewItem.task == task,
-        col(ReviewItem.status).in_([ItemStatus.PENDING, ItemStatus.ESCALATED]))
-    return int((await session.exec(query)).one())
+    return (await waiting_by_task(session, [task]))[task]
 
 
 async def announce(bus: EventBus, sessions: async_sessionmaker[AsyncSession],

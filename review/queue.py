@@ -172,7 +172,8 @@ async def _explain_unclaimable(sessions: async_sessionmaker[AsyncSession], task:
 
 
 async def _item_for_token(session: AsyncSession, token: str) -> ReviewItem:
-    """The item a lease token holds (expired or not); StaleLeaseError when none."""
+    """The item a lease token holds or last held (expired, swept or not); StaleLeaseError
+    when none: never issued, or superseded by a release, a submission or a newer claim."""
     item = (await session.exec(select(ReviewItem).where(
         ReviewItem.lease_token_hash == token_hash(token)))).first()
     if item is None:
@@ -184,9 +185,10 @@ async def _item_for_token(session: AsyncSession, token: str) -> ReviewItem:
 
 async def _leased(session: AsyncSession, token: str) -> ReviewItem:
     item = await _item_for_token(session, token)
-    if item.lease_expires_at is None or item.lease_expires_at <= utcnow():
-        raise LeaseExpiredError(
-            f"the lease on item {item.id} expired at {item.lease_expires_at}; claim it again")
+    expires = item.lease_expires_at
+    if expires is None or expires <= utcnow():  # None: swept back, the token's hash kept
+        at = f" at {expires}" if expires is not None else ""
+        raise LeaseExpiredError(f"the lease on item {item.id} expired{at}; claim it again")
     return item
 
 
@@ -344,12 +346,14 @@ def _count_expiries(tasks: list[str]) -> None:
 
 
 def _expire() -> Any:
+    """Return lapsed leases' items to the queue. The token's hash stays until the next claim
+    replaces it, so that the expired token answers LEASE_EXPIRED rather than LEASE_STALE."""
     back = case((col(ReviewItem.needs_adjudication), ItemStatus.ESCALATED.value),
                 else_=ItemStatus.PENDING.value)
     return (update(ReviewItem)
             .where(col(ReviewItem.status) == ItemStatus.CLAIMED,
                    col(ReviewItem.lease_expires_at) <= utcnow())
-            .values(status=back, **_NO_LEASE))
+            .values(status=back, lease_holder_id=None, lease_expires_at=None))
 
 
 async def list_items(session: AsyncSession, task: str | None, status: str | None, first: int,

@@ -7,7 +7,7 @@ Every event is a JSON-ready ``dict`` published on a topic (``predictions.<task>`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -90,10 +90,12 @@ def review_event(item: ReviewItem, change: ReviewChange, waiting: int | None = N
             "waiting": waiting, "at": _now()}
 
 
-def stored_events(predictions: Sequence[dict[str, Any]],
-                  opened: Sequence[ReviewItem]) -> list[Message]:
+def stored_events(predictions: Sequence[dict[str, Any]], opened: Sequence[ReviewItem],
+                  waiting: Mapping[str, int]) -> list[Message]:
     """The events of a commit of stored predictions: one per prediction (given by the
-    column values it was inserted with) and per opened review item."""
+    column values it was inserted with) and per opened review item, with its task's
+    ``waiting`` count as of the commit."""
     messages = [(predictions_topic(p["task"]), prediction_event(p)) for p in predictions]
-    messages += [(review_topic(i.task), review_event(i, ReviewChange.OPENED)) for i in opened]
+    messages += [(review_topic(i.task), review_event(i, ReviewChange.OPENED, waiting.get(i.task)))
+                 for i in opened]
     return messages

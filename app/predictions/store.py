@@ -17,7 +17,7 @@ from app.events.bus import EventBus
 from app.events.topics import stored_events
 from app.ml.routing import Route
 from app.ml.task import ReviewPolicy
-from review.items import open_review_item
+from review.items import open_review_item, waiting_by_task
 
 
 @dataclass
@@ -75,4 +75,6 @@ async def _store_together(sessions: async_sessionmaker[AsyncSession], events: Ev
             await conn.execute(insert(ReviewItem), [values_of(i) for i in opened.values()])
         audit.record(session, [audit_entry(p, c.actor, opened.get(p.id))
                                for c in group for p in c.records])
-    await announce(events, stored_events(values, list(opened.values())))  # once committed
+        # One count per task for the whole group, not per item: this path is hot.
+        waiting = await waiting_by_task(session, {i.task for i in opened.values()})
+    await announce(events, stored_events(values, list(opened.values()), waiting))  # committed

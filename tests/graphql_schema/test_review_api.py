@@ -70,7 +70,11 @@ def test_a_lapsed_lease_returns_the_item_through_the_worker(
         time.sleep(0.2)
     assert item["leaseExpiresAt"] is None
     late = people.reviewer(SUBMIT, t=lease["leaseToken"], l="late")
-    assert late["errors"][0]["extensions"]["code"] == "LEASE_STALE"
+    assert late["errors"][0]["extensions"]["code"] == "LEASE_EXPIRED"  # swept, still expired
+    again = people.reviewer(CLAIM, id=item_id)["data"]["claimReview"]
+    assert again["item"]["id"] == item_id  # the same item, claimed anew
+    stale = people.reviewer(SUBMIT, t=lease["leaseToken"], l="late")
+    assert stale["errors"][0]["extensions"]["code"] == "LEASE_STALE"  # superseded
 
 
 @pytest.mark.parametrize("people", [{"hide_explanation": True}], indirect=True)

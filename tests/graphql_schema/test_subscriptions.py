@@ -97,6 +97,8 @@ def test_review_events_follow_the_queue(
         assert [e["predictionId"] for e in opened] == routed
         assert {(e["change"], e["status"], e["task"]) for e in opened} == {
             ("OPENED", "PENDING", "loan_default")}
+        waiting = [e["waiting"] for e in opened]  # counted once per commit, after it
+        assert waiting == sorted(waiting) and waiting[-1] == len(routed) and waiting[0] >= 1
         item = lease["item"]["id"]
         assert (claimed["itemId"], claimed["change"], claimed["status"]) == (
             item, "CLAIMED", "CLAIMED")

@@ -17,6 +17,7 @@ from app.predictions.path import predict_batch
 from app.predictions.services import Services
 from app.settings import Settings
 from review import queue
+from review.items import waiting_by_task
 from tests.support.inputs import example_inputs
 from tests.support.server import make_key
 from tests.support.services import run_with
@@ -55,6 +56,9 @@ def test_routed_predictions_open_items_in_their_transaction(
                 {"LOW_CONFIDENCE": 2, "MEMBER_DISAGREEMENT": 2, "AUDIT_SAMPLE": 0,
                  "OUT_OF_DISTRIBUTION": 3, "MEMBER_FAILURE": 3}[r["code"]] for r in p.reasons)
             assert (item.due_at - p.created_at).total_seconds() == pytest.approx(24 * 3600)
+        async with services.sessions() as session:
+            waiting = await waiting_by_task(session, {TASK, "breast_cancer"})
+        assert waiting == {TASK: len(review), "breast_cancer": 0}
     run_with(settings, work)
 
 
@@ -118,7 +122,17 @@ def test_expired_lease_is_refused_and_returns_the_item(
                                lambda _: example_tasks[TASK].classes)
         assert len(await queue.expire_leases(services.sessions)) == 1
         item = next(i for i in await items(services) if i.id == lease.item.id)
-        assert item.status == "PENDING" and item.lease_token_hash is None
+        assert item.status == "PENDING" and item.lease_holder_id is None
+        assert item.lease_expires_at is None
+        # Swept or not, an expired token still says so (the sweep keeps its hash) ...
+        with pytest.raises(LeaseExpiredError):
+            await queue.submit(services.sessions, lease.token, alice, "late", "",
+                               lambda _: example_tasks[TASK].classes)
+        with pytest.raises(LeaseExpiredError):
+            await queue.release(services.sessions, lease.token, "tests")
+        # ... while a token that never named a lease is stale.
+        with pytest.raises(StaleLeaseError):
+            await queue.release(services.sessions, "no-such-token", "tests")
         again = await queue.claim(services.sessions, TASK, bob, 60, item_id=lease.item.id)
         assert again is not None and again.item.lease_version == lease.item.lease_version + 1
         with pytest.raises(StaleLeaseError):
