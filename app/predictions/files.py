@@ -35,6 +35,8 @@ from app.predictions.services import Services
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+# Keys looked up per query: a chunk may be larger than the bound parameters a query takes.
+_LOOKUP_KEYS = 1_000
 
 
 def _typed(kinds: dict[str, FeatureType], row: dict[str, str]) -> dict[str, Any]:
@@ -129,11 +131,14 @@ class FileResult:
 
 async def _stored_keys(services: Services, task: str, keys: list[str]) -> set[str]:
     """Which of a chunk's keys (keyless rows, as the CLI stores them) are stored already."""
+    stored: set[str] = set()
     async with services.sessions() as session:
-        found = await session.exec(select(Prediction.idempotency_key).where(
-            col(Prediction.caller_key_id).is_(None), Prediction.task == task,
-            col(Prediction.idempotency_key).in_(keys)))
-        return {k for k in found if k is not None}
+        for first in range(0, len(keys), _LOOKUP_KEYS):
+            found = await session.exec(select(Prediction.idempotency_key).where(
+                col(Prediction.caller_key_id).is_(None), Prediction.task == task,
+                col(Prediction.idempotency_key).in_(keys[first:first + _LOOKUP_KEYS])))
+            stored.update(k for k in found if k is not None)
+    return stored
 
 
 def _shifted(exc: InputValidationError, task: str, offset: int) -> InputValidationError:
