@@ -71,5 +71,6 @@ def predict_file(
             f"{exc}: {problems}. The {batch_files.listed_rows(output)} rows before that chunk "
             f"are stored and listed in {output}; fix the file and run again with --resume"
         ) from None
-    console.print(f"{result.predicted} predictions stored ({result.routed} routed to review), "
-                  f"{skip + result.predicted} answers in {output}")
+    console.print(f"{result.predicted} predictions stored, {result.replayed} already stored "
+                  f"answered from storage ({result.routed} routed to review), "
+                  f"{skip + result.predicted + result.replayed} answers in {output}")

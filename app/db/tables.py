@@ -94,7 +94,8 @@ class Release(SQLModel, table=True):
 
 class TrainingSnapshot(SQLModel, table=True):
     """Immutable training data of a task at a point in time: the source rows plus every
-    label people settled up to ``labels_until``. ``id`` is the SHA-256 of the content."""
+    label people settled up to ``labels_until``. ``id`` is the SHA-256 of the task and the
+    content (app.training.snapshots.snapshot_id)."""
 
     __tablename__ = "training_snapshots"
     id: str = Field(primary_key=True, max_length=64)

@@ -7,7 +7,8 @@ disk: a killed run leaves committed chunks listed and nothing half-listed. ``ski
 resumes after the rows the output already lists. Each row is stored under the idempotency
 key ``<run key>:<row number>``, the run key being kept beside the output
 (``<output>.run``): a chunk that committed but was not yet written when the process died
-is answered on resume with the predictions it stored, never stored twice.
+is answered on resume with the predictions it stored, never stored twice, and counted
+apart from the rows the resume stores.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from sqlmodel import col, select
+
+from app.db.tables import Prediction
 from app.errors import BadRequestError, IdempotencyConflictError, InputValidationError
 from app.ml.routing import Route
 from app.ml.task import FeatureType, TaskSpec
@@ -31,6 +35,8 @@ from app.predictions.services import Services
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+# Keys looked up per query: a chunk may be larger than the bound parameters a query takes.
+_LOOKUP_KEYS = 1_000
 
 
 def _typed(kinds: dict[str, FeatureType], row: dict[str, str]) -> dict[str, Any]:
@@ -115,8 +121,24 @@ def run_key(source: Path, output: Path) -> str:
 
 @dataclass
 class FileResult:
+    """What a run did: rows it predicted and stored, rows answered with what an interrupted
+    run had stored under their keys, and rows routed to review (of either)."""
+
     predicted: int = 0
+    replayed: int = 0
     routed: int = 0
+
+
+async def _stored_keys(services: Services, task: str, keys: list[str]) -> set[str]:
+    """Which of a chunk's keys (keyless rows, as the CLI stores them) are stored already."""
+    stored: set[str] = set()
+    async with services.sessions() as session:
+        for first in range(0, len(keys), _LOOKUP_KEYS):
+            found = await session.exec(select(Prediction.idempotency_key).where(
+                col(Prediction.caller_key_id).is_(None), Prediction.task == task,
+                col(Prediction.idempotency_key).in_(keys[first:first + _LOOKUP_KEYS])))
+            stored.update(k for k in found if k is not None)
+    return stored
 
 
 def _shifted(exc: InputValidationError, task: str, offset: int) -> InputValidationError:
@@ -137,9 +159,13 @@ async def predict_file(services: Services, task: str, rows: Iterable[Any], outpu
                               f"(ARBITER_MAX_BATCH_SIZE), got {chunk_rows}")
     result = FileResult()
     source = itertools.islice(iter(rows), skip, None)
-    start = skip
+    start, looking = skip, True
     while chunk := list(itertools.islice(source, chunk_rows)):
         keys = [f"{run}:{start + n + 1}" for n in range(len(chunk))]
+        # Only the rows right after the listed ones can have been stored by a killed run:
+        # once a chunk finds none, the rest of the file is new.
+        replayed = len(await _stored_keys(services, task, keys)) if looking else 0
+        looking = replayed > 0
         try:
             stored = await predict_batch(services, None, task, chunk, actor=actor,
                                          idempotency_keys=keys)
@@ -156,7 +182,8 @@ async def predict_file(services: Services, task: str, rows: Iterable[Any], outpu
             + "\n" for n, p in enumerate(stored))
         output.flush()
         os.fsync(output.fileno())
-        result.predicted += len(stored)
+        result.predicted += len(stored) - replayed
+        result.replayed += replayed
         result.routed += sum(p.route == Route.REVIEW for p in stored)
         start += len(chunk)
         progress(len(chunk))

@@ -135,8 +135,17 @@ def _write(path: Path, data: SnapshotData) -> None:
     os.replace(tmp, path)
 
 
+def snapshot_id(task: str, data: SnapshotData) -> str:
+    """A snapshot's id: the hash of its task and its content. Two tasks whose data are the
+    same (one source file, no labels yet) each get a snapshot of their own, so that lineage
+    names the task a release was trained for; sharing one row would make ``task`` true of
+    one of them only."""
+    return hashlib.sha256(f"{task}:{data.content_hash()}".encode()).hexdigest()
+
+
 def load_snapshot(artifacts_dir: Path, snapshot: TrainingSnapshot) -> SnapshotData:
-    """The rows of a stored snapshot, refused when they no longer match its hash."""
+    """The rows of a stored snapshot, refused when they no longer match its hash (of the
+    content alone for snapshots taken before ids named their task)."""
     path = artifacts_dir / snapshot.path
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -149,7 +158,7 @@ def load_snapshot(artifacts_dir: Path, snapshot: TrainingSnapshot) -> SnapshotDa
             )
     except (OSError, KeyError, ValueError) as exc:
         raise ModelLoadError(f"cannot read training snapshot {path}: {exc}") from None
-    if data.content_hash() != snapshot.id:
+    if snapshot.id not in {snapshot_id(snapshot.task, data), data.content_hash()}:
         raise ModelLoadError(
             f"training snapshot {path} does not match its recorded hash {snapshot.id[:12]}…; "
             "the file was changed after it was taken"
@@ -165,13 +174,13 @@ async def take_snapshot(
     until: datetime | None = None,
 ) -> tuple[TrainingSnapshot, SnapshotData]:
     """Freeze the source rows and every label settled up to ``until`` (default: now), with
-    the drift reference of its input features. The same content gives the same snapshot
-    (it is stored once)."""
+    the drift reference of its input features. The same task and content give the same
+    snapshot (it is stored once)."""
     until = until or utcnow()
     async with sessions() as session:
         labels = await _labels(session, task.name, until)
     data = _assemble(task, labels)
-    digest = data.content_hash()
+    digest = snapshot_id(task.name, data)
     relative = Path("snapshots") / task.name / f"{digest}.npz"
     reference = feature_reference(task, data.X)
     async with sessions() as session, session.begin():

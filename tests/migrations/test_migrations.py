@@ -10,16 +10,18 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import insert, inspect, update
 from sqlalchemy.engine import Connection
-from sqlmodel import SQLModel, col
+from sqlmodel import SQLModel, col, select
 
-from app.db.engine import make_engine
+from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import alembic_config, upgrade
 from app.db.rows import values_of
-from app.db.tables import Prediction
+from app.db.tables import Prediction, Release, TrainingSnapshot
 from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions.path import predict_batch
+from app.releases.lineage import snapshot_of
 from app.settings import Settings
+from app.training.snapshots import SnapshotData, load_snapshot, snapshot_id, take_snapshot
 from tests.support.inputs import example_inputs
 
 
@@ -98,3 +100,52 @@ def test_repeated_keyless_keys_stop_the_upgrade_naming_them(
                         .values(idempotency_key=None)))
     upgrade(url)
     assert _inspect(url, _diff) == []
+
+
+def test_a_snapshot_shared_by_two_tasks_is_split_by_the_upgrade(
+    settings: Settings, example_tasks: dict[str, TaskSpec],
+) -> None:
+    """Before 0008 snapshot ids hashed the content alone and two tasks with the same data
+    shared one: the upgrade gives the other task's releases a copy naming their task."""
+    from alembic import command
+
+    url = settings.resolved_database_url
+    owner, other = "breast_cancer", "loan_default"
+
+    async def shared() -> tuple[str, SnapshotData]:
+        """A snapshot of ``owner`` stored as before 0008, v1 of both tasks trained on it."""
+        services, engine = build_services(settings)
+        try:
+            taken, data = await take_snapshot(services.sessions, example_tasks[owner],
+                                              settings.artifacts_dir, "me")
+            legacy = data.content_hash()
+            async with services.sessions() as session, session.begin():
+                session.add(TrainingSnapshot(**{**values_of(taken), "id": legacy}))
+                await session.flush()
+                await session.exec(update(Release).where(  # type: ignore[call-overload]
+                    col(Release.task).in_([owner, other]), col(Release.version) == 1,
+                ).values(snapshot_id=legacy))
+            return legacy, data
+        finally:
+            services.close()
+            await engine.dispose()
+
+    async def snapshots() -> dict[str, TrainingSnapshot | None]:
+        engine = make_engine(url)
+        try:
+            async with make_sessionmaker(engine)() as session:
+                releases = (await session.exec(select(Release).where(
+                    col(Release.task).in_([owner, other]), col(Release.version) == 1))).all()
+                return {r.task: await snapshot_of(session, r) for r in releases}
+        finally:
+            await engine.dispose()
+
+    command.downgrade(alembic_config(url), "0007")
+    legacy, data = asyncio.run(shared())
+    upgrade(url)
+    after = asyncio.run(snapshots())
+    assert {t: s.task for t, s in after.items() if s} == {owner: owner, other: other}
+    assert after[owner] is not None and after[owner].id == legacy
+    moved = after[other]
+    assert moved is not None and moved.id == snapshot_id(other, data)
+    assert load_snapshot(settings.artifacts_dir, moved).source_rows == data.source_rows

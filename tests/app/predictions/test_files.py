@@ -154,6 +154,51 @@ class DiesBeforeWriting:
         return self.file.fileno()
 
 
+async def score(settings: Settings, rows: list[dict[str, Any]], out: Any, run: str, skip: int
+                ) -> batch_files.FileResult:
+    """``rows`` predicted as ``arbiter predict-file`` does, 200 per chunk, into ``out``."""
+    services, engine = build_services(settings)
+    try:
+        await services.registry.load_all()
+        return await batch_files.predict_file(
+            services, TASK, rows, out, actor="cli:test", chunk_rows=200, run=run, skip=skip)
+    finally:
+        await services.shadows.drain()
+        services.close()
+        await engine.dispose()
+
+
+def dies_between_commit_and_write(settings: Settings, rows: list[dict[str, Any]],
+                                  output: Path, run: str) -> None:
+    """A run killed after its second chunk committed, before that chunk was listed."""
+    dying = DiesBeforeWriting(output, dies_at=2)
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(score(settings, rows, dying, run, 0))
+    dying.file.close()
+
+
+def test_the_resume_summary_tells_new_predictions_from_stored_answers(
+    settings: Settings, env: dict[str, str], example_tasks: dict[str, TaskSpec],
+    tmp_path: Path,
+) -> None:
+    """Issue 23: a resume after a crash between a commit and its write counted the rows it
+    answered from storage as stored by it."""
+    rows = loan_rows(example_tasks[TASK], 700)
+    source, output = tmp_path / "loans.jsonl", tmp_path / "answers.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    output.touch()
+    dies_between_commit_and_write(settings, rows, output, batch_files.run_key(source, output))
+
+    resumed = arbiter(env, "predict-file", TASK, str(source), "--output", str(output),
+                      "--chunk-rows", "300", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = " ".join(resumed.stdout.split())
+    assert "300 predictions stored" in summary, summary  # rows 401-700
+    assert "200 already stored answered from storage" in summary, summary  # rows 201-400
+    assert "700 answers in" in summary, summary
+    assert len(stored(settings)[0]) == 700
+
+
 def test_a_chunk_committed_but_not_listed_is_answered_on_resume_not_stored_again(
     settings: Settings, example_tasks: dict[str, TaskSpec], tmp_path: Path,
 ) -> None:
@@ -163,34 +208,19 @@ def test_a_chunk_committed_but_not_listed_is_answered_on_resume_not_stored_again
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     output.touch()
     run = batch_files.run_key(source, output)
-
-    async def score(out: Any, skip: int) -> batch_files.FileResult:
-        services, engine = build_services(settings)
-        try:
-            await services.registry.load_all()
-            return await batch_files.predict_file(
-                services, TASK, rows, out, actor="cli:test", chunk_rows=200, run=run, skip=skip)
-        finally:
-            await services.shadows.drain()
-            services.close()
-            await engine.dispose()
-
-    dying = DiesBeforeWriting(output, dies_at=2)
-    with pytest.raises(KeyboardInterrupt):
-        asyncio.run(score(dying, 0))
-    dying.file.close()
+    dies_between_commit_and_write(settings, rows, output, run)
     assert len(answers(output)) == 200 and len(stored(settings)[0]) == 400
 
     # The resume keeps the run's key and answers rows 201-400 with what was stored.
     assert batch_files.run_key(source, output) == run
     with output.open("a", encoding="utf-8") as resumed:
-        result = asyncio.run(score(resumed, batch_files.listed_rows(output)))
+        result = asyncio.run(score(settings, rows, resumed, run, batch_files.listed_rows(output)))
     listed = answers(output)
     assert [a["row"] for a in listed] == list(range(1, 501))
     by_id, events, chain_ok = stored(settings)
     assert len(by_id) == 500 and set(by_id) == {a["id"] for a in listed}
     assert events == 500 and chain_ok
-    assert result.predicted == 300
+    assert (result.predicted, result.replayed) == (100, 200)  # rows 401-500 new
     assert by_id[listed[250]["id"]].idempotency_key == f"{run}:251"
 
     # A new output, or another source, starts a new run.

@@ -25,9 +25,16 @@ from app.errors import ModelLoadError
 from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions import path as predictions
+from app.releases import lineage
 from app.settings import Settings
 from app.training import jobs as retraining
-from app.training.snapshots import Split, load_snapshot, reviewed_split, take_snapshot
+from app.training.snapshots import (
+    Split,
+    load_snapshot,
+    reviewed_split,
+    snapshot_id,
+    take_snapshot,
+)
 from tests.support.inputs import example_inputs
 
 TASK = "breast_cancer"
@@ -205,7 +212,7 @@ def test_snapshots_are_content_addressed_and_tamper_evident(settings: Settings) 
         ids = await w.label(12)
         first, data = await take_snapshot(w.sessions, task, w.settings.artifacts_dir, "me")
         second, _ = await take_snapshot(w.sessions, task, w.settings.artifacts_dir, "me")
-        assert first.id == second.id == data.content_hash()
+        assert first.id == second.id == snapshot_id(TASK, data)
         assert sorted(data.prediction_ids) == sorted(ids)
         loaded = load_snapshot(w.settings.artifacts_dir, first)
         assert np.array_equal(loaded.X, data.X, equal_nan=True)
@@ -225,6 +232,28 @@ def test_snapshots_are_content_addressed_and_tamper_evident(settings: Settings) 
         np.savez_compressed(path, **arrays)
         with pytest.raises(ModelLoadError, match="does not match its recorded hash"):
             load_snapshot(w.settings.artifacts_dir, first)
+    run(settings, test)
+
+
+def test_two_tasks_with_the_same_data_each_have_their_own_snapshot(settings: Settings
+                                                                   ) -> None:
+    """Issue 23: a task copied under another name shared the first task's snapshot, and
+    the lineage of its releases named the other task."""
+    async def test(w: World) -> None:
+        panel = w.tasks[TASK].model_copy(update={"name": f"{TASK}_panel"})
+        tasks = {**w.tasks, panel.name: panel}
+        trained = {}
+        for task in (TASK, panel.name):
+            job, _ = await retraining.request_retrain(w.sessions, tasks[task], "manual", "me")
+            trained[task] = await retraining.run_job(w.context(tasks), job.id)
+        async with w.sessions() as session:
+            snapshots = [await lineage.snapshot_of(session, release)
+                         for release in trained.values() if release is not None]
+        assert [s.task for s in snapshots if s] == [TASK, panel.name]
+        assert len({s.id for s in snapshots if s}) == 2
+        for snapshot in snapshots:
+            assert snapshot is not None
+            load_snapshot(w.settings.artifacts_dir, snapshot)  # its id matches its rows
     run(settings, test)
 
 
