@@ -67,8 +67,9 @@ class AuditVerification:
         description="The first event missing, changed or linked to the wrong predecessor.")
     reason: str | None
     head_hash: str = strawberry.field(
-        description="Hash of the newest event when ok (empty when broken): keep it elsewhere "
-        "to detect a later removal of the newest events.")
+        description="Hash of the newest event when ok: keep it elsewhere to detect a later "
+        "removal of the newest events. When broken, the hash of the last good event (the one "
+        "before firstBrokenEventId); empty only when no event is good.")
 
 
 @strawberry.type(description="One person's review of a prediction.")

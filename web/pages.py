@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 WEB_DIR = Path(__file__).resolve().parent
 PAGES = ("review", "audit", "ops")
+FAVICON = WEB_DIR / "static" / "favicon.svg"
 
 # Scripts, styles, images and connections (GraphQL over HTTP and websockets) stay on this
 # origin; a page cannot be framed by another site (clickjacking of promote/rollback).
@@ -36,7 +37,13 @@ def _page(name: str) -> Route:
     return Route(f"/{name}", serve, methods=["GET"], name=f"page:{name}")
 
 
+async def _favicon(_: Request) -> Response:
+    """The icon browsers ask for on every page (and on /graphql) unless a page names one."""
+    return FileResponse(FAVICON, media_type="image/svg+xml")
+
+
 def page_routes() -> list[BaseRoute]:
-    """The pages and their assets, to mount beside ``/graphql``."""
+    """The pages, their assets and the favicon, to mount beside ``/graphql``."""
     return [*(_page(name) for name in PAGES),
+            Route("/favicon.ico", _favicon, methods=["GET"], name="favicon"),
             Mount("/static", StaticFiles(directory=WEB_DIR / "static"), name="static")]

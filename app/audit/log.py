@@ -186,7 +186,8 @@ class ChainCheck:
     """The result of recomputing the chain: ``first_broken_event_id`` and ``reason`` name
     the first event that is missing, altered or mislinked; ``head_hash`` is the hash of the
     last event when the chain is whole (write it down elsewhere to detect a later removal
-    of the newest events), empty when broken."""
+    of the newest events); when broken, the hash of the last good event before the break
+    (where a trusted copy of the log may resume), empty when no event is good."""
 
     ok: bool
     checked: int
@@ -225,6 +226,7 @@ async def verify_chain(sessions: async_sessionmaker[AsyncSession],
     async with sessions() as session:
         last = (await session.exec(select(func.max(AuditEvent.id)))).one() or 0
     prev_id, prev_hash, checked = 0, GENESIS_HASH, 0
+    last_good: AuditEvent | None = None
     while prev_id < last:
         async with sessions() as session:
             page = list((await session.exec(
@@ -234,20 +236,23 @@ async def verify_chain(sessions: async_sessionmaker[AsyncSession],
         for e in page:
             found = find_break(e, prev_id, prev_hash)
             if found is not None:
-                return _broken(found, checked, prev_id)
-            prev_id, prev_hash, checked = e.id, e.hash, checked + 1
+                return _broken(found, checked, last_good)
+            prev_id, prev_hash, checked, last_good = e.id, e.hash, checked + 1, e
         if not page:  # rows up to `last` vanished while we read: the tail was removed
-            return ChainCheck(False, checked, prev_id + 1,
-                              f"event {prev_id + 1} is missing: the log ends at {prev_id}",
-                              "")
+            found = (prev_id + 1, f"event {prev_id + 1} is missing: the log ends at {prev_id}")
+            return _broken(found, checked, last_good)
     return ChainCheck(True, checked, head_hash=prev_hash)
 
 
-def _broken(found: tuple[int, str], checked: int, prev_id: int) -> ChainCheck:
-    """The check's result at a break; a rewritten predecessor is no longer verified."""
+def _broken(found: tuple[int, str], checked: int, last_good: AuditEvent | None) -> ChainCheck:
+    """The check's result at a break, after ``checked`` events of which ``last_good`` was
+    the last; a rewritten predecessor is no longer verified, its own predecessor (whose
+    hash it links to) is then the head."""
     broken, reason = found
-    verified = checked - 1 if broken == prev_id else checked
-    return ChainCheck(False, verified, broken, reason, head_hash="")
+    head = last_good.hash if last_good is not None else ""
+    if last_good is not None and broken == last_good.id:
+        checked, head = checked - 1, last_good.prev_hash
+    return ChainCheck(False, checked, broken, reason, head_hash=head if checked else "")
 
 
 def _filters(since: datetime | None, until: datetime | None, kind: str | None,
@@ -345,16 +350,17 @@ def verify_lines(lines: Sequence[str]) -> ChainCheck:
     """Re-verify an export: each event's hash, and each link inside the exported range
     (the first event's predecessor is outside the file, so its prev_hash is taken as is)."""
     checked, prev_id, prev_hash = 0, 0, GENESIS_HASH
+    last_good: AuditEvent | None = None
     for n, line in enumerate(lines):
         try:
             e = parse_line(line)
         except (ValueError, KeyError, TypeError) as exc:
             return ChainCheck(False, checked, None, f"line {n + 1} is not an exported event: "
-                              f"{exc}", "")
+                              f"{exc}", last_good.hash if last_good is not None else "")
         if n == 0:
             prev_id, prev_hash = e.id - 1, e.prev_hash
         found = find_break(e, prev_id, prev_hash)
         if found is not None:
-            return _broken(found, checked, prev_id)
-        prev_id, prev_hash, checked = e.id, e.hash, checked + 1
+            return _broken(found, checked, last_good)
+        prev_id, prev_hash, checked, last_good = e.id, e.hash, checked + 1, e
     return ChainCheck(True, checked, head_hash=prev_hash)

@@ -34,8 +34,10 @@ def audit_verify(
     else:
         check = run(prepare(), audit.verify_chain)
     if not check.ok:
+        good = (f"; last good event {check.first_broken_event_id - 1}, head hash "
+                f"{check.head_hash}" if check.head_hash and check.first_broken_event_id else "")
         err.print(f"[red]audit chain broken at event {check.first_broken_event_id}:[/] "
-                  f"{check.reason} ({check.checked} events verified before it)")
+                  f"{check.reason} ({check.checked} events verified before it{good})")
         raise SystemExit(1)
     console.print(f"audit chain ok: {check.checked} events, head hash {check.head_hash}")
 

@@ -23,6 +23,8 @@ from rich.progress import (
 
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import upgrade
+from app.errors import UnknownTaskError
+from app.ml.task import TaskSpec, load_tasks
 from app.settings import Settings
 
 T = TypeVar("T")
@@ -58,6 +60,15 @@ def prepare() -> Settings:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.resolved_database_url)
     return settings
+
+
+def known_tasks(settings: Settings, name: str) -> dict[str, TaskSpec]:
+    """The task files by name, once ``name`` is known to be one of them: every command that
+    takes a task refuses an unknown one alike (the names known, exit code 2)."""
+    tasks = load_tasks(settings.tasks_dir)
+    if name not in tasks:
+        raise UnknownTaskError(name, list(tasks))
+    return tasks
 
 
 def progress_bar(on: Console, *more: ProgressColumn) -> Progress:

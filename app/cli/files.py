@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import Progress
 
-from app.cli.context import cli_actor, console, err, prepare, progress_bar
+from app.cli.context import cli_actor, console, err, known_tasks, prepare, progress_bar
 from app.errors import ArbiterError, InputValidationError
 
 
@@ -37,6 +37,7 @@ def predict_file(
     from app.predictions import files as batch_files  # the whole prediction path: slow import
 
     settings = prepare()
+    known_tasks(settings, task)
     if not source.is_file():
         raise ArbiterError(f"no such file: {source}")
     output = output or source.with_suffix(".predictions.jsonl")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
-from app.cli.context import cli_actor, console, prepare, run
+from app.cli.context import cli_actor, console, known_tasks, prepare, run
 from app.releases import stages
 from app.releases.store import Stage, list_releases
 from app.settings import Settings
@@ -17,6 +17,7 @@ from app.settings import Settings
 def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
     """List TASK's releases with stage and metrics."""
     settings = prepare()
+    known_tasks(settings, task)
 
     async def work(sessions: Any) -> list[Any]:
         async with sessions() as session:
@@ -57,8 +58,11 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
     console.print(table if rows else f"{task} has no releases; run `arbiter train {task}`")
 
 
-def _change_stage(settings: Settings, work: Callable[[Any], Awaitable[list[Any]]]) -> None:
-    """Run one stage change in a transaction, announce it after commit, print what moved."""
+def _change_stage(settings: Settings, task: str,
+                  work: Callable[[Any], Awaitable[list[Any]]]) -> None:
+    """Run one stage change of ``task`` in a transaction, announce it after commit, print
+    what moved."""
+    known_tasks(settings, task)
 
     async def transact(sessions: Any) -> list[stages.StageNotice]:
         async with sessions() as session, session.begin():
@@ -81,7 +85,7 @@ def promote(
     """Move release VERSION of TASK to a stage (LIVE, CANARY --traffic P, SHADOW, ...)."""
     why = reason or "promoted from the command line"
     actor = cli_actor()
-    _change_stage(prepare(), lambda s: stages.promote(s, task, version, stage, traffic, actor,
+    _change_stage(prepare(), task, lambda s: stages.promote(s, task, version, stage, traffic, actor,
                                                        why))
 
 
@@ -92,4 +96,4 @@ def rollback(
     """Make TASK's previous LIVE release LIVE again (the current one is retired)."""
     why = reason or "rolled back from the command line"
     actor = cli_actor()
-    _change_stage(prepare(), lambda s: stages.rollback(s, task, actor, why))
+    _change_stage(prepare(), task, lambda s: stages.rollback(s, task, actor, why))

@@ -8,11 +8,10 @@ from typing import Annotated, Any
 import typer
 from rich.progress import TextColumn
 
-from app.cli.context import cli_actor, console, prepare, progress_bar, run
+from app.cli.context import cli_actor, console, known_tasks, prepare, progress_bar, run
 from app.db.tables import Release
 from app.errors import ArbiterError
 from app.events.bus import build_bus
-from app.ml.task import load_tasks
 from app.settings import Settings
 
 FOLLOW_SECONDS = 1.0  # how often `arbiter train` reads a job another process runs
@@ -24,9 +23,7 @@ def train_task(settings: Settings, name: str, actor: str) -> None:
     from app.training import jobs as retraining  # training pulls in SHAP: slow import
     from app.training.triggers import Trigger
 
-    tasks = load_tasks(settings.tasks_dir)
-    if name not in tasks:
-        raise ArbiterError(f"unknown task {name!r}; known: {', '.join(sorted(tasks))}")
+    tasks = known_tasks(settings, name)
 
     with progress_bar(console, TextColumn("{task.fields[message]}")) as bar:
         shown = bar.add_task(f"training {name}", total=1.0, message="requesting")

@@ -139,8 +139,13 @@ def chart_rows(contributions: tuple[FeatureContribution, ...], top: int) -> list
         return [ChartRow(row_label(c), c.shap) for c in ordered]
     rest = ordered[top:]
     return [ChartRow(row_label(c), c.shap) for c in ordered[:top]] + [
-        ChartRow(f"{len(rest)} other features", sum(c.shap for c in rest))
+        ChartRow(other_features(len(rest)), sum(c.shap for c in rest))
     ]
+
+
+def other_features(n: int) -> str:
+    """The folded row's label: ``1 other feature``, ``2 other features``."""
+    return f"{n} other feature{'' if n == 1 else 's'}"
 
 
 def probability_text(p: float) -> str:

@@ -154,8 +154,11 @@ def test_verify_names_the_tampered_event(office: Office, settings: Settings,
     broken = auditor(VERIFY)["data"]["verifyAuditLog"]
     assert broken["ok"] is False and broken["firstBrokenEventId"] == target
     assert broken["checked"] == target - 1 and "does not match its hash" in broken["reason"]
+    # the head is the last good event's hash, the one stored on the event before the break
+    assert broken["headHash"] == seen[target - 2]["hash"] and seen[target - 2]["id"] == target - 1
 
     earlier = routed[0]["id"] - 1
     tamper(settings.resolved_database_url, f"DELETE FROM audit_events WHERE id = {earlier}")
     gone = auditor(VERIFY)["data"]["verifyAuditLog"]
     assert gone["firstBrokenEventId"] == earlier and "missing" in gone["reason"]
+    assert gone["headHash"] == seen[earlier - 2]["hash"]

@@ -51,6 +51,20 @@ def test_train_lists_releases_and_makes_keys(env: dict[str, str]) -> None:
     assert unknown.returncode == 2 and "unknown task 'nope'" in unknown.stderr
 
 
+@pytest.mark.parametrize("command", [
+    ["releases", "nosuch"],
+    ["promote", "nosuch", "1", "--stage", "live"],
+    ["rollback", "nosuch"],
+    ["predict-file", "nosuch", "inputs.csv"],
+    ["train", "nosuch"],
+])
+def test_task_commands_refuse_an_unknown_task(env: dict[str, str], command: list[str]) -> None:
+    done = arbiter(env, *command)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "unknown task 'nosuch'; known tasks: " in done.stderr
+    assert "breast_cancer" in done.stderr and "loan_default" in done.stderr
+
+
 def test_demo_trains_prints_keys_and_serves(env: dict[str, str],
                                             started: list[subprocess.Popen[str]]) -> None:
     port = free_port()

@@ -34,7 +34,8 @@ export function chartRows(explanation, top = TOP_FEATURES) {
   }));
   const rest = sorted.slice(top);
   if (rest.length) {
-    rows.push({ label: `${rest.length} other features`, shap: rest.reduce((s, c) => s + c.shap, 0) });
+    const label = `${rest.length} other feature${rest.length === 1 ? "" : "s"}`;
+    rows.push({ label, shap: rest.reduce((s, c) => s + c.shap, 0) });
   }
   return rows;
 }

@@ -128,6 +128,8 @@ def test_verify_names_the_tampered_event_and_keys_are_revoked(
     broken = arbiter(settings, "audit", "verify")
     assert broken.returncode == 1
     assert f"broken at event {target}:" in said(broken) and "does not match" in said(broken)
+    good = next(e for e in events(settings) if e.id == target - 1)
+    assert f"last good event {target - 1}, head hash {good.hash}" in said(broken)
     tamper(settings.resolved_database_url, "DELETE FROM audit_events WHERE id = 2")
     gone = arbiter(settings, "audit", "verify")
     assert gone.returncode == 1 and "broken at event 2:" in said(gone)

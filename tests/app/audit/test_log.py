@@ -213,6 +213,8 @@ def test_an_export_reverifies_and_names_what_was_changed() -> None:
     edited["payload"]["i"] = 99
     changed = [*lines[:2], json.dumps(edited), *lines[3:]]
     assert audit.verify_lines(changed).first_broken_event_id == 3
+    assert audit.verify_lines(changed).head_hash == rows[1].hash  # the last good event's
+    assert audit.verify_lines([json.dumps(edited), *lines[3:]]).head_hash == ""  # none good
 
     rewritten = audit.parse_line(json.dumps(edited))  # ... and its hash recomputed
     rewritten.hash = audit.hash_of(rewritten)
@@ -220,9 +222,11 @@ def test_an_export_reverifies_and_names_what_was_changed() -> None:
     check = audit.verify_lines(covered)
     assert (check.first_broken_event_id, check.checked) == (3, 2)
     assert "rewritten with a new hash" in (check.reason or "")
+    assert check.head_hash == rows[1].hash  # event 3 is no longer good: event 2 is the head
 
     dropped = audit.verify_lines([*lines[:2], *lines[3:]])
     assert dropped.first_broken_event_id == 3 and "missing" in (dropped.reason or "")
+    assert dropped.head_hash == rows[1].hash
 
 
 def test_stored_spellings_do_not_change() -> None:

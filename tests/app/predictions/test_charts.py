@@ -17,6 +17,7 @@ from app.predictions.charts import (
     chart_rows,
     draw,
     explanation_figure,
+    other_features,
     probability_text,
     row_label,
 )
@@ -45,6 +46,15 @@ def test_rows_are_ranked_by_size_and_the_smallest_fold_into_one() -> None:
     # One feature past the top is shown by name, never as "1 other features".
     assert [r.label.split(" = ")[0] for r in chart_rows(ex.contributions, top=24)] == [
         f"feature_{i}" for i in range(25)]
+
+
+def test_the_folded_row_counts_its_features_in_words() -> None:
+    texts = {n: draw(_explanation(n), ChartKind.BAR, ImageFormat.SVG, top=10).decode()
+             for n in (11, 12, 13)}
+    assert "other feature" not in texts[11]  # one past the top is drawn by name
+    assert "2 other features" in texts[12] and "3 other features" in texts[13]
+    assert "1 other feature" not in "".join(texts.values())
+    assert other_features(1) == "1 other feature" and other_features(2) == "2 other features"
 
 
 def test_labels_wrap_and_abbreviate_instead_of_running_off() -> None:
