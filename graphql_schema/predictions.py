@@ -5,6 +5,7 @@ what a later ``prediction(id)`` returns."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Annotated, Any, cast
 
@@ -18,6 +19,7 @@ from app.errors import UnknownTaskError
 from app.ml.task import TaskSpec
 from app.predictions import path as predictions
 from app.predictions import preview, queries
+from app.predictions.explanation import Explanation as StoredExplanation
 from app.predictions.pictures import may_see_pictures, picture_path
 from app.releases.lineage import trained_on_label
 from graphql_schema.context import Info
@@ -72,7 +74,7 @@ class Explanation:
     base_value: float
     output_value: float
     task: strawberry.Private[str]
-    stored: strawberry.Private[list[dict[str, Any]]]
+    stored: strawberry.Private[Sequence[Mapping[str, Any]]]
 
     @strawberry.field
     def contributions(self) -> list[Contribution]:
@@ -82,23 +84,20 @@ class Explanation:
     @classmethod
     def from_json(cls, d: dict[str, Any], task: str,
                   features: list[dict[str, Any]] | None = None) -> Explanation:
-        """A stored explanation; a compact one (a member's: ``shap`` values alone) takes
-        its features and values from ``features``, the prediction's contributions."""
-        if "contributions" in d:
-            stored = d["contributions"]
+        """A stored explanation (read by the core's one decoder); a compact one (a member's:
+        ``shap`` values alone) takes its features and values from ``features``, the
+        prediction's contributions."""
+        stored = StoredExplanation.from_json(d)
+        if stored.contributions is not None:
+            contributions: Sequence[Mapping[str, Any]] = stored.contributions
+        elif features is None or stored.shap is None:
+            raise ValueError("a compact explanation needs the prediction's features")
         else:
-            if features is None:
-                raise ValueError("a compact explanation needs the prediction's features")
-            stored = [{**c, "shap": s} for c, s in zip(features, d["shap"], strict=True)]
-        return cls(
-            status=d["status"],
-            space=OutputSpace(d["space"]),
-            explained_class=d["explainedClass"],
-            base_value=d["baseValue"],
-            output_value=d["outputValue"],
-            task=task,
-            stored=stored,
-        )
+            contributions = [{**c, "shap": s}
+                             for c, s in zip(features, stored.shap, strict=True)]
+        return cls(status=stored.status, space=OutputSpace(stored.space),
+                   explained_class=stored.explained_class, base_value=stored.base_value,
+                   output_value=stored.output_value, task=task, stored=contributions)
 
 
 @strawberry.type(description="What one member of the ensemble said.")
