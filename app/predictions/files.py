@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlmodel import col, select
-
-from app.db.tables import Prediction
+from app.db.types import utcnow
 from app.errors import BadRequestError, IdempotencyConflictError, InputValidationError
 from app.ml.routing import Route
 from app.ml.task import FeatureType, TaskSpec
@@ -35,8 +33,6 @@ from app.predictions.services import Services
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
-# Keys looked up per query: a chunk may be larger than the bound parameters a query takes.
-_LOOKUP_KEYS = 1_000
 
 
 def _typed(kinds: dict[str, FeatureType], row: dict[str, str]) -> dict[str, Any]:
@@ -129,18 +125,6 @@ class FileResult:
     routed: int = 0
 
 
-async def _stored_keys(services: Services, task: str, keys: list[str]) -> set[str]:
-    """Which of a chunk's keys (keyless rows, as the CLI stores them) are stored already."""
-    stored: set[str] = set()
-    async with services.sessions() as session:
-        for first in range(0, len(keys), _LOOKUP_KEYS):
-            found = await session.exec(select(Prediction.idempotency_key).where(
-                col(Prediction.caller_key_id).is_(None), Prediction.task == task,
-                col(Prediction.idempotency_key).in_(keys[first:first + _LOOKUP_KEYS])))
-            stored.update(k for k in found if k is not None)
-    return stored
-
-
 def _shifted(exc: InputValidationError, task: str, offset: int) -> InputValidationError:
     """The chunk's problems numbered by row of the file (1 = the first data row)."""
     return InputValidationError(task, [
@@ -159,13 +143,12 @@ async def predict_file(services: Services, task: str, rows: Iterable[Any], outpu
                               f"(ARBITER_MAX_BATCH_SIZE), got {chunk_rows}")
     result = FileResult()
     source = itertools.islice(iter(rows), skip, None)
-    start, looking = skip, True
+    start = skip
     while chunk := list(itertools.islice(source, chunk_rows)):
         keys = [f"{run}:{start + n + 1}" for n in range(len(chunk))]
-        # Only the rows right after the listed ones can have been stored by a killed run:
-        # once a chunk finds none, the rest of the file is new.
-        replayed = len(await _stored_keys(services, task, keys)) if looking else 0
-        looking = replayed > 0
+        # A row answered from storage was stored before this call (by a killed run): the
+        # idempotent path returns it as stored, so its creation time tells it from a new one.
+        called = utcnow()
         try:
             stored = await predict_batch(services, None, task, chunk, actor=actor,
                                          idempotency_keys=keys)
@@ -182,6 +165,7 @@ async def predict_file(services: Services, task: str, rows: Iterable[Any], outpu
             + "\n" for n, p in enumerate(stored))
         output.flush()
         os.fsync(output.fileno())
+        replayed = sum(p.created_at < called for p in stored)
         result.predicted += len(stored) - replayed
         result.replayed += replayed
         result.routed += sum(p.route == Route.REVIEW for p in stored)
