@@ -7,7 +7,7 @@ their types share this module."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -22,7 +22,13 @@ from app.db.tables import TrainingSnapshot as SnapshotRow
 from app.releases import lineage, stages
 from app.releases.comparison import Tally, compare_release
 from app.releases.stages import stage_history
-from app.releases.store import change_routing, list_releases, release_by_version, release_members
+from app.releases.store import (
+    calibration_summary,
+    change_routing,
+    list_releases,
+    release_by_version,
+    release_members,
+)
 from app.training import jobs as retraining
 from app.training.snapshots import learned_labels
 from app.training.triggers import Trigger
@@ -215,19 +221,6 @@ class LearnedLabel:
 @strawberry.type(description="A page of learned labels, newest prediction first.")
 class LearnedLabelConnection(Connection[LearnedLabel]):
     pass
-
-
-def calibration_summary(stored: dict[str, Any]) -> dict[str, Any]:
-    """What people need to read of a release's calibration: levels and thresholds, not the
-    calibration scores or the detector's training statistics (medians of PII features)."""
-    summary: dict[str, Any] = {
-        k: stored[k] for k in ("method", "confidence_level", "threshold") if k in stored
-    }
-    summary["calibration_rows"] = len(stored.get("alphas", []))
-    ood = stored.get("ood")
-    if ood:
-        summary["ood"] = {k: ood[k] for k in ("method", "quantile", "threshold") if k in ood}
-    return summary
 
 
 @strawberry.type(description="Agreement with LIVE and accuracy on reviewed predictions, over "

@@ -251,3 +251,16 @@ async def change_routing(sessions: async_sessionmaker[AsyncSession], task: TaskS
     """``set_routing`` in a transaction of its own: the release, once committed."""
     async with sessions() as session, session.begin():
         return await set_routing(session, task, version, overrides, actor)
+
+
+def calibration_summary(stored: dict[str, Any]) -> dict[str, Any]:
+    """What people need to read of a release's calibration: levels and thresholds, not the
+    calibration scores or the detector's training statistics (medians of PII features)."""
+    summary: dict[str, Any] = {
+        k: stored[k] for k in ("method", "confidence_level", "threshold") if k in stored
+    }
+    summary["calibration_rows"] = len(stored.get("alphas", []))
+    ood = stored.get("ood")
+    if ood:
+        summary["ood"] = {k: ood[k] for k in ("method", "quantile", "threshold") if k in ood}
+    return summary
