@@ -153,6 +153,21 @@ class NoDriftReferenceError(ArbiterError):
     code = "NO_DRIFT_REFERENCE"
 
 
+class ServiceUnavailableError(ArbiterError):
+    """A dependency (the database) cannot be reached right now: retry after a moment."""
+
+    code = "SERVICE_UNAVAILABLE"
+    RETRY_AFTER_SECONDS = 2
+
+    def __init__(self, what: str = "the database") -> None:
+        super().__init__(f"{what} cannot be reached right now; retry in "
+                         f"{self.RETRY_AFTER_SECONDS} s (a prediction retried with the same "
+                         "idempotency key is stored once)")
+
+    def extensions(self) -> dict[str, Any]:
+        return {"retryAfter": self.RETRY_AFTER_SECONDS}
+
+
 class EventsMissedError(ArbiterError):
     """Events published while this subscription was open never reached it: this server's
     listener lost Redis, or a publisher could not reach Redis and said so afterwards."""
@@ -180,3 +195,60 @@ class SubscriberTooSlowError(ArbiterError):
 
     def extensions(self) -> dict[str, Any]:
         return {"dropped": self.dropped, "buffer": self.buffer}
+
+
+class QueryTooCostlyError(ArbiterError):
+    """The operation would cost more than the caller's role may spend on one request."""
+
+    code = "QUERY_TOO_COSTLY"
+
+    def __init__(self, cost: int, budget: int) -> None:
+        super().__init__(
+            f"this operation would cost {cost} and the budget of one request is {budget}; "
+            "ask for fewer items (first), fewer aliases or no explanations, and page through")
+        self.cost = cost
+        self.budget = budget
+
+    def extensions(self) -> dict[str, Any]:
+        return {"cost": self.cost, "budget": self.budget}
+
+
+class RateLimitedError(ArbiterError):
+    """The caller's key sent more requests than its role's rate allows."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(self, limit: str, retry_after: int) -> None:
+        super().__init__(
+            f"this key exceeded its rate limit of {limit}; retry after {retry_after} s")
+        self.limit = limit
+        self.retry_after = retry_after
+
+    def extensions(self) -> dict[str, Any]:
+        return {"limit": self.limit, "retryAfter": self.retry_after}
+
+
+class DeadlineExceededError(ArbiterError):
+    """A query ran longer than its role's deadline and was stopped."""
+
+    code = "DEADLINE_EXCEEDED"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"this query ran longer than its deadline of {seconds:g} s and was "
+                         "stopped; ask for less (fewer items, fewer fields)")
+        self.seconds = seconds
+
+
+class ResponseTooLargeError(ArbiterError):
+    """The answer would exceed the role's response-size cap."""
+
+    code = "RESPONSE_TOO_LARGE"
+
+    def __init__(self, size: int, cap: int) -> None:
+        super().__init__(f"the answer would be {size} bytes, over the cap of {cap}; ask for "
+                         "fewer items or fields and page through")
+        self.size = size
+        self.cap = cap
+
+    def extensions(self) -> dict[str, Any]:
+        return {"bytes": self.size, "cap": self.cap}

@@ -20,6 +20,7 @@ CONTEXT_FIELDS = ("request_id", "task", "release", "prediction_id")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # Loggers that come with their own handlers; ours replaces them so every line has one shape.
 FOREIGN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access", "dramatiq")
+PARAMETER_LOGGERS = ("aiosqlite", "asyncpg", "sqlalchemy.engine")
 
 _context: ContextVar[dict[str, Any]] = ContextVar("arbiter_log_context", default={})  # noqa: B039
 
@@ -50,6 +51,19 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class AccessLineFilter(logging.Filter):
+    """Drops the query string from uvicorn's access lines: a GraphQL GET carries the whole
+    document there, literals (personal values) included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) >= 3:
+            path = str(args[2])
+            if "?" in path:
+                record.args = (*args[:2], path.split("?", 1)[0] + "?[query]", *args[3:])
+        return True
+
+
 class TextFormatter(logging.Formatter):
     """The human format, with the context fields appended as ``name=value``."""
 
@@ -75,6 +89,7 @@ def configure_logging(log_format: LogFormat, level: str, stream: TextIO | None =
     handler = logging.StreamHandler(stream)
     handler.setFormatter(_formatter(log_format, stream))
     handler.addFilter(ContextFilter())
+    handler.addFilter(AccessLineFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -85,3 +100,6 @@ def configure_logging(log_format: LogFormat, level: str, stream: TextIO | None =
         foreign.handlers.clear()
         foreign.propagate = True
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Their debug and info lines carry SQL parameters (inputs, personal values included).
+    for name in PARAMETER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -16,18 +16,22 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
 from strawberry.types.unset import UNSET, UnsetType
 
-from app import json_codec, metrics
+from app import metrics
 from app.access.keys import KeyVerifier
+from app.audit.checkpoints import log_key
+from app.audit.log import bound_text
+from app.audit.sequencer import CheckpointPolicy, Sequencer
 from app.db.engine import make_engine, make_sessionmaker
 from app.events.bus import EventBus, LocalBus, build_bus
 from app.http.authn import ApiKeyAuth, Verify
 from app.http.body_limit import BodySizeLimit
 from app.http.explanations import ExplanationPictures
+from app.http.graphql_requests import GraphQLOverHTTP
 from app.http.health import Health
 from app.http.metrics import MetricsEndpoint, ScrapeGauges
 from app.http.requests import RequestObserver
@@ -40,23 +44,25 @@ from app.predictions.store import commit_group
 from app.releases.registry import Registry
 from app.releases.shadows import ShadowScorer
 from app.settings import Settings
-from graphql_schema.context import Context
+from graphql_schema.extensions.rates import KeyRates
+from graphql_schema.permissions import Context
 from graphql_schema.schema import build_schema
 from graphql_schema.subscriptions import KeepAliveHandler, authenticate, websocket_options
-from web.pages import page_routes
+from web.pages import graphiql_page, page_routes
 from workers.runtime import JobRuntime
 
 log = logging.getLogger("arbiter")
 
 
-class ArbiterGraphQL(GraphQL[Context, None]):
-    """Strawberry's ASGI app with our context (services + the authenticated caller)."""
+class ArbiterGraphQL(GraphQLOverHTTP):
+    """Strawberry's ASGI app with our context (services + the authenticated caller), answering
+    malformed HTTP requests as GraphQL over HTTP says (``app.http.graphql_requests``)."""
 
     graphql_transport_ws_handler_class = KeepAliveHandler
 
-    def __init__(self, services: Services, verify: Verify) -> None:
+    def __init__(self, services: Services, verify: Verify, rates: KeyRates) -> None:
         settings = services.settings
-        super().__init__(build_schema(settings), **websocket_options(settings),
+        super().__init__(build_schema(settings, rates), **websocket_options(settings),
                          graphql_ide=None if settings.production else "graphiql")
         self.services = services
         self.verify = verify
@@ -69,12 +75,8 @@ class ArbiterGraphQL(GraphQL[Context, None]):
         principal = request.scope.get("state", {}).get("principal")
         return Context(self.services, principal, self.verify, request, response)
 
-    def decode_json(self, data: str | bytes) -> object:
-        return json_codec.loads(data)
-
-    def encode_json(self, data: object) -> str:
-        # Text, not bytes: Strawberry sends bytes over a websocket as binary frames.
-        return json_codec.dumps(data)
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql_page()  # its assets from this server, not a CDN
 
 
 def build_services(settings: Settings) -> tuple[Services, Any]:
@@ -97,6 +99,7 @@ def wire_services(settings: Settings, sessions: async_sessionmaker[AsyncSession]
     the shadow scorer, and the micro-batchers of ensemble calls and of commits. The one
     place that builds ``Services`` (``events`` default: notices within this process)."""
     events = events if events is not None else LocalBus()
+    bound_text(sessions, settings.audit_text_max_chars)
     pool = InferencePool(settings.inference_threads)
     window = settings.batch_window_ms / 1000
     return Services(
@@ -118,6 +121,11 @@ def build_app(settings: Settings) -> Starlette:
     jobs = JobRuntime(settings, services.sessions, consume=settings.redis_url is None,
                       events=services.events, tasks=services.registry.tasks)
     services.wake_relay = jobs.relay.wake
+    sequencer = Sequencer(
+        services.sessions, log_key(settings.audit_signing_key, settings.data_dir,
+                                   settings.production),
+        CheckpointPolicy(settings.audit_checkpoint_seconds, settings.audit_checkpoint_events),
+        settings.audit_sequence_seconds)
     health = Health(engine, services.registry, jobs.broker_status, settings.ready_timeout_seconds)
     scrape = MetricsEndpoint(
         ScrapeGauges(services.sessions, services.registry, settings.ready_timeout_seconds),
@@ -132,23 +140,28 @@ def build_app(settings: Settings) -> Starlette:
         loading.add_done_callback(lambda _: gc.freeze())
         await services.events.start()
         await jobs.start()
+        sequencing = asyncio.create_task(sequencer.run())
         try:
             yield
         finally:
             loading.cancel()
+            sequencing.cancel()
             await jobs.stop()
-            await services.shadows.drain()  # finish shadow scoring before the engine goes
+            await services.drain()  # batches in flight, shadow scoring: before the engine goes
             services.close()
             await services.events.stop()
+            await rates.aclose()
             await engine.dispose()
             metrics.process_exited()
 
-    graphql = BodySizeLimit(ApiKeyAuth(ArbiterGraphQL(services, verifier.verify), verifier.verify),
-                            settings.max_body_bytes)
+    rates = KeyRates(settings)
+    graphql = BodySizeLimit(
+        ApiKeyAuth(ArbiterGraphQL(services, verifier.verify, rates), verifier.verify),
+        settings.max_body_bytes)
     pictures = ExplanationPictures(services, verifier.verify)
     app = Starlette(
         routes=[
-            Route("/graphql", graphql, methods=["GET", "POST"]),
+            Route("/graphql", graphql),  # every method: the view answers 405 in JSON
             WebSocketRoute("/graphql", graphql),
             *health.routes(),
             Route("/metrics", scrape.scrape),

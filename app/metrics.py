@@ -21,6 +21,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -84,6 +85,24 @@ TRAINING_RUNS = Counter(
     ["task", "outcome"],
 )
 
+REDIS_UP = Gauge(
+    "arbiter_redis_up",
+    "1 while this process's circuit to Redis is closed (Redis answers), 0 while it is open "
+    "(calls fail fast); by client: events (the bus), broker (the outbox relay's sends).",
+    ["client"],
+    multiprocess_mode="livemin",
+)
+DEGRADED = Gauge(
+    "arbiter_degraded",
+    "1 while this process's last /readyz was degraded: it answers predictions, but Redis "
+    "(or the in-process worker) is down or a task is not served.",
+    multiprocess_mode="livemax",
+)
+REDIS_CIRCUIT_OPENED = Counter(
+    "arbiter_redis_circuit_opened",
+    "Times a circuit to Redis opened (Redis failed or timed out), by client.",
+    ["client"],
+)
 
 def multiprocess_dir() -> str | None:
     """The directory processes share their values through, when one is configured."""

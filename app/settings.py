@@ -3,13 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from limits import parse_many
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EXAMPLE_TASKS_DIR = Path(__file__).resolve().parent / "examples"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+RoleName = Literal["predictor", "reviewer", "auditor", "admin"]
+
+
+class RequestLimits(BaseModel):
+    """What one request of one API key may use (docs/limits.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    query_cost_budget: int = Field(
+        default=150_000, ge=1,
+        description="Most an operation may cost (checked before it runs).")
+    rate_limit: str = Field(
+        default="300/second;10000/minute",
+        description="Requests per key, moving windows in `limits` notation, ';' between them.")
+    deadline_seconds: float = Field(
+        default=30.0, gt=0, description="A query running longer is stopped (not mutations).")
+    max_response_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1, description="Largest answer to a query (not mutations).")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _readable_rate(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(
+                f"rate limit {value!r} is not like '300/second;10000/minute'") from None
+        return value
 
 
 class Settings(BaseSettings):
@@ -70,6 +101,22 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Interval of the server's pings on a websocket."
     )
 
+    audit_signing_key: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM file) signing the audit log's "
+        "checkpoints; keep it outside the data folder. Unset = a demo key made in the data "
+        "folder (production warns).")
+    audit_checkpoint_seconds: float = Field(
+        default=5.0, gt=0, description="A checkpoint is signed when the log grew and this "
+        "long passed since the last ...")
+    audit_checkpoint_events: int = Field(
+        default=10_000, ge=1, description="... or when this many events were added.")
+    audit_sequence_seconds: float = Field(
+        default=0.2, gt=0, description="How often a server gives committed audit events "
+        "their leaves in the log's Merkle tree.")
+    audit_text_max_chars: int = Field(
+        default=2_000, ge=1, description="Longest free text (review comment, reason) the "
+        "audit log keeps; longer is refused with BAD_REQUEST.")
+
     log_format: Literal["auto", "json", "text"] = Field(
         default="auto", description="auto = JSON lines off a terminal, text on one."
     )
@@ -80,6 +127,26 @@ class Settings(BaseSettings):
     ready_timeout_seconds: float = Field(
         default=2.0, gt=0, description="How long each /readyz check may take."
     )
+
+    request_limits: RequestLimits = Field(
+        default_factory=RequestLimits,
+        description="Every key's limits (JSON, e.g. {\"rate_limit\": \"50/second\"}).")
+    role_limits: dict[RoleName, dict[str, Any]] = Field(
+        default_factory=dict, description="Per role, the limits that differ from "
+        "request_limits (JSON, e.g. {\"predictor\": {\"query_cost_budget\": 100000}}).")
+
+    @model_validator(mode="after")
+    def _role_limits_valid(self) -> Settings:
+        for role in self.role_limits:
+            self.limits_for(role)
+        return self
+
+    def limits_for(self, role: str) -> RequestLimits:
+        """The request limits of ``role``: the defaults with its overrides."""
+        overrides = self.role_limits.get(role)  # type: ignore[call-overload]
+        if not overrides:
+            return self.request_limits
+        return RequestLimits.model_validate({**self.request_limits.model_dump(), **overrides})
 
     @field_validator("log_level")
     @classmethod

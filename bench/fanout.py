@@ -207,7 +207,9 @@ def main() -> int:
     env = arbiter_env(data_dir, args.omp_threads)
     env |= {"ARBITER_REDIS_URL": args.redis_url,
             "ARBITER_REDIS_NAMESPACE": f"arbiter-bench-{uuid.uuid4().hex[:8]}",
-            "ARBITER_SUBSCRIPTION_BUFFER": "4096", "ARBITER_WS_MAX_SUBSCRIPTIONS": "4"}
+            "ARBITER_SUBSCRIPTION_BUFFER": "4096", "ARBITER_WS_MAX_SUBSCRIPTIONS": "4",
+            # every subscriber uses the one admin key: 1,000 starts in seconds are not abuse
+            "ARBITER_ROLE_LIMITS": json.dumps({"admin": {"rate_limit": "100000/second"}})}
     run_cli(["migrate"], env)
     ensure_release(data_dir, args.task, "boosted", env)
     keys = {"predictor": create_key(env),

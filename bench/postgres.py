@@ -20,7 +20,8 @@ def admin_dsn(parser: argparse.ArgumentParser, value: str | None) -> str | None:
     return value
 
 
-async def _admin(dsn: str, sql: str) -> None:
+async def admin_sql(dsn: str, sql: str) -> None:
+    """Run one statement as the administrator (CREATE or DROP DATABASE)."""
     conn = await asyncpg.connect(dsn, timeout=5)
     try:
         await conn.execute(sql)
@@ -29,12 +30,14 @@ async def _admin(dsn: str, sql: str) -> None:
 
 
 @contextlib.contextmanager
-def postgres_database(admin_dsn: str) -> Iterator[str]:
-    """A fresh database (its SQLAlchemy async URL), dropped on exit."""
+def postgres_database(admin_dsn: str, template: str | None = None) -> Iterator[str]:
+    """A fresh database (its SQLAlchemy async URL; a copy of ``template`` when given),
+    dropped on exit."""
     name = f"arbiter_bench_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(admin_dsn, f'CREATE DATABASE "{name}"'))
+    copy = f' TEMPLATE "{template}"' if template else ""
+    asyncio.run(admin_sql(admin_dsn, f'CREATE DATABASE "{name}"{copy}'))
     try:
         base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
         yield f"{base}/{name}"
     finally:
-        asyncio.run(_admin(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(admin_sql(admin_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,4 +1,5 @@
-"""Drift over GraphQL: thin resolvers handing off to ``app.drift.checks``."""
+"""Monitoring over GraphQL: drift (``app.drift.checks``), live AUTO quality and outcomes
+(``app.quality``); thin resolvers."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import strawberry
 from app.db.engine import read
 from app.drift import report as drift
 from app.drift.checks import compute_report, latest_report
-from graphql_schema.context import Info
+from app.quality.estimates import QualityRow, auto_quality
+from app.quality.outcomes import OutcomeInput as OutcomeRecord
+from app.quality.outcomes import record_outcomes
 from graphql_schema.enums import Verdict
-from graphql_schema.permissions import GUARDED
+from graphql_schema.permissions import GUARDED, Info
 
 
 @strawberry.type(description="One feature's (or prediction output's) drift test.")
@@ -80,6 +83,10 @@ class DriftReport:
     overturn_rate: list[RateBucket] = strawberry.field(
         description="Share of reviewed predictions whose final label differs from the "
         "model's, per bucket.")
+    outcome_error_rate: list[RateBucket] = strawberry.field(
+        description="Share of predictions with a recorded outcome whose outcome differs "
+        "from the model's label, per bucket of when they were predicted (outcomes arrive "
+        "late: recent buckets fill in as they do).")
 
     @classmethod
     def from_report(cls, r: drift.DriftReport) -> DriftReport:
@@ -93,7 +100,8 @@ class DriftReport:
                    features=[FeatureDrift.from_result(f) for f in r.features],
                    prediction=[FeatureDrift.from_result(f) for f in r.prediction],
                    prediction_drifted=r.prediction_drifted,
-                   routing_rate=buckets(r.routing_rate), overturn_rate=buckets(r.overturn_rate))
+                   routing_rate=buckets(r.routing_rate), overturn_rate=buckets(r.overturn_rate),
+                   outcome_error_rate=buckets(r.outcome_error_rate))
 
 
 @strawberry.type
@@ -117,3 +125,84 @@ class DriftQuery:
         services.registry.task(task)
         report = await read(services.sessions, latest_report, task)
         return None if report is None else DriftReport.from_report(report)
+
+
+@strawberry.type(description="Live error of AUTO predictions of one predicted class (label "
+                 "null: all), from the uniform audit sample and recorded outcomes, with a "
+                 "time-uniform confidence interval (a confidence sequence).")
+class AutoQuality:
+    label: str | None = strawberry.field(description="The predicted class; null overall.")
+    n: int = strawberry.field(description="Labelled AUTO predictions (audit sample reviewed, "
+                              "or with an outcome).")
+    errors: int = strawberry.field(description="Of them, how many were wrong.")
+    estimate: float | None = strawberry.field(description="errors / n; null when n is 0.")
+    lower_bound: float = strawberry.field(description="Lower end of the interval.")
+    upper_bound: float = strawberry.field(description="Upper end of the interval.")
+    confidence: float = strawberry.field(
+        description="Confidence of the interval, valid at every check at once: "
+        "risk_confidence overall, risk_confidence split over the classes per class.")
+    max_auto_error: float | None = strawberry.field(
+        description="The task's bound (epsilon); null when it sets none.")
+    exceeded: bool = strawberry.field(
+        description="The lower bound is above maxAutoError: the bound is broken.")
+
+    @classmethod
+    def from_row(cls, r: QualityRow) -> AutoQuality:
+        b = r.bounds
+        return cls(label=r.label, n=b.n, errors=b.errors, estimate=b.estimate,
+                   lower_bound=b.lower, upper_bound=b.upper, confidence=r.confidence,
+                   max_auto_error=r.max_auto_error, exceeded=r.exceeded)
+
+
+@strawberry.input(description="What really happened to the subject of one prediction, named "
+                  "by predictionId or entityKey (its newest prediction before observedAt).")
+class OutcomeInput:
+    label: str = strawberry.field(description="The true class.")
+    prediction_id: strawberry.ID | None = None
+    entity_key: str | None = strawberry.field(
+        default=None, description="The entityKey (else idempotencyKey) it was predicted with.")
+    observed_at: datetime | None = strawberry.field(
+        default=None, description="When it was observed (default: now).")
+
+
+@strawberry.type(description="What recordOutcomes stored.")
+class OutcomesRecorded:
+    recorded: int = strawberry.field(description="Outcomes stored by this call.")
+    unchanged: int = strawberry.field(description="Outcomes stored before with the same "
+                                      "label (a repeated call changes nothing).")
+
+
+@strawberry.type
+class QualityQuery:
+    @strawberry.field(
+        permission_classes=GUARDED,
+        description="Live AUTO error of a release (default: LIVE) since a time (default: "
+        "ever), overall first, then per predicted class.")
+    async def auto_quality(self, info: Info, task: str, release: int | None = None,
+                           since: datetime | None = None) -> list[AutoQuality]:
+        services = info.context.services
+        spec = services.registry.task(task)
+        quality = await read(services.sessions, auto_quality, spec, release, since)
+        return [] if quality is None else [AutoQuality.from_row(r) for r in quality.rows]
+
+
+@strawberry.type
+class QualityMutation:
+    @strawberry.mutation(
+        permission_classes=GUARDED,
+        description="Record outcomes (ground truth that arrived later). All are checked "
+        "first: any problem refuses them all and stores nothing; a repeated outcome is "
+        "unchanged. They feed live AUTO quality and retraining (label source `outcome`). A "
+        "predictor names only its own predictions (others' look absent); an admin any.")
+    async def record_outcomes(self, info: Info, task: str,
+                              outcomes: list[OutcomeInput]) -> OutcomesRecorded:
+        ctx = info.context
+        spec = ctx.services.registry.task(task)
+        given = [OutcomeRecord(f"outcome {i}", o.label, o.prediction_id, o.entity_key,
+                               o.observed_at) for i, o in enumerate(outcomes, start=1)]
+        caller = ctx.caller()
+        done = await record_outcomes(
+            ctx.services.sessions, spec, given, caller.actor,
+            ctx.services.settings.max_batch_size,
+            caller_key_id=None if caller.reads_everything else caller.key_id)
+        return OutcomesRecorded(recorded=done.recorded, unchanged=done.unchanged)

@@ -1,10 +1,12 @@
-"""Permission checks (rules in app.access.roles): ``Allowed`` on every root field, and
+"""Who calls and what they may do: the per-request ``Context`` resolvers receive, and the
+permission checks (rules in app.access.roles): ``Allowed`` on every root field, and
 ``FieldRules``, a schema extension that checks every selected field of every type."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 from graphql import (
@@ -25,11 +27,38 @@ from graphql import (
 from strawberry import Schema
 from strawberry.extensions import SchemaExtension
 from strawberry.permission import BasePermission
+from strawberry.types import Info as _Info
 from strawberry.types.graphql import OperationType
 
-from app.access.roles import ROOT_TYPES, Role, allowed, field_allowed
-from app.errors import PermissionDeniedError
-from graphql_schema.context import Info
+from app.access.roles import ROOT_TYPES, Principal, Role, allowed, field_allowed
+from app.errors import AuthenticationError, PermissionDeniedError
+from app.http.authn import Verify
+from app.predictions.services import Services
+
+
+@dataclass
+class Context:
+    """Services built once per process, and the caller of this request."""
+
+    services: Services
+    principal: Principal | None
+    verify: Verify  # websockets check their key again before each ping
+    request: Any = None
+    response: Any = None
+    connection_params: dict[str, Any] | None = None  # a websocket's connection_init payload
+    deadline_expired: float | None = None  # the deadline (s) that stopped this query
+    # A subscription stream shared by sockets whose own starts were each checked already.
+    shared_stream: bool = False
+
+    def caller(self) -> Principal:
+        if self.principal is None:
+            raise AuthenticationError(
+                "missing or invalid API key; send Authorization: Bearer <key>"
+            )
+        return self.principal
+
+
+Info = _Info[Context, None]
 
 
 class Allowed(BasePermission):
@@ -66,8 +95,9 @@ class _FirstRefused(Visitor):
         return None
 
 
-def refused_field(schema: GraphQLSchema, document: DocumentNode, operation_name: str | None,
-                  role: Role) -> tuple[str, str] | None:
+def refused_field(
+    schema: GraphQLSchema, document: DocumentNode, operation_name: str | None, role: Role
+) -> tuple[str, str] | None:
     """The first (type, field) of the operation (and the fragments it may spread) that
     ``role`` may not select, or None."""
     operation = get_operation_ast(document, operation_name)
@@ -84,8 +114,9 @@ def refused_field(schema: GraphQLSchema, document: DocumentNode, operation_name:
 
 
 @functools.lru_cache(maxsize=1024)
-def _refused_in_query(schema: GraphQLSchema, query: str, operation_name: str | None,
-                      role: Role) -> tuple[str, str] | None:
+def _refused_in_query(
+    schema: GraphQLSchema, query: str, operation_name: str | None, role: Role
+) -> tuple[str, str] | None:
     """``refused_field`` per query text: clients send the same few documents again and
     again, and the walk cost about 1 % of a prediction. Parsed again on a miss only."""
     return refused_field(schema, parse(query), operation_name, role)
@@ -101,9 +132,11 @@ class FieldRules(SchemaExtension):
         if document is not None:
             role = ctx.context.caller().role
             schema = cast(Schema, ctx.schema)._schema
-            refused = (refused_field(schema, document, ctx.operation_name, role)
-                       if ctx.query is None
-                       else _refused_in_query(schema, ctx.query, ctx.operation_name, role))
+            refused = (
+                refused_field(schema, document, ctx.operation_name, role)
+                if ctx.query is None
+                else _refused_in_query(schema, ctx.query, ctx.operation_name, role)
+            )
             if refused is not None:
                 type_name, field = refused
                 what = field if type_name in ROOT_TYPES else f"{type_name}.{field}"
@@ -113,5 +146,6 @@ class FieldRules(SchemaExtension):
                     raise error  # Strawberry turns it into the stream's one result
                 # A result set here skips execution and is still masked like any other.
                 ctx.result = ExecutionResult(
-                    data=None, errors=[GraphQLError(str(error), original_error=error)])
+                    data=None, errors=[GraphQLError(str(error), original_error=error)]
+                )
         yield

@@ -22,9 +22,18 @@ from app.predictions import preview, queries
 from app.predictions.explanation import Explanation as StoredExplanation
 from app.predictions.pictures import may_see_pictures, picture_path
 from app.releases.lineage import trained_on_label
-from graphql_schema.context import Info
-from graphql_schema.enums import ChartKind, ImageFormat, OutputSpace, Route, Stage, Status
-from graphql_schema.permissions import GUARDED
+from graphql_schema.enums import (
+    SPLIT_DEPRECATED,
+    ChartKind,
+    ExplanationStatus,
+    ImageFormat,
+    OutputSpace,
+    Route,
+    Split,
+    Stage,
+    Status,
+)
+from graphql_schema.permissions import GUARDED, Info
 from graphql_schema.relay import Connection
 
 
@@ -68,7 +77,8 @@ class Contribution:
 
 @strawberry.type(description="SHAP explanation: baseValue + sum(shap) = outputValue in `space`.")
 class Explanation:
-    status: str = strawberry.field(description="OK, or PARTIAL when a member failed.")
+    status: ExplanationStatus = strawberry.field(
+        description="OK, or PARTIAL when a member failed.")
     space: OutputSpace
     explained_class: str
     base_value: float
@@ -95,7 +105,7 @@ class Explanation:
         else:
             contributions = [{**c, "shap": s}
                              for c, s in zip(features, stored.shap, strict=True)]
-        return cls(status=stored.status, space=OutputSpace(stored.space),
+        return cls(status=ExplanationStatus(stored.status), space=OutputSpace(stored.space),
                    explained_class=stored.explained_class, base_value=stored.base_value,
                    output_value=stored.output_value, task=task, stored=contributions)
 
@@ -123,14 +133,16 @@ class Reason:
 class LabelUse:
     version: int
     stage: Stage
-    split: str = strawberry.field(description="train or calibration.")
+    data_split: Split = strawberry.field(description="TRAIN or CALIBRATION.")
+    split: str = strawberry.field(description="train or calibration.",
+                                  deprecation_reason=SPLIT_DEPRECATED)
 
 
 async def label_uses(info: Info, prediction_id: str) -> list[LabelUse]:
     """The releases that trained or calibrated on a prediction's label, oldest first."""
     uses = await read(info.context.services.sessions, trained_on_label, prediction_id)
-    return [LabelUse(version=u.release.version, stage=Stage(u.release.stage), split=u.split)
-            for u in uses]
+    return [LabelUse(version=u.release.version, stage=Stage(u.release.stage),
+                     data_split=Split(u.split), split=u.split) for u in uses]
 
 
 def _probabilities(root: Prediction) -> list[ClassProbability]:

@@ -7,7 +7,7 @@ their types share this module."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
+from typing import Annotated, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -28,15 +28,16 @@ from app.releases.store import (
     list_releases,
     release_by_version,
     release_members,
+    release_risk,
 )
 from app.training import jobs as retraining
 from app.training.snapshots import learned_labels
 from app.training.triggers import Trigger
-from graphql_schema.context import Info
-from graphql_schema.enums import JobStatus, Stage
-from graphql_schema.permissions import GUARDED
+from graphql_schema.enums import SPLIT_DEPRECATED, JobStatus, Split, Stage
+from graphql_schema.permissions import GUARDED, Info
 from graphql_schema.predictions import Prediction
 from graphql_schema.relay import Connection
+from graphql_schema.risk import ReleaseRisk
 
 NO_REASON = "no reason given"
 
@@ -64,7 +65,11 @@ class TrainingJob:
     id: strawberry.ID
     task: str
     status: JobStatus
-    trigger: str = strawberry.field(description="manual, cli, labels, schedule or drift.")
+    triggered_by: Trigger = strawberry.field(description="Who or what asked for it.")
+    trigger: str = strawberry.field(
+        description="manual, cli, labels, schedule or drift.",
+        deprecation_reason="Use triggeredBy (the TrainingTrigger enum); this lowercase text "
+        "goes in the next release.")
     requested_by: str
     reason: str
     requests: int = strawberry.field(
@@ -87,7 +92,8 @@ class TrainingJob:
     @classmethod
     def from_row(cls, j: TrainingJobRow) -> TrainingJob:
         return cls(id=strawberry.ID(j.id), task=j.task, status=JobStatus(j.status),
-                   trigger=j.trigger, requested_by=j.requested_by, reason=j.reason,
+                   triggered_by=Trigger(j.trigger), trigger=j.trigger,
+                   requested_by=j.requested_by, reason=j.reason,
                    requests=j.requests, progress=j.progress, message=j.message,
                    attempts=j.attempts, error=j.error, created_at=j.created_at,
                    started_at=j.started_at, finished_at=j.finished_at, row=j)
@@ -129,15 +135,23 @@ class Release:
         return None if row is None else TrainingJob.from_row(row)
 
     @strawberry.field(description="The reviewed predictions whose labels its snapshot holds, "
-                      "newest first; `split` holdout rows judged it and were never trained on.")
-    async def learned_from(self, info: Info, first: int = 50, after: str | None = None,
-                           split: str | None = None) -> LearnedLabelConnection:
+                      "newest first; `dataSplit` HOLDOUT rows judged it and were never trained "
+                      "on.")
+    async def learned_from(
+        self, info: Info, first: int = 50, after: str | None = None,
+        data_split: Split | None = None,
+        split: Annotated[str | None, strawberry.argument(
+            deprecation_reason=SPLIT_DEPRECATED)] = None,
+    ) -> LearnedLabelConnection:
+        split = data_split.value if data_split is not None else split
         services = info.context.services
         check_page_size(first, services.settings.page_size_max)
         learned = await read(services.sessions, learned_labels, self.row.snapshot_id, first,
                              after, split)
         return LearnedLabelConnection.of(learned.page, after, lambda p: LearnedLabel(
-            split=learned.splits[p.id], label=p.final_label or "",
+            data_split=Split(learned.splits[p.id]), split=learned.splits[p.id],
+            label=learned.sources.get(p.id, (p.final_label or "", ""))[0],
+            source=learned.sources.get(p.id, ("", "review"))[1],
             prediction=Prediction.from_row(p)))
 
     @classmethod
@@ -156,6 +170,12 @@ class Release:
             calibration=cast(JSON, calibration_summary(r.calibration)),
             routing=cast(JSON, r.routing),
         )
+
+    @strawberry.field(description="The certified bound on the error of its AUTO predictions "
+                      "(null when the task sets no max_auto_error).")
+    def risk(self, info: Info) -> ReleaseRisk | None:
+        risk = release_risk(info.context.services.registry.task(self.task), self.row)
+        return None if risk is None else ReleaseRisk.of(risk)
 
     @strawberry.field(description="Its trained members, in declaration order.")
     async def members(self, info: Info) -> list[ReleaseMember]:
@@ -181,13 +201,18 @@ class ReleaseMember:
     library_versions: JSON
     created_at: datetime
     created_by: str
+    origin: JSON = strawberry.field(
+        description="{} when Arbiter trained it; else kind (imported: the fitted estimator "
+        "of a skops file; refit: a clone of it fitted on reviewers' labels too), file, "
+        "sha256 of that file, and estimator.")
 
     @classmethod
     def from_row(cls, m: ReleaseMemberRow) -> ReleaseMember:
         return cls(name=m.name, version=m.version, algorithm=m.algorithm, family=m.family,
                    weight=m.weight, params=cast(JSON, m.params), sha256=m.sha256,
                    metrics=cast(JSON, m.metrics), library_versions=cast(JSON, m.library_versions),
-                   created_at=m.created_at, created_by=m.created_by)
+                   created_at=m.created_at, created_by=m.created_by,
+                   origin=cast(JSON, m.origin or {}))
 
 
 @strawberry.type(description="One move of a release from one stage to another.")
@@ -214,7 +239,11 @@ class StageChange:
 @strawberry.type(description="A settled label a release's snapshot holds.")
 class LearnedLabel:
     label: str
-    split: str = strawberry.field(description="train, calibration or holdout.")
+    data_split: Split = strawberry.field(description="TRAIN, CALIBRATION or HOLDOUT.")
+    split: str = strawberry.field(description="train, calibration or holdout.",
+                                  deprecation_reason=SPLIT_DEPRECATED)
+    source: str = strawberry.field(description="review (people's label) or outcome (recorded "
+                                   "ground truth: recordOutcomes).")
     prediction: Prediction
 
 

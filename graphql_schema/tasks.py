@@ -6,9 +6,8 @@ from __future__ import annotations
 import strawberry
 
 from app.ml.task import TaskSpec
-from graphql_schema.context import Info
 from graphql_schema.enums import FeatureType, OutputSpace
-from graphql_schema.permissions import GUARDED
+from graphql_schema.permissions import GUARDED, Info
 
 
 @strawberry.type(description="One input field of a task's contract: enough to build a form.")

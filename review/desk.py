@@ -14,7 +14,8 @@ from app.db.tables import Prediction, ReviewItem
 from app.errors import NotFoundError
 from app.events.bus import EventBus
 from app.events.topics import ReviewChange
-from app.ml.task import TaskSpec
+from app.ml.task import ReviewPolicy, TaskSpec, release_policy
+from app.releases.store import release_by_version
 from review import notices, queue
 
 
@@ -67,6 +68,16 @@ async def item_prediction(session: AsyncSession, item: ReviewItem) -> Prediction
     return found
 
 
-def explanation_hidden(task: TaskSpec, role: Role, revealed: bool) -> bool:
-    """Reviewers of a task that hides explanations see one only when they ask for it."""
-    return task.review.hide_explanation and not revealed and role is Role.REVIEWER
+async def item_policy(session: AsyncSession, task: TaskSpec, item: ReviewItem) -> ReviewPolicy:
+    """The review policy of the release that routed the item: the task's, with the
+    release's routing overrides (``setReleaseRouting``) applied."""
+    release = await release_by_version(session, item.task, item.release_version)
+    return release_policy(task.review, release.routing)
+
+
+async def explanation_hidden(session: AsyncSession, task: TaskSpec, item: ReviewItem,
+                             role: Role, revealed: bool) -> bool:
+    """Reviewers of an item whose release hides explanations see one only when they ask."""
+    if revealed or role is not Role.REVIEWER:
+        return False
+    return (await item_policy(session, task, item)).hide_explanation

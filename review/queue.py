@@ -2,21 +2,20 @@
 
 Every state change is one compare-and-set UPDATE on the item, guarded by ``lease_version``
 (incremented on each claim) and, for submissions, the lease token's hash. Two reviewers
-can therefore never hold the same item, a stale token can never change it, and the same
-code is correct on SQLite and on PostgreSQL without table locks.
+can therefore never hold the same item and a stale token can never change it, on SQLite
+(one writer) as on PostgreSQL, where a claim also locks its candidate row and skips the
+rows other claimers hold, so concurrent claims do not queue behind one another.
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, or_, update
+from sqlalchemy import case, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -24,7 +23,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.access.roles import Principal
 from app.audit import log as audit
-from app.db.pagination import Page, paginate
 from app.db.tables import Prediction, Review, ReviewItem, Status, TrainingLabel
 from app.db.types import utcnow
 from app.errors import (
@@ -34,13 +32,12 @@ from app.errors import (
     ReviewConflictError,
     StaleLeaseError,
 )
-from app.events.outbox import enqueue
 from app.metrics import LEASE_EXPIRIES, REVIEW_OUTCOMES
+from review import leases
 from review.consolidation import Consolidation
 from review.items import ItemStatus
+from review.leases import Lease, token_hash
 
-CANDIDATES_PER_TRY = 20
-CLAIM_TRIES = 5
 ESCALATION_PRIORITY_BOOST = 5
 
 
@@ -71,91 +68,19 @@ async def open_item_counts(session: AsyncSession) -> list[QueueCount]:
     return [QueueCount(task, status, int(n), oldest) for task, status, n, oldest in rows.all()]
 
 
-@dataclass(frozen=True)
-class Lease:
-    """A reviewer's exclusive hold on an item until ``expires_at``."""
-
-    token: str
-    expires_at: datetime
-    item: ReviewItem
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _claimable(now: datetime) -> Any:
-    waiting = col(ReviewItem.status).in_([ItemStatus.PENDING, ItemStatus.ESCALATED])
-    lapsed = and_(col(ReviewItem.status) == ItemStatus.CLAIMED,
-                  col(ReviewItem.lease_expires_at) < now)
-    return or_(waiting, lapsed)
-
-
-def _not_reviewed_by(reviewer_id: int) -> Any:
-    return ~exists().where(col(Review.item_id) == col(ReviewItem.id),
-                           col(Review.reviewer_id) == reviewer_id)
-
-
-async def _candidates(session: AsyncSession, task: str, reviewer_id: int, item_id: str | None,
-                      now: datetime) -> list[ReviewItem]:
-    query = select(ReviewItem).where(ReviewItem.task == task, _claimable(now),
-                                     _not_reviewed_by(reviewer_id))
-    if item_id is not None:
-        query = query.where(ReviewItem.id == item_id)
-    query = query.order_by(col(ReviewItem.priority).desc(), col(ReviewItem.created_at),
-                           col(ReviewItem.id)).limit(CANDIDATES_PER_TRY)
-    return list((await session.exec(query)).all())
-
-
-async def _take(session: AsyncSession, item: ReviewItem, reviewer: Principal, token: str,
-                expires: datetime, now: datetime) -> bool:
-    result = await session.exec(
-        update(ReviewItem)
-        .where(col(ReviewItem.id) == item.id,
-               col(ReviewItem.lease_version) == item.lease_version, _claimable(now))
-        .values(status=ItemStatus.CLAIMED, lease_version=item.lease_version + 1,
-                lease_token_hash=token_hash(token), lease_holder_id=reviewer.key_id,
-                lease_expires_at=expires))
-    return bool(result.rowcount == 1)
-
-
 async def claim(sessions: async_sessionmaker[AsyncSession], task: str, reviewer: Principal,
                 lease_seconds: float, item_id: str | None = None) -> Lease | None:
-    """Lease the next item by priority and age (or the named one); None when none is
-    available to this reviewer. The lease's expiry job is written in the same transaction."""
-    for _ in range(CLAIM_TRIES):
-        now = utcnow()
-        async with sessions() as session:
-            candidates = await _candidates(session, task, reviewer.key_id, item_id, now)
-        if not candidates:
-            if item_id is not None:
-                await _explain_unclaimable(sessions, task, item_id, reviewer)
-            return None
-        for item in candidates:
-            token = secrets.token_urlsafe(32)
-            expires = now + timedelta(seconds=lease_seconds)
-            async with sessions() as session, session.begin():
-                taken = await _take(session, item, reviewer, token, expires, now)
-                if taken:
-                    enqueue(session, "review.expire_lease",
-                            {"item_id": item.id, "lease_version": item.lease_version + 1},
-                            not_before=expires)
-                    _audit(session, audit.Kind.REVIEW_CLAIMED, reviewer.actor, item,
-                                 leaseVersion=item.lease_version + 1,
-                                 expiresAt=expires.isoformat())
-                    fresh = await session.get(ReviewItem, item.id, populate_existing=True)
-            if taken:
-                assert fresh is not None
-                if item.status == ItemStatus.CLAIMED:  # a lapsed lease, taken over
-                    LEASE_EXPIRIES.labels(item.task).inc()
-                return Lease(token, expires, fresh)
-    return None
+    """Lease the next item by priority and age, or the named one (``review.leases.claim``);
+    None only when no item is claimable by this reviewer. A named item that cannot be
+    claimed is an error saying why."""
+    lease = await leases.claim(sessions, task, reviewer, lease_seconds, item_id)
+    if lease is None and item_id is not None:
+        await _explain_unclaimable(sessions, task, item_id, reviewer)
+    return lease
 
 
-def _audit(session: AsyncSession, kind: audit.Kind, actor: str, item: ReviewItem,
-           **payload: object) -> None:
-    audit.append(session, kind, actor, "review_item", item.id,
-                 {"prediction": item.prediction_id, **payload}, item.task)
+_audit = leases.audit_item
+__all__ = ["Lease", "token_hash"]  # re-exported: callers name them queue.Lease, ...
 
 
 async def _explain_unclaimable(sessions: async_sessionmaker[AsyncSession], task: str,
@@ -299,8 +224,11 @@ async def _settle(session: AsyncSession, item: ReviewItem, label: str) -> str:
     prediction.final_label = label
     prediction.status = Status.REVIEWED
     session.add(prediction)
-    session.add(TrainingLabel(prediction_id=item.prediction_id, task=item.task, label=label,
-                              source="review"))
+    learned = await session.exec(select(TrainingLabel.id).where(
+        TrainingLabel.prediction_id == item.prediction_id))
+    if learned.first() is None:  # else an outcome came first: the truth stays the label
+        session.add(TrainingLabel(prediction_id=item.prediction_id, task=item.task,
+                                  label=label, source="review"))
     return prediction.label
 
 
@@ -354,21 +282,3 @@ def _expire() -> Any:
             .where(col(ReviewItem.status) == ItemStatus.CLAIMED,
                    col(ReviewItem.lease_expires_at) <= utcnow())
             .values(status=back, lease_holder_id=None, lease_expires_at=None))
-
-
-async def list_items(session: AsyncSession, task: str | None, status: str | None, first: int,
-                     after: str | None) -> Page[ReviewItem]:
-    """Review items, newest first."""
-    filters: list[Any] = []
-    if task is not None:
-        filters.append(ReviewItem.task == task)
-    if status is not None:
-        filters.append(ReviewItem.status == status)
-    return await paginate(session, ReviewItem, filters, first, after)
-
-
-async def get_item(session: AsyncSession, item_id: str) -> ReviewItem:
-    item = await session.get(ReviewItem, item_id)
-    if item is None:
-        raise NotFoundError(f"no review item {item_id!r}")
-    return item

@@ -111,7 +111,8 @@ def admin(http: httpx.Client, settings: Settings) -> Api:
 
 # Modules whose tests start `arbiter` processes or train: pytest-xdist hands tests out in
 # collection order, so these go first and neither worker is left alone with them at the end.
-LONG_FIRST = ("tests/system/", "tests/workers/", "tests/app/audit/test_audit_cli.py",
+LONG_FIRST = ("tests/system/", "tests/faults/", "tests/workers/",
+              "tests/app/audit/test_audit_cli.py",
               "tests/app/predictions/test_files.py", "tests/app/http/test_metrics.py",
               "tests/app/test_logs.py", "tests/review/test_concurrent_servers.py",
               "tests/graphql_schema/test_learning_loop.py")

@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.drift import checks as drift_checks
 from app.events.bus import EventBus
+from app.quality import alarms as quality_alarms
 from app.releases import stages
 from app.releases.canary import check_canary
 from app.releases.shadows import ShadowBackfill
@@ -81,6 +82,15 @@ def _check_drift(make_context: MakeContext) -> Callable[..., Awaitable[None]]:
     return check
 
 
+def _check_quality(make_context: MakeContext) -> Callable[..., Awaitable[None]]:
+    async def check(**_: Any) -> None:
+        """Bound live AUTO error of every deployed release; alarm when a bound is broken."""
+        for alarm in await quality_alarms.check_all(make_context()):
+            log.warning("AUTO error bound exceeded: %s v%s (%s)", alarm.task, alarm.version,
+                        alarm.action)
+    return check
+
+
 def _backfill_shadows(make_context: MakeContext, backfill: ShadowBackfill
                       ) -> Callable[..., Awaitable[None]]:
     async def backfill_shadows(**_: Any) -> None:
@@ -102,6 +112,7 @@ TRAINING_ACTORS: dict[str, Callable[[MakeContext], Callable[..., Awaitable[None]
     "training.check": _check_training,
     "releases.check_canaries": _check_canaries,
     "drift.check": _check_drift,
+    "quality.check": _check_quality,
 }
 SHADOW_BACKFILL_ACTOR = "releases.backfill_shadows"
 TRAINING_TIME_LIMIT_MS = 3_600_000  # Dramatiq's default (10 min) is too short to train

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+from typing import ClassVar
+
 import dramatiq
+import redis
+from dramatiq.asyncio import EventLoopThread, get_event_loop_thread, set_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Retries
@@ -10,11 +15,54 @@ from dramatiq.middleware.asyncio import AsyncIO
 
 from workers.metrics import JobMetrics
 
+# Hard socket timeouts of the broker's Redis client: Dramatiq's own default is none, so a
+# hung Redis (SIGSTOP, a dead link) blocked a send or a fetch for as long as it lasted.
+# Dramatiq's consumer only polls (Lua scripts, no blocking commands): a read that takes
+# this long means Redis is not answering.
+BROKER_CONNECT_TIMEOUT_SECONDS = 1.0
+BROKER_READ_TIMEOUT_SECONDS = 2.0
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client that never waits longer than the broker's timeouts."""
+    return redis.Redis.from_url(url, socket_connect_timeout=BROKER_CONNECT_TIMEOUT_SECONDS,
+                                socket_timeout=BROKER_READ_TIMEOUT_SECONDS)
+
+
+class OwnLoopAsyncIO(AsyncIO):
+    """Dramatiq's AsyncIO middleware, where a worker's shutdown stops the event loop thread
+    its own boot started. Dramatiq keeps one loop thread per process and stops whichever is
+    current: in a process that hosts workers one after another (the test servers), a slow
+    shutdown stopped the next worker's loop, its async actors stopped mid-transaction and
+    left SQLite's write lock held ("database is locked" for every writer after)."""
+
+    # id(worker) -> its loop thread, for every worker of the process (newest last)
+    _loop_threads: ClassVar[dict[int, EventLoopThread]] = {}
+    _registry_lock = threading.Lock()
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        loop_thread = EventLoopThread(self.logger)
+        loop_thread.start(timeout=1.0)
+        with self._registry_lock:
+            self._loop_threads[id(worker)] = loop_thread
+            set_event_loop_thread(loop_thread)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        with self._registry_lock:
+            loop_thread = self._loop_threads.pop(id(worker), None)
+            if loop_thread is None:
+                return
+            if get_event_loop_thread() is loop_thread:  # another worker's loop, if any
+                others = list(self._loop_threads.values())
+                set_event_loop_thread(others[-1] if others else None)
+        loop_thread.stop()
+        loop_thread.join()
+
 
 def build_broker(redis_url: str | None, namespace: str) -> dramatiq.Broker:
     """A broker with asyncio support (our actors are coroutines using the async DB layer)."""
-    broker: dramatiq.Broker = (RedisBroker(url=redis_url, namespace=namespace) if redis_url
-                               else StubBroker())
-    broker.add_middleware(AsyncIO())
+    broker: dramatiq.Broker = (RedisBroker(client=redis_client(redis_url), namespace=namespace)
+                               if redis_url else StubBroker())
+    broker.add_middleware(OwnLoopAsyncIO())
     broker.add_middleware(JobMetrics(), before=Retries)
     return broker

@@ -17,6 +17,7 @@ from app.db.types import utcnow
 from app.errors import BadRequestError, NotFoundError
 
 KEY_PREFIX = "arb_"
+MAX_KEY_ID = 2**31 - 1  # the id column is a 32-bit integer on PostgreSQL
 
 
 def hash_key(plaintext: str) -> str:
@@ -28,7 +29,7 @@ async def create_key(session: AsyncSession, role: str, name: str,
     """Store a new key's hash; return the row and the plaintext (never stored). ``actor``:
     who created it, for the audit log."""
     try:
-        parsed = Role(role)
+        parsed = Role(role.lower())  # the enum's name (PREDICTOR) or its value (predictor)
     except ValueError:
         raise BadRequestError(
             f"unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}"
@@ -75,11 +76,21 @@ async def issue_key(sessions: async_sessionmaker[AsyncSession], role: str, name:
         return await create_key(session, role, name, actor)
 
 
-async def withdraw_key(sessions: async_sessionmaker[AsyncSession], key_id: int,
+async def withdraw_key(sessions: async_sessionmaker[AsyncSession], key_id: int | str,
                        actor: str) -> ApiKey:
-    """``revoke_key`` in a transaction of its own: the revoked row, once committed."""
+    """``revoke_key`` in a transaction of its own: the revoked row, once committed. The id
+    may come as text (a GraphQL ``ID``); one that is not a number names no key."""
+    number = parse_key_id(key_id)
     async with sessions() as session, session.begin():
-        return await revoke_key(session, key_id, actor)
+        return await revoke_key(session, number, actor)
+
+
+def parse_key_id(key_id: int | str) -> int:
+    """A key's id as stored; ``NotFoundError`` for text that cannot be one."""
+    text = str(key_id).strip()
+    if not (text.isascii() and text.isdigit() and int(text) <= MAX_KEY_ID):
+        raise NotFoundError(f"no API key {key_id!r}: key ids are numbers, as apiKeys lists them")
+    return int(text)
 
 
 async def authenticate(session: AsyncSession, plaintext: str) -> Principal | None:

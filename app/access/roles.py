@@ -60,6 +60,7 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "reviewItems": REVIEW_READERS,
     "reviewItem": REVIEW_READERS,
     "reviewAgreement": READERS,
+    "reviewAgreementJson": READERS,
     "setReleaseRouting": ADMIN_ONLY,
     "claimReview": REVIEWERS,
     "submitReview": REVIEWERS,
@@ -73,6 +74,8 @@ PERMISSIONS: dict[str, frozenset[Role]] = {
     "rollback": ADMIN_ONLY,
     "driftReport": READERS,
     "latestDriftReport": READERS,
+    "autoQuality": READERS,
+    "recordOutcomes": PREDICTORS,
     "verifyAuditLog": READERS,
     "auditEvents": READERS,
     "predictionStory": READERS,
@@ -102,13 +105,19 @@ TYPE_RULES: dict[str, frozenset[Role]] = {
     **dict.fromkeys(("Release", "StageChange", "LearnedLabel", "LearnedLabelConnection",
                      "LearnedLabelEdge", "LabelUse", "Snapshot", "TrainingJob",
                      "TrainingJobConnection", "TrainingJobEdge", "ReleaseComparison",
-                     "ComparisonTally", "RoutingPreview", "ReasonCount", "ReleaseEvent"),
+                     "ComparisonTally", "RoutingPreview", "ReasonCount", "ReleaseEvent",
+                     "ReleaseRisk", "ClassRisk"),
                     READERS),
+    # reviewer agreement statistics
+    **dict.fromkeys(("ReviewAgreement", "OverallAgreement", "FleissKappa", "ReviewerAgreement",
+                     "ClassAgreement", "ReleaseAgreement"), READERS),
     # drift: read by auditors and admins
-    **dict.fromkeys(("DriftReport", "FeatureDrift", "RateBucket"), READERS),
+    **dict.fromkeys(("DriftReport", "FeatureDrift", "RateBucket", "AutoQuality"), READERS),
+    "OutcomesRecorded": PREDICTORS,
     # the audit log and a prediction's story: read by auditors and admins
     **dict.fromkeys(("AuditEvent", "AuditEventConnection", "AuditEventEdge", "AuditVerification",
-                     "PredictionStory", "ReviewRecord", "ReleaseMember"), READERS),
+                     "PredictionStory", "ReviewRecord", "ReleaseMember", "AuditProof",
+                     "AuditCheckpoint"), READERS),
     # API keys: admins only
     **dict.fromkeys(("ApiKey", "CreatedApiKey"), ADMIN_ONLY),
 }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.audit.log import subject_events
+from app.audit.events import subject_events
 from app.db.tables import AuditEvent, Prediction, Release, Review, ReviewItem
 from app.errors import NotFoundError
 

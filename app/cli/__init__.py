@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 
-from app.cli import files, releases, serving, training
-from app.cli.audit import audit_cli
+from app.cli import files, releases, schema, serving, training
+from app.cli.audit import app_role, audit_cli, erase
 from app.cli.context import err
 from app.cli.keys import keys_cli
+from app.cli.members import members_cli
+from app.cli.outcomes import outcomes_cli
 from app.errors import ArbiterError
 from app.logs import configure_logging
 from app.settings import Settings
@@ -21,6 +24,10 @@ cli = typer.Typer(
 )
 cli.add_typer(keys_cli, name="keys")
 cli.add_typer(audit_cli, name="audit")
+cli.add_typer(members_cli, name="members")
+cli.add_typer(outcomes_cli, name="outcomes")
+cli.command()(erase)
+cli.command("app-role")(app_role)
 cli.command()(serving.migrate)
 cli.command()(training.train)
 cli.command("predict-file")(files.predict_file)
@@ -30,6 +37,7 @@ cli.command()(releases.rollback)
 cli.command()(serving.serve)
 cli.command()(serving.worker)
 cli.command()(serving.demo)
+cli.command()(schema.schema)
 
 
 def main() -> None:
@@ -39,8 +47,8 @@ def main() -> None:
         configure_logging(settings.log_format, settings.log_level)
         cli()
     except ValidationError as exc:
-        err.print(f"[red]error:[/] invalid settings (ARBITER_* variables): {exc}")
+        err.print(f"[red]error:[/] invalid settings (ARBITER_* variables): {escape(str(exc))}")
         raise SystemExit(2) from None
     except ArbiterError as exc:
-        err.print(f"[red]error:[/] {exc}")
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise SystemExit(2) from None

@@ -57,7 +57,7 @@ def predict_file(
                 chunk_rows=chunk_rows, run=run, skip=skip,
                 progress=lambda n: bar.advance(shown, n))
         finally:
-            await services.shadows.drain()
+            await services.drain()
             services.close()
             await engine.dispose()
 

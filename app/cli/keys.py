@@ -15,7 +15,7 @@ keys_cli = typer.Typer(help="API keys.", no_args_is_help=True)
 
 @keys_cli.command("create")
 def keys_create(
-    role: Annotated[str, typer.Option(help="predictor, reviewer, auditor or admin")],
+    role: Annotated[str, typer.Option(help="predictor, reviewer, auditor or admin (any case)")],
     name: Annotated[str, typer.Option(help="Who or what holds the key.")],
 ) -> None:
     """Create an API key; the key is printed once, alone on the last line."""

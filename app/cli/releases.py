@@ -9,15 +9,17 @@ import typer
 from rich.table import Column, Table
 
 from app.cli.context import cli_actor, console, known_tasks, prepare, run
+from app.cli.training import coverage
 from app.releases import stages
-from app.releases.store import Stage, list_releases
+from app.releases.store import Stage, list_releases, release_risk
+from app.risk import report
 from app.settings import Settings
 
 
 def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
     """List TASK's releases with stage and metrics."""
     settings = prepare()
-    known_tasks(settings, task)
+    spec = known_tasks(settings, task)[task]
 
     async def work(sessions: Any) -> list[Any]:
         async with sessions() as session:
@@ -50,12 +52,16 @@ def releases(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:
             f"{m['accuracy']:.3f}",
             f"{m['log_loss']:.3f}",
             f"{m.get('roc_auc', float('nan')):.3f}",
-            f"{m['conformal_coverage']:.3f}",
+            coverage(m),
             f"{m['conformal_mean_set_size']:.2f}",
             r.gate.get("decision", "-"),
             (r.snapshot_id or "-")[:12],
         )
     console.print(table if rows else f"{task} has no releases; run `arbiter train {task}`")
+    # the certified AUTO thresholds, one line per release: too long for a table cell
+    for r in rows if spec.review.max_auto_error is not None else []:
+        console.print(f"release {r.version}: {report.brief(release_risk(spec, r))}",
+                      markup=False, highlight=False)
 
 
 def _change_stage(settings: Settings, task: str,

@@ -6,12 +6,15 @@ import asyncio
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import TextColumn
 
 from app.cli.context import cli_actor, console, known_tasks, prepare, progress_bar, run
 from app.db.tables import Release
 from app.errors import ArbiterError
 from app.events.bus import build_bus
+from app.releases.store import release_risk
+from app.risk import report
 from app.settings import Settings
 
 FOLLOW_SECONDS = 1.0  # how often `arbiter train` reads a job another process runs
@@ -57,10 +60,20 @@ def train_task(settings: Settings, name: str, actor: str) -> None:
     console.print(
         f"[bold]{name}[/] release {release.version} → {release.stage}: "
         f"accuracy {m['accuracy']:.3f}, log loss {m['log_loss']:.3f}, "
-        f"conformal coverage {m['conformal_coverage']:.3f} at {m['confidence_level']:.0%}, "
+        f"conformal coverage {coverage(m)} at {m['confidence_level']:.0%}, "
         f"mean set size {m['conformal_mean_set_size']:.2f}"
     )
-    console.print(f"gate: {g.get('decision', 'none')}: " + "; ".join(g.get("reasons", [])))
+    console.print(f"gate: {g.get('decision', 'none')}: " + escape("; ".join(g.get("reasons", []))))
+    risk = release_risk(tasks[name], release)
+    for line in [] if risk is None else report.describe(risk):
+        console.print(line, markup=False, highlight=False)
+
+
+def coverage(metrics: dict[str, Any]) -> str:
+    """The test split's conformal coverage with its 95 % interval (when stored)."""
+    low_high = metrics.get("conformal_coverage_interval")
+    interval = f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else ""
+    return f"{metrics['conformal_coverage']:.3f}{interval}"
 
 
 def train(task: Annotated[str, typer.Argument(help="Task name.")]) -> None:

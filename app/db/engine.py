@@ -7,7 +7,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -28,24 +33,27 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-# JSON columns are encoded and decoded with orjson (see app.json_codec).
-_JSON = {"json_serializer": json_codec.dumps, "json_deserializer": json_codec.loads}
+# JSON columns are encoded and decoded with orjson (see app.json_codec). A statement's
+# parameters (inputs, which may hold personal values) are never put in its error's text,
+# which is logged.
+_OPTIONS = {"json_serializer": json_codec.dumps, "json_deserializer": json_codec.loads,
+         "hide_parameters": True}
 
 
 def make_engine(url: str, pooled: bool = True) -> AsyncEngine:
     """``pooled=False`` opens a connection per session: for rare users (jobs) whose event
     loop may stop before anyone could dispose of a pool."""
     if not pooled:
-        engine = create_async_engine(url, poolclass=NullPool, **_JSON)
+        engine = create_async_engine(url, poolclass=NullPool, **_OPTIONS)
         if url.startswith("sqlite"):
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("sqlite"):
         engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-                                     **_JSON)
+                                     **_OPTIONS)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **_JSON)
+    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **_OPTIONS)
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -67,6 +75,16 @@ class SessionsPerLoop:
             self._made[loop] = (engine, make_sessionmaker(engine))
         sessions: async_sessionmaker[AsyncSession] = self._made[loop][1]
         return sessions
+
+
+async def snapshot(conn: AsyncConnection) -> None:
+    """Make the rest of ``conn``'s transaction read one snapshot of the database: repeatable
+    read on PostgreSQL; on SQLite an explicit ``BEGIN`` (the driver begins a transaction only
+    before a write, so without it every SELECT sees the latest commit)."""
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    else:
+        await conn.exec_driver_sql("BEGIN")
 
 
 async def read(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from typing import Any, TypeVar
 
+from sqlalchemy import Table
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.orm.instrumentation import ClassManager, manager_of_class
 from sqlmodel import SQLModel
@@ -51,3 +52,9 @@ def values_of(row: SQLModel) -> dict[str, Any]:
     held = row.__dict__
     return {name: held[name] if name in held else getattr(row, name)
             for name in type(row).model_fields}
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a table model."""
+    table: Table = model.__table__  # type: ignore[attr-defined]
+    return table

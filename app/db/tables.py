@@ -90,6 +90,7 @@ class Release(SQLModel, table=True):
     # Its predictions on its held-out rows (app.drift.prediction_reference); None when
     # stored before drift references existed.
     prediction_reference: dict[str, Any] | None = _json(nullable=True)
+    quality_alarm: dict[str, Any] | None = _json(nullable=True)  # see app.quality.alarms
 
 
 class TrainingSnapshot(SQLModel, table=True):
@@ -203,6 +204,11 @@ class ReleaseMember(SQLModel, table=True):
     contract_hash: str = Field(max_length=64)
     created_at: datetime = _time()
     created_by: str
+    # {} when Arbiter trained it; else how it came (see app.training.imports.Origin)
+    origin: dict[str, Any] = Field(
+        default_factory=dict,
+        sa_column=Column(JSONType, nullable=False, server_default=text("'{}'")),
+    )
 
 
 class StageChange(SQLModel, table=True):
@@ -247,6 +253,7 @@ class Prediction(SQLModel, table=True):
         Index("uq_predictions_idempotency_keyless", "task", "idempotency_key", unique=True,
               sqlite_where=_KEYLESS, postgresql_where=_KEYLESS),
         Index("ix_predictions_task_created", "task", "created_at", "id"),
+        Index("ix_predictions_task_entity", "task", "entity_key"),
     )
     id: str = Field(primary_key=True, max_length=36)
     task: str = Field(max_length=100)
@@ -254,8 +261,11 @@ class Prediction(SQLModel, table=True):
     release_version: int
     caller_key_id: int | None = Field(default=None, foreign_key="api_keys.id")
     idempotency_key: str | None = Field(default=None, max_length=200)
-    input_hash: str = Field(max_length=64)
+    entity_key: str | None = Field(default=None, max_length=200)  # else idempotency key
+    input_hash: str = Field(max_length=64)  # unsalted, for idempotency; "" once erased
     input: dict[str, Any] = _json()
+    input_salt: str | None = Field(default=None, max_length=32)  # None: legacy or erased
+    input_commitment: str | None = Field(default=None, max_length=64)  # salted, in the log
     label: str
     confidence: float
     probabilities: list[dict[str, Any]] = _json()
@@ -347,34 +357,10 @@ class OutboxMessage(SQLModel, table=True):
     last_error: str | None = None
 
 
-class DriftReport(SQLModel, table=True):
-    """A task's drift report as the periodic check stored it: at most one per task and
-    check period (``bucket`` is the period's start), so a check run twice stores one."""
-
-    __tablename__ = "drift_reports"
-    __table_args__ = (
-        UniqueConstraint("task", "bucket", name="uq_drift_reports_task_bucket"),
-        Index("ix_drift_reports_task_computed", "task", "computed_at"),
-    )
-    id: int | None = Field(default=None, primary_key=True)
-    task: str = Field(max_length=100)
-    release_id: int = Field(sa_column=Column(Integer, ForeignKey("releases.id"), nullable=False))
-    release_version: int
-    window: str = Field(max_length=16)
-    bucket: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
-    computed_at: datetime = _time()
-    verdict: str = Field(max_length=20)
-    drifted: bool
-    share: float
-    details: dict[str, Any] = _json()
-
-
 class AuditEvent(SQLModel, table=True):
-    """One entry of the append-only, hash-chained audit log (see ``app.audit.log``).
-
-    ``id`` is assigned by the writer (the chain head's id + 1) while it holds the log's
-    lock, so ids have no gaps and a missing one is a removed event. ``payload`` is kept as
-    the canonical JSON text that was hashed, so both backends return it byte for byte."""
+    """One entry of the append-only audit log (see ``app.audit.log``); its place in the
+    Merkle tree is in ``audit_leaves``. ``payload`` is kept as the canonical JSON text that
+    was hashed, so both backends return it byte for byte."""
 
     __tablename__ = "audit_events"
     __table_args__ = (
@@ -390,5 +376,9 @@ class AuditEvent(SQLModel, table=True):
     subject_type: str = Field(max_length=32)
     subject_id: str = Field(max_length=64)
     payload: str
-    prev_hash: str = Field(max_length=64)
+    prev_hash: str | None = Field(default=None, max_length=64)  # the legacy chain's only
     hash: str = Field(max_length=64, unique=True)
+
+
+from app.db import audit_tree  # noqa: E402, F401  (registers the log's tree tables)
+from app.db.monitoring import DriftReport, Outcome  # noqa: E402, F401  (on the same metadata)

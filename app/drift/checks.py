@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.db.tables import DriftReport as DriftReportRow
+from app.db.monitoring import DriftReport as DriftReportRow
+from app.db.monitoring import Outcome
 from app.db.tables import Prediction, Release, TrainingJob, TrainingSnapshot
 from app.db.types import utcnow
 from app.drift import gauges as drift_metrics
@@ -73,16 +74,17 @@ async def recent_predictions(session: AsyncSession, task: str, since: datetime,
     query = (
         sa_select(col(Prediction.input), col(Prediction.created_at), col(Prediction.route),
                   col(Prediction.label), col(Prediction.final_label),
-                  col(Prediction.confidence), col(Prediction.release_id))
+                  col(Prediction.confidence), col(Prediction.release_id), col(Outcome.label))
+        .outerjoin(Outcome, col(Outcome.prediction_id) == col(Prediction.id))
         .where(col(Prediction.task) == task, col(Prediction.created_at) >= since)
         .order_by(col(Prediction.created_at).desc()).limit(MAX_RECENT_ROWS))
-    # seven columns: more than sqlmodel's select() is typed for, the same at run time
+    # eight columns: more than sqlmodel's select() is typed for, the same at run time
     rows = (await session.exec(query)).all()  # type: ignore[call-overload]
     rows = list(reversed(rows))
     return Recent(inputs=[dict(r[0]) for r in rows], created_at=[r[1] for r in rows],
                   routes=[r[2] for r in rows], labels=[r[3] for r in rows],
                   final_labels=[r[4] for r in rows], confidence=[r[5] for r in rows],
-                  live=[r[6] == release_id for r in rows])
+                  live=[r[6] == release_id for r in rows], outcomes=[r[7] for r in rows])
 
 
 async def compute_report(

@@ -281,6 +281,10 @@ class Recent:
     final_labels: list[str | None]
     confidence: list[float]
     live: list[bool]  # made by the release whose reference is compared
+    outcomes: list[str | None] = field(default_factory=list)  # recorded true labels
+
+
+RATE_SERIES = ("routing_rate", "overturn_rate", "outcome_error_rate")
 
 
 @dataclass
@@ -303,6 +307,7 @@ class DriftReport:
     prediction_drifted: bool = False
     routing_rate: list[RateBucket] = field(default_factory=list)
     overturn_rate: list[RateBucket] = field(default_factory=list)
+    outcome_error_rate: list[RateBucket] = field(default_factory=list)
 
     @property
     def drifted_features(self) -> list[str]:
@@ -312,7 +317,7 @@ class DriftReport:
         raw = asdict(self)
         for key in ("computed_at", "since"):
             raw[key] = raw[key].isoformat()
-        for key in ("routing_rate", "overturn_rate"):
+        for key in RATE_SERIES:
             raw[key] = [{**b, "start": b["start"].isoformat()} for b in raw[key]]
         return raw
 
@@ -326,8 +331,8 @@ class DriftReport:
                       "since": datetime.fromisoformat(raw["since"]),
                       "features": [FeatureResult(**f) for f in raw["features"]],
                       "prediction": [FeatureResult(**f) for f in raw["prediction"]],
-                      "routing_rate": buckets(raw["routing_rate"]),
-                      "overturn_rate": buckets(raw["overturn_rate"])})
+                      # reports stored before a series existed lack it
+                      **{key: buckets(raw.get(key, [])) for key in RATE_SERIES}})
 
 
 def drift_report(task: TaskSpec, release: int, features_ref: Mapping[str, Any],
@@ -348,6 +353,11 @@ def drift_report(task: TaskSpec, release: int, features_ref: Mapping[str, Any],
                                         [f != m for f, m in zip(recent.final_labels,
                                                                 recent.labels, strict=True)],
                                         reviewed)
+    outcomes = recent.outcomes or [None] * len(recent.labels)
+    report.outcome_error_rate = bucket_rates(
+        since, now, recent.created_at,
+        [o is not None and o != m for o, m in zip(outcomes, recent.labels, strict=True)],
+        [o is not None for o in outcomes])
     if len(recent.inputs) < settings.min_rows:
         report.verdict = Verdict.INSUFFICIENT_DATA
         report.message = (f"insufficient data: {len(recent.inputs)} predictions in the last "

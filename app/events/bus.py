@@ -28,12 +28,14 @@ argument of ``workers.actors.register`` in actors), goes through
     events.publish_sync(releases_topic(task), release_event(       # from a plain thread
         "TRAINING_PROGRESS", task, job_id=job_id, status="RUNNING", progress=0.4))
 
-``publish`` works on any event loop (off the server's loop, Redis is reached through a
-thread); ``publish_sync`` blocks for one Redis round trip at most. Neither raises when
-Redis is down: the events are dropped, and once Redis takes events again (the next publish,
-or a retry every second) the publisher tells every listener on which topics it dropped
-events and when (``MISSED_TOPIC``), so that the subscriptions open then end with
-``EVENTS_MISSED``.
+``publish`` works on any event loop and ``publish_sync`` from any thread; with Redis, both
+only queue the events for the bus's sender thread (behind a circuit breaker, with hard
+socket timeouts), so no caller ever waits for Redis. Neither raises when Redis is down:
+the events are dropped, and once Redis takes events again (the next send, or a retry every
+second) the publisher tells every listener on which topics it dropped events and when
+(``MISSED_TOPIC``), so that the subscriptions open then end with ``EVENTS_MISSED``. A
+listener that loses Redis, or hears nothing from it for ``LISTENER_DEAD_SECONDS`` (it pings
+every ``HEARTBEAT_SECONDS``), ends this process's open subscriptions the same way.
 """
 
 from __future__ import annotations
@@ -42,14 +44,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import queue
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.client import PubSub
 
+from app.events.breaker import CircuitBreaker
 from app.events.subscribers import Subscribers, Subscription
 from app.events.topics import Event, Message
 from app.settings import Settings
@@ -58,9 +63,16 @@ log = logging.getLogger("arbiter.events")
 
 RECONNECT_MIN_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 2.0
-# After a failed publish, publishers skip Redis this long instead of waiting on every call.
+# After a failed publish, the circuit stays open this long (events are dropped, not sent).
 PUBLISH_BACKOFF_SECONDS = 1.0
-REDIS_TIMEOUT_SECONDS = 2.0
+# Hard connect/read timeouts of every call to Redis.
+REDIS_TIMEOUT_SECONDS = 1.0
+# The listener pings this often, and gives Redis up (ending the open subscriptions with
+# EVENTS_MISSED) after this long without a word: within 2 s of Redis hanging.
+HEARTBEAT_SECONDS = 0.5
+LISTENER_DEAD_SECONDS = 1.25
+PENDING_MAX = 10_000  # batches of events waiting for the sender thread
+SEND_BATCH = 500  # events in one pipeline
 # A publisher's notice, published ahead of its next events once Redis takes them again:
 # ``{"topics": {topic: wall time of the last event it dropped there}}``. Not a task's topic
 # (those all have a ``kind.`` prefix), so older servers deliver it to nobody.
@@ -73,8 +85,10 @@ class EventBus(Protocol):
     async def publish(self, topic: str, event: Event) -> None: ...
     async def publish_many(self, messages: Sequence[Message]) -> None: ...
     def publish_sync(self, topic: str, event: Event) -> None: ...
-    def subscribe(self, topics: Iterable[str], buffer: int | None = None) -> Subscription: ...
+    def subscribe(self, topics: Iterable[str], buffer: int | None = None,
+                  listeners: Callable[[], int] | None = None) -> Subscription: ...
     def subscribers(self) -> int: ...
+    def feeds(self) -> int: ...
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
 
@@ -112,7 +126,12 @@ class LocalBus(Subscribers):
 
 class RedisBus(Subscribers):
     """Redis pub/sub delivery (scaled out). ``listen=False`` for processes that only publish
-    (workers); servers listen with one connection whatever the number of subscribers."""
+    (workers); servers listen with one connection whatever the number of subscribers.
+
+    Publishing never waits for Redis: once started, the bus queues what it is given and a
+    sender thread of its own publishes it, behind a circuit breaker, with hard socket
+    timeouts. A commit therefore never waits on a hung Redis; what cannot be sent (the
+    circuit is open, the send failed, the queue is full) is dropped and told afterwards."""
 
     def __init__(self, url: str, namespace: str, buffer: int = 256, listen: bool = True) -> None:
         super().__init__(buffer)
@@ -121,34 +140,14 @@ class RedisBus(Subscribers):
         self._listen = listen
         self._sync = redis.Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_SECONDS,
                                           socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
-        self._async: aredis.Redis | None = None
+        self.breaker = CircuitBreaker("events", PUBLISH_BACKOFF_SECONDS)
+        self._pending: queue.Queue[list[Message] | None] = queue.Queue(PENDING_MAX)
+        self._sender: threading.Thread | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._teller: asyncio.Task[None] | None = None
-        self._down_until = 0.0
-        self._down = False  # the last publish failed (warned once per outage)
         self._lock = threading.Lock()
         self._dropped: dict[str, float] = {}  # topic -> time of the last event not published
         self.connected = asyncio.Event()  # set while the listener holds its subscription
         self._gap = False  # the listener lost its subscription and has not got it back
-
-    def _client(self) -> aredis.Redis:
-        if self._async is None:
-            self._async = aredis.Redis.from_url(
-                self._url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
-        return self._async
-
-    def _skipping(self) -> bool:
-        return time.monotonic() < self._down_until
-
-    def _failed(self, exc: Exception, messages: Sequence[Message]) -> None:
-        with self._lock:
-            if not self._down:
-                log.warning("cannot publish events to Redis (%s); dropping events until it "
-                            "answers again (tried every %.0f s)", exc, PUBLISH_BACKOFF_SECONDS)
-            self._down = True
-            self._down_until = time.monotonic() + PUBLISH_BACKOFF_SECONDS
-        self._drop(messages)
 
     def _drop(self, messages: Sequence[Message]) -> None:
         """Remember where events were lost, to tell the listeners once Redis is back."""
@@ -169,50 +168,49 @@ class RedisBus(Subscribers):
 
     def _told(self, dropped: dict[str, float]) -> None:
         """The notice of ``dropped`` reached Redis: forget what it told (not later drops)."""
+        if not dropped:
+            return
+        log.info("told the event listeners about events dropped on %d topics", len(dropped))
         with self._lock:
-            if self._down:
-                log.info("publishing events to Redis again; told the listeners about events "
-                         "dropped on %d topics", len(dropped))
-            self._down = False
             for topic, at in dropped.items():
                 if self._dropped.get(topic) == at:
                     del self._dropped[topic]
 
     async def publish(self, topic: str, event: Event) -> None:
-        await self.publish_many([(topic, event)])
+        self.post([(topic, event)])
 
     async def publish_many(self, messages: Sequence[Message]) -> None:
-        """Publish in one round trip; with no messages, only the notice of dropped events
-        if there is one to give."""
-        if not messages and not self._dropped:
-            return
-        if self._skipping():
-            self._drop(messages)
-            return
-        if not self._fanout.on_loop():
-            # Another loop (an actor's) or none started: the async client belongs to the
-            # loop that started the bus, so use the blocking client off this loop.
-            await asyncio.to_thread(self._publish_blocking, messages)
-            return
-        sent, dropped = self._with_notice(messages)
-        try:
-            async with self._client().pipeline(transaction=False) as pipe:
-                for topic, event in sent:
-                    pipe.publish(self.prefix + topic, json.dumps(event))
-                await pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            self._failed(exc, messages)
-            return
-        self._told(dropped)
+        """Queue the messages for the sender thread (never waits for Redis); before the
+        bus is started, send them off the loop at once."""
+        if self._sender is None:
+            await asyncio.to_thread(self._send, list(messages))
+        else:
+            self.post(messages)
 
     def publish_sync(self, topic: str, event: Event) -> None:
-        """Blocking (one round trip to Redis); safe from any thread."""
-        if self._skipping():
-            self._drop([(topic, event)])
-        else:
-            self._publish_blocking([(topic, event)])
+        """Safe from any thread; never blocks once the bus is started."""
+        self.post([(topic, event)])
 
-    def _publish_blocking(self, messages: Sequence[Message]) -> None:
+    def post(self, messages: Sequence[Message]) -> None:
+        """Hand messages to the sender thread, in order; a full queue drops them (told
+        later). Before the bus is started (or after it stopped), send them right here."""
+        if not messages:
+            return
+        if self._sender is None:
+            self._send(list(messages))
+            return
+        try:
+            self._pending.put_nowait(list(messages))
+        except queue.Full:
+            self._drop(messages)
+
+    def _send(self, messages: list[Message]) -> None:
+        """One pipeline to Redis, unless the circuit is open; a failure drops the messages."""
+        if not messages and not self._dropped:
+            return
+        if not self.breaker.allow():
+            self._drop(messages)
+            return
         sent, dropped = self._with_notice(messages)
         try:
             pipe = self._sync.pipeline(transaction=False)
@@ -220,37 +218,52 @@ class RedisBus(Subscribers):
                 pipe.publish(self.prefix + topic, json.dumps(event))
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            self._failed(exc, messages)
+            self.breaker.failed(exc)
+            self._drop(messages)
             return
+        self.breaker.succeeded()
         self._told(dropped)
 
+    def _run_sender(self) -> None:
+        """Send what is queued, in batches; every ``PUBLISH_BACKOFF_SECONDS`` of quiet, tell
+        the listeners about dropped events if Redis takes them again (a quiet worker)."""
+        while True:
+            try:
+                first = self._pending.get(timeout=PUBLISH_BACKOFF_SECONDS)
+            except queue.Empty:
+                first = []
+            batch, stopping = list(first or ()), first is None
+            while not stopping and len(batch) < SEND_BATCH:
+                try:
+                    more = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                stopping = more is None
+                batch += more or ()
+            try:
+                self._send(batch)
+            except Exception:  # it must keep running: a dead sender drops every event
+                log.exception("publishing events failed")
+            if stopping:
+                return
+
     async def start(self) -> None:
-        """Start listening, and wait (at most ``REDIS_TIMEOUT_SECONDS``) until subscribed,
-        so that the first subscribers miss nothing; if Redis is not there yet, those opened
-        before it is end with ``EVENTS_MISSED`` once it is."""
+        """Start the sender and the listener, and wait (at most ``REDIS_TIMEOUT_SECONDS``)
+        until subscribed, so that the first subscribers miss nothing; if Redis is not
+        there yet, those opened before it is end with ``EVENTS_MISSED`` once it is."""
         self._fanout.loop = asyncio.get_running_loop()
-        self._teller = asyncio.create_task(self._tell_dropped())
+        self._sender = threading.Thread(target=self._run_sender, name="arbiter-events",
+                                        daemon=True)
+        self._sender.start()
         if self._listen:
             self._listener = asyncio.create_task(self._run_listener())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.connected.wait(), REDIS_TIMEOUT_SECONDS)
 
-    async def _tell_dropped(self) -> None:
-        """Tell the listeners about dropped events as soon as Redis takes them again, even
-        if this process has nothing more to publish (a quiet worker)."""
-        while True:
-            await asyncio.sleep(PUBLISH_BACKOFF_SECONDS)
-            if self._dropped:  # publish_many skips Redis while it backs off
-                try:
-                    await self.publish_many([])
-                except Exception:  # it must keep trying: a notice lost is events unreported
-                    log.exception("telling the listeners about dropped events failed")
-
     async def stop(self) -> None:
-        if self._teller is not None:
-            self._teller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._teller
+        if self._sender is not None:
+            sender, self._sender = self._sender, None
+            await asyncio.to_thread(self._stop_sender, sender)
         if self._listener is not None:
             self._listener.cancel()
             try:
@@ -259,9 +272,12 @@ class RedisBus(Subscribers):
                 pass
             except Exception as exc:  # it failed on its way out: the rest still shuts down
                 log.warning("event listener stopped with %r", exc)
-        if self._async is not None:
-            await self._async.aclose()
         self._sync.close()
+
+    def _stop_sender(self, sender: threading.Thread) -> None:
+        with contextlib.suppress(queue.Full):  # full: it is stuck on Redis; do not wait
+            self._pending.put(None, timeout=REDIS_TIMEOUT_SECONDS)
+        sender.join(timeout=2 * REDIS_TIMEOUT_SECONDS)
 
     async def _run_listener(self) -> None:
         """Subscribe, fan out, and on any connection failure wait and subscribe again.
@@ -286,27 +302,48 @@ class RedisBus(Subscribers):
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
     async def _listen_once(self) -> None:
-        # A connection of its own, without a read timeout: a quiet channel is not a failure.
-        client = aredis.Redis.from_url(self._url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
-                                       health_check_interval=10)
+        # A connection of its own without a read timeout (a quiet channel is not a failure);
+        # a hung Redis is noticed by the heartbeat instead.
+        client = aredis.Redis.from_url(self._url, socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
         try:
-            async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                await pubsub.psubscribe(self.prefix + "*")
+            async with client.pubsub() as pubsub:
+                await asyncio.wait_for(pubsub.psubscribe(self.prefix + "*"),
+                                       REDIS_TIMEOUT_SECONDS)
                 if self._gap:  # subscribed during the outage: they missed its events
                     self._fanout.interrupt()
                     self._gap = False
                 self.connected.set()
                 log.info("listening for events on %s*", self.prefix)
-                async for message in pubsub.listen():
-                    if message["type"] != "pmessage":
-                        continue
-                    topic = message["channel"].decode()[len(self.prefix):]
-                    if topic == MISSED_TOPIC:
-                        self._fanout.interrupt_missed(json.loads(message["data"])["topics"])
-                    else:
-                        self._fanout.deliver(topic, json.loads(message["data"]))
+                await self._receive(pubsub)
         finally:
             await client.aclose()
+
+    async def _receive(self, pubsub: PubSub) -> None:
+        """Fan out what arrives; ping every ``HEARTBEAT_SECONDS`` and give up on Redis when
+        nothing (not even a pong) came for ``LISTENER_DEAD_SECONDS``: a stopped Redis keeps
+        its sockets open, and the subscribers must hear of it within seconds."""
+        heard = pinged = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=HEARTBEAT_SECONDS)
+            now = time.monotonic()
+            if message is not None:
+                heard = now
+                self._dispatch(message)
+            elif now - heard > LISTENER_DEAD_SECONDS:
+                raise redis.ConnectionError(
+                    f"Redis did not answer a ping within {LISTENER_DEAD_SECONDS:g} s")
+            if now - pinged >= HEARTBEAT_SECONDS:
+                await pubsub.ping()
+                pinged = now
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message["type"] != "pmessage":
+            return  # a pong or a subscription confirmation: it only proves Redis is there
+        topic = message["channel"].decode()[len(self.prefix):]
+        if topic == MISSED_TOPIC:
+            self._fanout.interrupt_missed(json.loads(message["data"])["topics"])
+        else:
+            self._fanout.deliver(topic, json.loads(message["data"]))
 
 
 def build_bus(settings: Settings, listen: bool = True) -> EventBus:

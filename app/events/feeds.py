@@ -36,8 +36,11 @@ class Recent(Generic[T]):
         return self._values[key]
 
 
-async def _events(bus: EventBus, topic: str) -> AsyncIterator[Event]:
-    subscription = bus.subscribe([topic])
+Listeners = Callable[[], int] | None  # a shared stream's member count (None: one)
+
+
+async def _events(bus: EventBus, topic: str, listeners: Listeners) -> AsyncIterator[Event]:
+    subscription = bus.subscribe([topic], listeners=listeners)
     try:
         async for event in subscription:
             yield event
@@ -63,19 +66,22 @@ _decoded = Recent(prediction_from_event)
 
 
 async def prediction_feed(bus: EventBus, task: str, caller: Principal,
-                          only_review: bool) -> AsyncIterator[Prediction]:
+                          only_review: bool, listeners: Listeners = None
+                          ) -> AsyncIterator[Prediction]:
     """Predictions of ``task`` as they are stored (only those routed to review if asked).
-    Subscribers share the decoded row: treat it as read-only."""
-    async for event in _events(bus, predictions_topic(task)):
+    Subscribers share the decoded row: treat it as read-only. ``listeners``: how many
+    subscribers this feed serves (a shared stream's members), default one."""
+    async for event in _events(bus, predictions_topic(task), listeners):
         if sees_prediction(caller, event, only_review):
             yield _decoded.get(event["id"], event)
 
 
-def review_feed(bus: EventBus, task: str) -> AsyncIterator[Event]:
+def review_feed(bus: EventBus, task: str, listeners: Listeners = None) -> AsyncIterator[Event]:
     """Changes of ``task``'s review queue (``review_event`` dicts)."""
-    return _events(bus, review_topic(task))
+    return _events(bus, review_topic(task), listeners)
 
 
-def release_feed(bus: EventBus, task: str) -> AsyncIterator[Event]:
+def release_feed(bus: EventBus, task: str, listeners: Listeners = None
+                 ) -> AsyncIterator[Event]:
     """Release stage changes and training progress of ``task`` (``release_event`` dicts)."""
-    return _events(bus, releases_topic(task))
+    return _events(bus, releases_topic(task), listeners)

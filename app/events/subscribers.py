@@ -1,8 +1,9 @@
 """This process's subscribers: each holds a bounded buffer of the events of its topics.
 
 A subscriber that falls ``buffer`` events behind gets ``SubscriberTooSlowError`` after the
-events it already has; delivery never blocks on it. Both buses (``app.events.bus``) hand
-what they receive to a ``Fanout``, on the loop the subscribers live on.
+events it already has; delivery never blocks on it (``app.events.bounded_queue``). Both
+buses (``app.events.bus``) hand what they receive to a ``Fanout``, on the loop the
+subscribers live on.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
-from app.errors import EventsMissedError, SubscriberTooSlowError
+from app.errors import EventsMissedError
+from app.events.bounded_queue import BoundedQueue
 from app.events.topics import Event
 
 # Subscriptions opened up to this long after the last dropped event are told too: the
@@ -20,51 +22,30 @@ from app.events.topics import Event
 CLOCK_MARGIN_SECONDS = 1.0
 
 
-class Subscription:
-    """One subscriber's bounded buffer of events from some topics; iterate it, close it."""
+class Subscription(BoundedQueue[Event]):
+    """One subscriber's bounded buffer of events from some topics; iterate it, close it.
+    It ends only when the stream it hangs on was cut (``end``): after the events it
+    already has, with ``EventsMissedError``."""
 
-    def __init__(self, bus: Fanout, topics: frozenset[str], buffer: int) -> None:
+    def __init__(self, bus: Fanout, topics: frozenset[str], buffer: int,
+                 listeners: Callable[[], int] | None = None) -> None:
+        super().__init__(buffer)
         self.topics = topics
-        self.buffer = buffer
-        self.dropped = 0
-        self.interrupted = False
+        self.listeners = listeners  # a shared stream's member count (None: one listener)
         self.opened_at = time.time()  # wall clock, compared with other processes' drops
         self._bus = bus
-        self._events: collections.deque[Event] = collections.deque()
-        self._ready = asyncio.Event()
-
-    def offer(self, event: Event) -> None:
-        """Called on the subscribers' loop; never blocks. A full buffer marks the gap."""
-        if self.interrupted:
-            return
-        if self.dropped or len(self._events) >= self.buffer:
-            self.dropped += 1
-        else:
-            self._events.append(event)
-        self._ready.set()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self
 
     async def __anext__(self) -> Event:
-        while not self._events:
-            if self.dropped:
-                self.close()
-                raise SubscriberTooSlowError(self.dropped, self.buffer)
-            if self.interrupted:
-                self.close()
-                raise EventsMissedError()
-            self._ready.clear()
-            await self._ready.wait()
-        return self._events.popleft()
-
-    def interrupt(self) -> None:
-        """The stream this subscription hangs on was cut: it ends, after the events it
-        already has, with ``EventsMissedError``."""
-        self.interrupted = True
-        self._ready.set()
+        event = await self.take()
+        if event is None:
+            raise EventsMissedError()
+        return event
 
     def close(self) -> None:
+        """Stop receiving events (the bus forgets this subscription)."""
         self._bus.remove(self)
 
 
@@ -76,9 +57,10 @@ class Fanout:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._by_topic: dict[str, set[Subscription]] = collections.defaultdict(set)
 
-    def add(self, topics: Iterable[str], buffer: int | None) -> Subscription:
+    def add(self, topics: Iterable[str], buffer: int | None,
+            listeners: Callable[[], int] | None = None) -> Subscription:
         self.loop = asyncio.get_running_loop()
-        sub = Subscription(self, frozenset(topics), buffer or self.buffer)
+        sub = Subscription(self, frozenset(topics), buffer or self.buffer, listeners)
         for topic in sub.topics:
             self._by_topic[topic].add(sub)
         return sub
@@ -97,7 +79,7 @@ class Fanout:
 
     def interrupt(self) -> None:
         for sub in {s for subs in self._by_topic.values() for s in subs}:
-            sub.interrupt()
+            sub.end()
 
     def interrupt_missed(self, dropped: dict[str, float]) -> None:
         """A publisher dropped events on these topics (topic -> time of its last drop):
@@ -105,9 +87,14 @@ class Fanout:
         for topic, last in dropped.items():
             for sub in list(self._by_topic.get(topic, ())):
                 if sub.opened_at <= last + CLOCK_MARGIN_SECONDS:
-                    sub.interrupt()
+                    sub.end()
 
     def count(self) -> int:
+        """Listeners served: one per subscription, or a shared stream's members."""
+        subs = {s for subs in self._by_topic.values() for s in subs}
+        return sum(1 if s.listeners is None else s.listeners() for s in subs)
+
+    def feeds(self) -> int:
         return len({s for subs in self._by_topic.values() for s in subs})
 
     def on_loop(self) -> bool:
@@ -123,9 +110,16 @@ class Subscribers:
     def __init__(self, buffer: int) -> None:
         self._fanout = Fanout(buffer)
 
-    def subscribe(self, topics: Iterable[str], buffer: int | None = None) -> Subscription:
-        """A bounded subscription (``buffer`` events, default the bus's) to ``topics``."""
-        return self._fanout.add(topics, buffer)
+    def subscribe(self, topics: Iterable[str], buffer: int | None = None,
+                  listeners: Callable[[], int] | None = None) -> Subscription:
+        """A bounded subscription (``buffer`` events, default the bus's) to ``topics``;
+        ``listeners``: how many it serves (a shared stream's members), default one."""
+        return self._fanout.add(topics, buffer, listeners)
 
     def subscribers(self) -> int:
+        """Listeners served in this process (a shared stream counts its members)."""
         return self._fanout.count()
+
+    def feeds(self) -> int:
+        """Subscriptions open on this bus (a shared stream holds one for all its members)."""
+        return self._fanout.feeds()

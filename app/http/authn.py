@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.access.roles import Principal
+from app.db.outage import database_unreachable
+from app.errors import ServiceUnavailableError
+
+log = logging.getLogger("arbiter.http")
 
 Verify = Callable[[str], Awaitable[Principal | None]]
 
@@ -35,7 +41,13 @@ class ApiKeyAuth:
             await self.app(scope, receive, send)
             return
         token = bearer_token(scope["headers"])
-        principal = await self.verify(token) if token else None
+        try:
+            principal = await self.verify(token) if token else None
+        except Exception as exc:
+            if not database_unreachable(exc):
+                raise
+            await self._unavailable(send, exc)
+            return
         if principal is None:
             await self._refuse(
                 send,
@@ -53,18 +65,27 @@ class ApiKeyAuth:
 
     @staticmethod
     async def _refuse(send: Send, message: str) -> None:
-        body = json.dumps(
-            {"errors": [{"message": message, "extensions": {"code": "UNAUTHENTICATED"}}]}
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"www-authenticate", b"Bearer"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await _reply(send, 401, message, "UNAUTHENTICATED", [(b"www-authenticate", b"Bearer")])
+
+    @staticmethod
+    async def _unavailable(send: Send, exc: Exception) -> None:
+        """The key could not be checked: retryable, not the client's fault nor a crash."""
+        error = ServiceUnavailableError()
+        error_id = uuid.uuid4().hex[:12]
+        log.warning("API key check: database unreachable (error %s): %r", error_id, exc)
+        await _reply(send, 503, str(error), error.code,
+                     [(b"retry-after", str(error.RETRY_AFTER_SECONDS).encode())],
+                     {**error.extensions(), "errorId": error_id})
+
+
+async def _reply(send: Send, status: int, message: str, code: str,
+                 headers: list[tuple[bytes, bytes]], extensions: dict[str, object] | None = None
+                 ) -> None:
+    """A GraphQL-shaped JSON error answer with ``extensions.code``."""
+    body = json.dumps({"errors": [{"message": message,
+                                   "extensions": {"code": code, **(extensions or {})}}]}
+                      ).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), *headers,
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,5 +1,10 @@
-"""``GET /healthz``: the process is alive (no I/O). ``GET /readyz``: it can serve, i.e. the
-database answers, the broker answers, and every task's LIVE release is loaded.
+"""``GET /healthz``: the process is alive (no I/O). ``GET /readyz``: this process can answer
+predictions, i.e. the database answers and at least one task is served.
+
+What it does not need is reported without failing the probe, so that a load balancer does
+not drain a fleet that still serves: Redis (or the in-process worker) down, or a task
+without a LIVE release or with a refused artifact, make it ``degraded`` (200). The body
+names states only; why a check failed is logged with the id the body gives.
 
 Each check has its own timeout and they run at once, so ``/readyz`` answers within one
 timeout even when PostgreSQL or Redis hangs.
@@ -8,7 +13,10 @@ timeout even when PostgreSQL or Redis hangs.
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -16,29 +24,43 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from app.releases.registry import Registry
+from app.metrics import DEGRADED
+from app.releases.registry import Registry, TaskState
+
+log = logging.getLogger("arbiter.health")
 
 OK = "ok"
+UNREACHABLE = "unreachable"
+TIMED_OUT = "timed out"
+# The broker's check answers a state of its own ("ok" or "stopped"), or raises.
 BrokerStatus = Callable[[float], Awaitable[str]]
 
 
-async def database_status(engine: AsyncEngine, timeout: float) -> str:
-    """"ok", or why ``SELECT 1`` did not answer within ``timeout``."""
+class Check:
+    """One dependency's state, and the id under which its failure was logged."""
 
-    async def ping() -> None:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.state = OK
+        self.error_id: str | None = None
 
-    return await _within(ping(), timeout)
+    async def run(self, check: Awaitable[str], timeout: float) -> Check:
+        try:
+            self.state = await asyncio.wait_for(check, timeout)
+        except TimeoutError:
+            self._failed(TIMED_OUT, f"no answer within {timeout:g} s")
+        except Exception as exc:  # any failure of the check is the answer, not a crash
+            self._failed(UNREACHABLE, f"{type(exc).__name__}: {exc}")
+        return self
+
+    def _failed(self, state: str, why: str) -> None:
+        self.state, self.error_id = state, uuid.uuid4().hex[:12]
+        log.warning("readiness: %s %s (error %s): %s", self.name, state, self.error_id, why)
 
 
-async def _within(check: Awaitable[None], timeout: float) -> str:
-    try:
-        await asyncio.wait_for(check, timeout)
-    except TimeoutError:
-        return f"unreachable: no answer within {timeout:g} s"
-    except Exception as exc:  # any failure of the check is the answer, not a crash
-        return f"unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
+async def ping_database(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
     return OK
 
 
@@ -57,18 +79,32 @@ class Health:
 
     async def readyz(self, _: Request) -> JSONResponse:
         database, broker = await asyncio.gather(
-            database_status(self.engine, self.timeout), self._broker())
+            Check("database").run(ping_database(self.engine), self.timeout),
+            # the broker check has its own timeouts; this one is the backstop
+            Check("broker").run(self.broker(self.timeout), self.timeout + 1))
         tasks = self.registry.readiness()
-        ready = database == OK and broker == OK and all(v == "ready" for v in tasks.values())
-        body = {"status": "ready" if ready else "not ready", "database": database,
-                "broker": broker, "tasks": tasks}
-        return JSONResponse(body, status_code=200 if ready else 503)
-
-    async def _broker(self) -> str:
-        try:  # the broker check has its own timeouts; this one is the backstop
-            return await asyncio.wait_for(self.broker(self.timeout), self.timeout + 1)
-        except TimeoutError:
-            return f"unreachable: no answer within {self.timeout:g} s"
+        body = readiness_body(database, broker, tasks)
+        DEGRADED.set(1 if body["status"] == "degraded" else 0)
+        return JSONResponse(body, status_code=503 if body["status"] == "not ready" else 200)
 
     def routes(self) -> list[Route]:
         return [Route("/healthz", self.healthz), Route("/readyz", self.readyz)]
+
+
+def readiness_body(database: Check, broker: Check, tasks: dict[str, TaskState]
+                   ) -> dict[str, Any]:
+    """Ready: everything answers and every task is served; degraded: predictions can be
+    answered (database up, a task served) but something else is wrong; else not ready."""
+    serving = any(state is TaskState.SERVING for state in tasks.values())
+    if database.state != OK or not serving:
+        status = "not ready"
+    elif broker.state != OK or any(s is not TaskState.SERVING for s in tasks.values()):
+        status = "degraded"
+    else:
+        status = "ready"
+    body: dict[str, Any] = {"status": status, "database": database.state,
+                            "broker": broker.state, "tasks": dict(tasks)}
+    errors = {c.name: c.error_id for c in (database, broker) if c.error_id}
+    if errors:
+        body["errorIds"] = errors
+    return body

@@ -21,6 +21,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
 )
 from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier
 
 
 class OutputSpace(StrEnum):
@@ -104,5 +105,26 @@ ALGORITHMS: dict[str, Algorithm] = {
             {"n_estimators": 100, "n_jobs": 1},
             False,
         ),
+        Algorithm(
+            "decision_tree",
+            "trees",
+            DecisionTreeClassifier,
+            OutputSpace.PROBABILITY,
+            ExplainerKind.TREE,
+            True,
+            {},
+            False,
+        ),
     )
 }
+
+
+def algorithm_of(estimator: object) -> Algorithm | None:
+    """The allowed algorithm an estimator is an instance of (exactly that class: a subclass
+    may change what its explainer relies on), or None."""
+    return next((a for a in ALGORITHMS.values() if type(estimator) is a.build), None)
+
+
+def supported_estimators() -> str:
+    """The estimator classes members may be, for error messages."""
+    return ", ".join(sorted(getattr(a.build, "__name__", a.name) for a in ALGORITHMS.values()))

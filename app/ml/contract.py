@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from app.access.pii import REDACTED
 from app.errors import ConfigurationError, FieldProblem, InputValidationError
 from app.ml.task import Feature, FeatureType, TaskSpec, resolve_callable
 
@@ -25,23 +26,26 @@ def _finite(value: int | float) -> bool:
 
 
 def _check_value(feature: Feature, value: Any) -> tuple[str, str] | None:
-    """(problem, message) for a present, non-null value that breaks the contract."""
+    """(problem, message) for a present, non-null value that breaks the contract; the
+    message shows a personal (pii) feature's value as REDACTED (it is logged and sent to
+    callers who may not see it)."""
     name = feature.name
+    shown = REDACTED if feature.pii else value
     if feature.type is FeatureType.NUMERIC:
         if isinstance(value, bool) or not isinstance(value, int | float):
             return "WRONG_TYPE", f"{name}: expected a number, got {type(value).__name__}"
         if not _finite(value):
-            return "NOT_FINITE", f"{name}: expected a finite number, got {str(value)[:40]}"
+            return "NOT_FINITE", f"{name}: expected a finite number, got {str(shown)[:40]}"
         if feature.min is not None and value < feature.min:
-            return "OUT_OF_RANGE", f"{name}: {value} is below the minimum {feature.min:g}"
+            return "OUT_OF_RANGE", f"{name}: {shown} is below the minimum {feature.min:g}"
         if feature.max is not None and value > feature.max:
-            return "OUT_OF_RANGE", f"{name}: {value} is above the maximum {feature.max:g}"
+            return "OUT_OF_RANGE", f"{name}: {shown} is above the maximum {feature.max:g}"
     elif feature.type is FeatureType.CATEGORICAL:
         if not isinstance(value, str):
             return "WRONG_TYPE", f"{name}: expected a string category, got {type(value).__name__}"
         if value not in feature.categories:
             allowed = ", ".join(feature.categories)
-            return "UNKNOWN_CATEGORY", f"{name}: {value!r} is not one of {allowed}"
+            return "UNKNOWN_CATEGORY", f"{name}: {shown!r} is not one of {allowed}"
     elif not isinstance(value, bool):
         return "WRONG_TYPE", f"{name}: expected true or false, got {type(value).__name__}"
     return None

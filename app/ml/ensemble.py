@@ -24,6 +24,8 @@ from app.ml.conformal import ConformalCalibration
 from app.ml.explain import MemberExplainer, MemberScores, add_time, softmax
 from app.ml.ood import OodDetector, OodFinding
 from app.ml.task import ReviewPolicy, TaskSpec
+from app.risk.certificates import RiskControl, control_risk
+from app.risk.control import CalibrationRows
 
 log = logging.getLogger(__name__)
 
@@ -172,28 +174,47 @@ def _explained_transform(space: OutputSpace, n_classes: int) -> np.ndarray:
     return np.eye(n_classes) - 1.0 / n_classes
 
 
+def served_probabilities(space: OutputSpace, scores: np.ndarray) -> np.ndarray:
+    """Aggregated scores as probabilities. A weighted mean of probabilities can leave [0, 1]
+    by a rounding error (-1.7e-16): clipped, so what is served is a probability."""
+    return np.clip(scores, 0.0, 1.0) if space is OutputSpace.PROBABILITY else softmax(scores)
+
+
 @dataclass(frozen=True)
 class ReleaseCalibration:
     """What a release stores for routing, as one JSON object: the conformal calibration's
-    keys, plus ``ood`` for the out-of-distribution detector. Kept flat so releases stored
-    before the detector existed still load (without one)."""
+    keys, plus ``ood`` for the out-of-distribution detector and ``risk_rows`` for risk
+    control. Kept flat so releases stored before either existed still load (without)."""
 
     conformal: ConformalCalibration
     ood: OodDetector | None = None
+    risk_rows: CalibrationRows | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = self.conformal.to_json()
         if self.ood is not None:
             data["ood"] = self.ood.to_json()
+        if self.risk_rows is not None:
+            data["risk_rows"] = self.risk_rows.to_json()
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ReleaseCalibration:
-        ood = data.get("ood")
+        ood, rows = data.get("ood"), data.get("risk_rows")
         return cls(
             ConformalCalibration.from_json(data),
             None if ood is None else OodDetector.from_json(ood),
+            None if rows is None else CalibrationRows.from_json(rows),
         )
+
+    def risk(self, task: TaskSpec, policy: ReviewPolicy) -> RiskControl | None:
+        """The thresholds certified on the stored rows for the policy's ``max_auto_error``
+        (None when it is unset; nothing certified for a release stored without rows)."""
+        if policy.max_auto_error is None:
+            return None
+        return control_risk(self.risk_rows or CalibrationRows.from_json(None), task.classes,
+                            policy.max_auto_error, policy.risk_confidence,
+                            policy.auto_error_scope)
 
 
 class Ensemble:
@@ -208,6 +229,7 @@ class Ensemble:
         calibration: ConformalCalibration,
         ood: OodDetector | None = None,
         policy: ReviewPolicy | None = None,
+        risk: RiskControl | None = None,
     ) -> None:
         self.task = task
         self.release_id = release_id
@@ -216,6 +238,8 @@ class Ensemble:
         self.calibration = calibration
         self.ood = ood
         self.policy = policy or task.review  # the release's overrides applied, if any
+        self.risk = risk  # certified AUTO thresholds, when the policy sets max_auto_error
+        self.hold: str | None = None  # why all its predictions go to review (app.quality)
         self.space = task.space
         self.transform = _explained_transform(self.space, len(task.classes))
 
@@ -224,7 +248,7 @@ class Ensemble:
         total = sum(m.weight for m in self.members)
         scores = sum(m.weight / total * m.explainer.scores(X) for m in self.members)
         assert isinstance(scores, np.ndarray)
-        return scores if self.space is OutputSpace.PROBABILITY else softmax(scores)
+        return served_probabilities(self.space, scores)
 
     def _run_members(self, X: np.ndarray, timings: dict[str, float] | None
                      ) -> dict[str, tuple[np.ndarray, MemberScores] | str]:
@@ -262,7 +286,7 @@ class Ensemble:
         contrib = sum(weights[n] / total * o[1].contributions for n, o in ok.items())
         base = sum(weights[n] / total * o[1].base for n, o in ok.items())
         assert isinstance(scores, np.ndarray) and isinstance(contrib, np.ndarray)
-        proba = scores if self.space is OutputSpace.PROBABILITY else softmax(scores)
+        proba = served_probabilities(self.space, scores)
         members = [
             MemberColumns(m.name, m.version, m.weight, error=errors[m.name])
             if m.name in errors else

@@ -11,11 +11,12 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import shap
 from sklearn.pipeline import Pipeline
 
 from app.ml.algorithms import ExplainerKind, OutputSpace
-from app.ml.pipeline import Transform, compile_preprocess
+from app.ml.pipeline import Transform, compile_member
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,7 @@ class MemberExplainer:
         self.preprocess = pipeline[:-1]
         self.model = pipeline[-1]
         # scikit-learn's own transform when the compiled one is not exactly the same.
-        self.transform: Transform = (compile_preprocess(pipeline[0]) if len(pipeline) == 2
-                                     else None) or self.preprocess.transform
+        self.transform: Transform = compile_member(pipeline) or self.preprocess.transform
         self.space = space
         self.fold = fold
         if kind is ExplainerKind.LINEAR:
@@ -55,9 +55,16 @@ class MemberExplainer:
         # every tree (scikit-learn's per-call cost of that pass was 3 ms of a 7-row batch's
         # 12 ms here). Checked on the background row before it is relied on.
         self.scores_from_shap = (isinstance(self.explainer, shap.TreeExplainer)
-                                 and self._additive(background_mean.reshape(1, -1)))
+                                 and self._additive(self._named(background_mean)))
 
-    def _raw(self, Xt: np.ndarray) -> np.ndarray:
+    def _named(self, row: np.ndarray) -> np.ndarray | pd.DataFrame:
+        """A transformed row as the model takes it: with the column names it was fitted
+        with, if any (an imported estimator fitted on a DataFrame)."""
+        names = getattr(self.model, "feature_names_in_", None)
+        row = row.reshape(1, -1)
+        return row if names is None else pd.DataFrame(row, columns=list(names))
+
+    def _raw(self, Xt: np.ndarray | pd.DataFrame) -> np.ndarray:
         """(rows x classes) margins, or probabilities in PROBABILITY space; a binary margin
         model's one log-odds z becomes the margins (0, z), whose softmax is its predict_proba."""
         if self.space is OutputSpace.PROBABILITY:
@@ -77,7 +84,7 @@ class MemberExplainer:
         """Raw outputs as (rows x classes) margins or probabilities, without SHAP."""
         return self._raw(self.transform(X))
 
-    def _shap(self, Xt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _shap(self, Xt: np.ndarray | pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(rows x transformed columns x classes) SHAP values and the (classes,) base."""
         if isinstance(self.explainer, shap.TreeExplainer):
             values = np.asarray(self.explainer.shap_values(Xt, check_additivity=False))
@@ -89,7 +96,7 @@ class MemberExplainer:
             base = np.array([0.0, float(base[-1])])
         return values, base
 
-    def _additive(self, Xt: np.ndarray, tolerance: float = 1e-9) -> bool:
+    def _additive(self, Xt: np.ndarray | pd.DataFrame, tolerance: float = 1e-9) -> bool:
         values, base = self._shap(Xt)
         return bool(np.allclose(base + values.sum(axis=1), self._raw(Xt), rtol=0,
                                 atol=tolerance))

@@ -1,8 +1,10 @@
 """The evaluation gate: a retrained candidate against the LIVE release, on the same rows.
 
 Pure: it takes both releases' probabilities on the candidate's held-out rows (source rows
-held out from every release, plus reviewed rows no release trained on) and the task's
-rule, and returns the decision with the full comparison table.
+held out from every release, plus reviewed rows no release trained on), the weight of each
+row (inverse probability that people labelled it, 0 to leave it out: see
+``app.training.gating``) and the task's rule, and returns the decision with the full
+comparison table and the paired test (``app.quality.paired``) it rests on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from app.ml.task import GateMetric, GateSettings
 from app.ml.training import Holdout, classification_metrics
+from app.quality.paired import PairedTest, paired_test
 
 LOWER_IS_BETTER = frozenset({GateMetric.LOG_LOSS.value})
 SLICES = ("all", "source", "reviewed")
@@ -26,6 +29,7 @@ class Decision(StrEnum):
     PASSED = "PASSED"
     REJECTED = "REJECTED"
     NO_BASELINE = "NO_BASELINE"  # nothing LIVE (or of the same contract) to compare with
+    INSUFFICIENT_EVIDENCE = "INSUFFICIENT_EVIDENCE"  # fewer paired rows than [gate] min_rows
 
 
 TOLERANCE = 1e-9  # metrics are ratios of counts: equal to the bound is within it
@@ -55,6 +59,7 @@ class GateDecision:
     table: list[Comparison] = field(default_factory=list)
     live_version: int | None = None
     promotion: str | None = None
+    test: PairedTest | None = None
 
     @property
     def promote_to(self) -> str:
@@ -73,6 +78,9 @@ class GateDecision:
                    "maxRegression": rule.max_regression, "promoteTo": rule.promote_to}
         if self.promotion is not None:
             stored["promotion"] = self.promotion
+        if self.test is not None:
+            stored |= {"test": self.test.to_json(), "minRows": rule.min_rows,
+                       "significance": rule.significance}
         return stored
 
 
@@ -101,36 +109,70 @@ def no_baseline(settings: GateSettings, why: str) -> GateDecision:
     return GateDecision(Decision.NO_BASELINE, False, [why], settings)
 
 
+def row_gains(metric: str, candidate: np.ndarray, live: np.ndarray, y: np.ndarray
+              ) -> tuple[np.ndarray, bool]:
+    """Per row, how much better the candidate did (and whether that is correctness): the
+    drop in log loss for ``log_loss``, else 1 / 0 / -1 for being right where LIVE was wrong
+    (metrics that are not sums over rows are tested on correctness)."""
+    rows = np.arange(len(y))
+    if metric in LOWER_IS_BETTER:
+        eps = 1e-15
+        return (np.log(np.clip(candidate[rows, y], eps, 1))
+                - np.log(np.clip(live[rows, y], eps, 1))), False
+    right = (candidate.argmax(axis=1) == y).astype(float)
+    return right - (live.argmax(axis=1) == y).astype(float), True
+
+
+def judged_test(settings: GateSettings, holdout: Holdout, live_proba: np.ndarray,
+                weights: np.ndarray | None) -> PairedTest:
+    """The paired test on the ``improve_on`` rows whose weight is positive."""
+    w = np.ones(len(holdout.y)) if weights is None else np.asarray(weights, dtype=float)
+    mask = holdout.slices()[settings.improve_on] & (w > 0)
+    gains, correctness = row_gains(settings.primary_metric.value, holdout.proba[mask],
+                                   live_proba[mask], holdout.y[mask])
+    return paired_test(gains, w[mask], correctness)
+
+
 def decide(
-    settings: GateSettings, holdout: Holdout, live_proba: np.ndarray, live_version: int
+    settings: GateSettings, holdout: Holdout, live_proba: np.ndarray, live_version: int,
+    weights: np.ndarray | None = None,
 ) -> GateDecision:
-    """PASSED when the primary metric gains at least ``min_improvement`` on the
-    ``improve_on`` rows and loses no more than ``max_regression`` on any slice; else
-    REJECTED, with why."""
-    metric = settings.primary_metric.value
+    """PASSED when, on the ``improve_on`` rows (weighted by ``weights``, default 1), there
+    are at least ``min_rows`` of them, the candidate gains at least ``min_improvement`` with
+    a one-sided p-value below ``significance``, and no slice loses more than
+    ``max_regression``; INSUFFICIENT_EVIDENCE with fewer rows; else REJECTED, with why."""
     table = comparison_table(holdout, live_proba)
-    primary = {r.slice: r for r in table if r.metric == metric}
-    judged = primary.get(settings.improve_on)
-    if judged is None:
-        return GateDecision(Decision.REJECTED, False, [
-            f"{metric} cannot be computed on the {settings.improve_on} held-out rows (there "
-            "are none, or too few classes): nothing shows the candidate is better"],
-            settings, table, live_version)
-    reasons = [_improvement(settings, judged, live_version)]
+    test = judged_test(settings, holdout, live_proba, weights)
+    what = f"{settings.primary_metric.value} on the {test.rows} {settings.improve_on} held-out rows"
+    if test.rows < max(settings.min_rows, 1):
+        return GateDecision(Decision.INSUFFICIENT_EVIDENCE, False, [
+            f"{what}: fewer than the {settings.min_rows} needed to judge; nothing shows the "
+            "candidate is better yet (it stays a CANDIDATE)"], settings, table, live_version,
+            test=test)
+    primary = {r.slice: r for r in table if r.metric == settings.primary_metric.value}
+    reasons = [_improvement(settings, what, test, live_version)]
     reasons += [_regression(settings, row) for row in primary.values()
                 if row.slice in ("source", "reviewed")
                 and row.gain < -settings.max_regression - TOLERANCE]
-    passed = judged.gain >= settings.min_improvement - TOLERANCE and len(reasons) == 1
+    passed = (test.estimate >= settings.min_improvement - TOLERANCE
+              and test.p_value < settings.significance and len(reasons) == 1)
     return GateDecision(Decision.PASSED if passed else Decision.REJECTED, passed, reasons,
-                        settings, table, live_version)
+                        settings, table, live_version, test=test)
 
 
-def _improvement(settings: GateSettings, judged: Comparison, live_version: int) -> str:
-    where = f"{judged.metric} on the {judged.rows} {settings.improve_on} held-out rows"
-    gains = f"{where} gains {judged.gain:+.4f} over LIVE v{live_version}"
-    if judged.gain < settings.min_improvement - TOLERANCE:
+def _improvement(settings: GateSettings, what: str, test: PairedTest, live_version: int
+                 ) -> str:
+    low, high = test.interval
+    weighted = ", weighted to undo the selection of reviewed rows" if test.weighted else ""
+    gains = (f"{what}{weighted} gains {test.estimate:+.4f} over LIVE v{live_version} "
+             f"(95% interval {low:+.4f} to {high:+.4f}; p = {test.p_value:.4g}, "
+             f"{test.method})")
+    if test.estimate < settings.min_improvement - TOLERANCE:
         return f"{gains}, less than the required {settings.min_improvement:.4f}"
-    return f"{gains} (at least {settings.min_improvement:.4f} required)"
+    if test.p_value >= settings.significance:
+        return f"{gains}: not significant (p must be below {settings.significance:g})"
+    return (f"{gains} (at least {settings.min_improvement:.4f} and p below "
+            f"{settings.significance:g} required)")
 
 
 def _regression(settings: GateSettings, row: Comparison) -> str:

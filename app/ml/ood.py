@@ -29,13 +29,14 @@ Everything is plain JSON, and scoring is numpy only.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.model_selection import KFold
 
+from app.access.pii import REDACTED, personal_columns
 from app.ml.task import FeatureType, TaskSpec
 
 IQR_TO_SD = 1.349  # the interquartile range of a normal distribution, in standard deviations
@@ -57,8 +58,9 @@ class FeatureDeviation:
     z: float  # robust standard deviations from the median
     log_scale: bool  # z is measured on the log scale
 
-    def describe(self) -> str:
+    def describe(self, hidden: frozenset[str] = frozenset()) -> str:
         value = "missing" if self.value is None else f"{self.value:.6g}"
+        value = REDACTED if self.name in hidden else value
         unit = "robust SD on a log scale" if self.log_scale else "robust SD"
         return f"{self.name}={value} (training median {self.median:.6g}, {self.z:+.1f} {unit})"
 
@@ -72,8 +74,9 @@ class RareLevel:
     count: int  # training rows with this level
     rows: int  # training rows
 
-    def describe(self) -> str:
-        return f"{self.name}={self.level!r} was seen in {self.count} of {self.rows} training rows"
+    def describe(self, hidden: frozenset[str] = frozenset()) -> str:
+        level = REDACTED if self.name in hidden else self.level
+        return f"{self.name}={level!r} was seen in {self.count} of {self.rows} training rows"
 
 
 @dataclass(frozen=True)
@@ -94,19 +97,23 @@ class OodFinding:
     def out_of_distribution(self) -> bool:
         return self.threshold is not None and (self.too_far or bool(self.rare_levels))
 
+    hidden: frozenset[str] = field(default=frozenset(), compare=False)  # told as REDACTED
+
     def describe(self) -> str:
-        """A sentence a reviewer can act on: the numbers and the features behind them."""
+        """A sentence a reviewer can act on: the numbers and the features behind them
+        (personal values as REDACTED: reasons are shown to whoever sees the prediction)."""
         if self.threshold is None:
             return f"distance {self.score:.2f} from the training data (the check is off)"
         if self.too_far:
             head = (
                 f"distance {self.score:.2f} from the training data is above the threshold "
                 f"{self.threshold:.2f} that {self.quantile:.1%} of held-out in-distribution "
-                "rows stay within; furthest: " + "; ".join(f.describe() for f in self.features)
+                "rows stay within; furthest: "
+                + "; ".join(f.describe(self.hidden) for f in self.features)
             )
         else:
             head = f"distance {self.score:.2f} is within the threshold {self.threshold:.2f}"
-        rare = "; ".join(r.describe() for r in self.rare_levels)
+        rare = "; ".join(r.describe(self.hidden) for r in self.rare_levels)
         if rare:
             head += f"; {rare}" if self.too_far else f", but {rare}"
         verdict = "out of" if self.out_of_distribution else "within"
@@ -151,12 +158,11 @@ class OodDetector:
         self.quantile = quantile
         self.threshold = threshold
         self.held_out_rows = held_out_rows
+        self.hidden: frozenset[str] = frozenset()  # personal columns, told as REDACTED
         self._rare = [np.asarray(c.counts) < RARE_LEVEL_FRACTION * train_rows for c in categorical]
         self._log = self.pivot > 0
         # the medians in the columns' own units, for people
         self._shown_median = np.where(self._log, self.pivot * np.sinh(self.median), self.median)
-
-    # --- scoring -----------------------------------------------------------------------
 
     def _standardise(self, X: np.ndarray) -> np.ndarray:
         values = X[:, self.indices]  # a copy (fancy indexing)
@@ -201,6 +207,7 @@ class OodDetector:
                 self.quantile,
                 features[i],
                 tuple(self._rare_level(X, i, int(k)) for k in np.flatnonzero(rare[i])),
+                self.hidden,
             )
             for i in range(len(X))
         ]
@@ -233,8 +240,6 @@ class OodDetector:
         if 0 <= code < len(col.levels):
             return RareLevel(col.name, col.levels[code], col.counts[code], self.train_rows)
         return RareLevel(col.name, f"code {code}", 0, self.train_rows)
-
-    # --- storage -----------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -312,7 +317,9 @@ def _fit(task: TaskSpec, X: np.ndarray) -> OodDetector:
     median, scale = _robust_location_scale(values)
     z = np.where(np.isnan(values), 0.0, (values - median) / scale)
     columns = [task.model_columns[j] for j in numeric]
-    return OodDetector(columns, numeric, pivot, median, scale, _precision(z), categorical, len(X))
+    found = OodDetector(columns, numeric, pivot, median, scale, _precision(z), categorical, len(X))
+    found.hidden = personal_columns(task)
+    return found
 
 
 def _column_kinds(task: TaskSpec, X: np.ndarray) -> tuple[list[int], list[_Levels]]:

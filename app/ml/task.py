@@ -72,6 +72,20 @@ class Member(_Strict):
     algorithm: str
     weight: float = Field(gt=0)
     params: dict[str, Any] = Field(default_factory=dict)
+    artifact: str | None = Field(
+        default=None,
+        description="A fitted scikit-learn estimator or Pipeline in a skops file (relative to "
+        "the task file) served instead of one Arbiter fits; `algorithm` names its estimator.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Member:
+        if self.artifact is not None and self.params:
+            raise ValueError(f"member {self.name!r}: an artifact brings its own params")
+        return self
+
+
+MAX_LEASE_SECONDS = 7 * 24 * 3600.0  # longer only hides an item (and 1e12 s overflowed a date)
 
 
 class ReviewPolicy(_Strict):
@@ -89,7 +103,8 @@ class ReviewPolicy(_Strict):
         description="Independent reviews per item; if they disagree an adjudicator decides.",
     )
     sla_hours: float = Field(default=24.0, gt=0, description="An item is due this long after.")
-    lease_seconds: float = Field(default=600.0, ge=1, description="How long a claim holds.")
+    lease_seconds: float = Field(default=600.0, ge=1, le=MAX_LEASE_SECONDS,
+                                 description="How long a claim holds (at most 7 days).")
     hide_explanation: bool = Field(
         default=False, description="Reviewers see explanations only on request (they bias some)."
     )
@@ -100,6 +115,34 @@ class ReviewPolicy(_Strict):
         le=1,
         description="In-distribution inputs stay under the out-of-distribution threshold this "
         "often (fixed at training); 1.0 switches the check off.",
+    )
+    max_auto_error: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="Certified bound on the error rate among AUTO predictions (epsilon); "
+        "unset leaves routing to the conformal, disagreement and OOD rules alone.",
+    )
+    risk_confidence: float = Field(
+        default=0.9,
+        ge=0.5,
+        lt=1,
+        description="The bound holds with this probability over the calibration draw (1 - delta).",
+    )
+    auto_error_scope: Literal["class", "overall"] = Field(
+        default="class",
+        description="The bound holds for the AUTO predictions of each predicted class, or overall.",
+    )
+    risk_calibration: Literal["split", "cross_fit"] = Field(
+        default="split",
+        description="Certify on the release's own calibration and held-out rows (exact), or "
+        "add the training rows' out-of-fold scores from members cross-fitted on the other "
+        "folds (more rows for small tasks; approximate, see app.risk.control).",
+    )
+    on_bound_exceeded: Literal["review_all", "alert"] = Field(
+        default="review_all",
+        description="When live quality shows the bound broken: route everything to review until "
+        "a new release is certified, or only raise the alert.",
     )
 
 
@@ -192,6 +235,12 @@ class GateSettings(_Strict):
     max_regression: float = Field(
         default=0.01, ge=0, description="No held-out slice (source, reviewed) worse by more."
     )
+    min_rows: int = Field(
+        default=10, ge=0, description="Paired held-out rows the gate needs to judge at all; "
+        "fewer is INSUFFICIENT_EVIDENCE (the candidate stays a CANDIDATE).")
+    significance: float = Field(
+        default=0.05, gt=0, le=1, description="A candidate passes only if the one-sided test "
+        "of 'no better than LIVE' has a p-value below this (McNemar or paired bootstrap).")
     promote_to: Literal["CANDIDATE", "SHADOW", "CANARY", "LIVE"] = "SHADOW"
     canary_percent: float = Field(default=10.0, gt=0, lt=100)
     canary_max_shortfall: float = Field(

@@ -1,5 +1,5 @@
 """Fitting a release: every member, the conformal calibration, the out-of-distribution
-detector and the evaluation report.
+detector, the rows risk control certifies on, and the evaluation report.
 
 Pure: no database. ``app.releases.store`` stores what this returns.
 """
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.metrics import accuracy_score, log_loss, roc_auc_score
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.pipeline import Pipeline
 
 from app.errors import TrainingError
@@ -23,8 +24,10 @@ from app.ml.data import load_frame, training_arrays
 from app.ml.ensemble import Ensemble, LoadedMember, ReleaseCalibration
 from app.ml.explain import MemberExplainer
 from app.ml.ood import fit_ood
-from app.ml.pipeline import build_pipeline, fold_matrix
+from app.ml.pipeline import build_pipeline, member_fold
 from app.ml.task import Member, TaskSpec
+from app.risk.binomial import clopper_pearson
+from app.risk.control import CalibrationRows
 
 
 @dataclass
@@ -35,6 +38,19 @@ class TrainedMember:
     pipeline: Pipeline
     background_mean: np.ndarray
     metrics: dict[str, Any]
+    origin: dict[str, Any] = field(default_factory=dict)  # see MemberPlan
+
+
+@dataclass(frozen=True)
+class MemberPlan:
+    """How a release gets one member: fitted from its spec (the default), a fitted
+    ``pipeline`` kept as it is, or a ``template`` whose clone (same hyperparameters) is fitted
+    on the release's training rows. ``origin`` is its lineage ({} for a trained member)."""
+
+    spec: Member
+    pipeline: Pipeline | None = None
+    template: Pipeline | None = None
+    origin: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +89,9 @@ class TrainedRelease:
     rows: dict[str, int]
     holdout: Holdout | None = None
 
+
+COVERAGE_INTERVAL = 0.95  # confidence of the reported coverage's interval
+CROSS_FIT_FOLDS = 5  # with risk_calibration = "cross_fit"
 
 # progress(fraction of the fit done, what is happening); called from the fitting thread
 Progress = Callable[[float, str], None]
@@ -147,13 +166,78 @@ def _with_reviewed(
     return (X_train, X_cal, X_test, y_train, y_cal, y_test), weights, from_review
 
 
+def calibration_rows(task: TaskSpec, X: np.ndarray, y: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The source rows a release of the task is calibrated on, and their classes."""
+    split = _split(task, X, y)
+    return split[1], split[4]
+
+
 def _fit_member(
-    task: TaskSpec, spec: Member, X: np.ndarray, y: np.ndarray, weights: np.ndarray
+    task: TaskSpec, plan: MemberPlan, X: np.ndarray, y: np.ndarray, weights: np.ndarray
 ) -> Pipeline:
-    pipe = build_pipeline(task, spec, task.training.seed)
+    if plan.pipeline is not None:
+        return plan.pipeline
+    if plan.template is not None:
+        pipe = clone(plan.template)
+    else:
+        pipe = build_pipeline(task, plan.spec, task.training.seed)
     if np.all(weights == 1.0):
         return pipe.fit(X, y)
     return pipe.fit(X, y, **{f"{pipe.steps[-1][0]}__sample_weight": weights})
+
+
+def _cross_fitted(task: TaskSpec, plans: list[MemberPlan], split: tuple[np.ndarray, ...],
+                  weights: np.ndarray) -> np.ndarray | None:
+    """Out-of-fold probabilities of the training rows, for risk control: stratified
+    ``CROSS_FIT_FOLDS``-fold over training and calibration rows together (so each fold's
+    members learn from about as many rows as the release's), each fold's training rows
+    predicted by members fitted on the other folds. None when a member cannot be refitted
+    (an imported pipeline kept as it is) or a class is too rare to stratify."""
+    if any(p.pipeline is not None for p in plans):
+        return None
+    X_train, X_cal, _, y_train, y_cal, _ = split
+    X, y = np.vstack([X_train, X_cal]), np.concatenate([y_train, y_cal])
+    w = np.concatenate([weights, np.ones(len(y_cal))])
+    if np.bincount(y, minlength=len(task.classes)).min() < CROSS_FIT_FOLDS:
+        return None
+    out = np.zeros((len(y_train), len(task.classes)))
+    folds = StratifiedKFold(CROSS_FIT_FOLDS, shuffle=True, random_state=task.training.seed)
+    for fit, held in folds.split(X, y):
+        mine = held[held < len(y_train)]  # the held-out fold's training rows
+        if len(np.unique(y[fit])) < len(task.classes) or not len(mine):
+            continue
+        loaded = []
+        for plan in plans:
+            pipe = _fit_member(task, plan, X[fit], y[fit], w[fit])
+            algo = ALGORITHMS[plan.spec.algorithm]
+            background = np.asarray(pipe[:-1].transform(X[fit]), dtype=float).mean(axis=0)
+            loaded.append(LoadedMember(plan.spec.name, "", plan.spec.algorithm, plan.spec.weight,
+                                       MemberExplainer(pipe, algo.explainer, algo.space,
+                                                       member_fold(task, pipe), background)))
+        out[mine] = Ensemble(task, 0, 0, loaded, ConformalCalibration(0.9, (0.0,))
+                             ).probabilities(X[mine])
+    return out
+
+
+def _risk_rows(task: TaskSpec, plans: list[MemberPlan], split: tuple[np.ndarray, ...],
+               weights: np.ndarray, proba: np.ndarray, progress: Progress) -> CalibrationRows:
+    """The rows risk control certifies on: every row the members never trained on (the
+    calibration and test splits, scored by the release itself; nothing is chosen on the test
+    split's metrics, so they stay unbiased), and with ``risk_calibration = "cross_fit"`` the
+    training rows' out-of-fold scores after them."""
+    y_cal, y_test = split[4], split[5]
+    rows = CalibrationRows.of(proba, np.concatenate([y_cal, y_test]))
+    if task.review.risk_calibration != "cross_fit":
+        return rows
+    progress(0.9, f"cross-fitting {CROSS_FIT_FOLDS} folds for risk control")
+    oof = _cross_fitted(task, plans, split, weights)
+    if oof is None:
+        return rows
+    extra = CalibrationRows.of(oof, split[3])
+    return CalibrationRows(np.concatenate([rows.scores, extra.scores]),
+                           np.concatenate([rows.predicted, extra.predicted]),
+                           np.concatenate([rows.errors, extra.errors]), len(rows.scores))
 
 
 def fit_release(
@@ -163,42 +247,54 @@ def fit_release(
     *,
     reviewed: ReviewedRows | None = None,
     progress: Progress = _no_progress,
+    plans: list[MemberPlan] | None = None,
 ) -> TrainedRelease:
     """Train every member and the OOD detector on one split, calibrate on another,
     evaluate on the third. Source rows are split as always (so every release of a task is
-    judged on the same source rows); reviewed rows keep the split they were given."""
+    judged on the same source rows); reviewed rows keep the split they were given. The
+    members are the task's, unless ``plans`` say otherwise (app.training.imports)."""
+    if plans is None:
+        if any(m.artifact for m in task.members):
+            raise TrainingError(f"{task.name} has members from artifacts: train it with "
+                                "`arbiter train` (app.training.imports plans them)")
+        plans = [MemberPlan(m) for m in task.members]
     if X is None or y is None:
         X, y = training_arrays(task, load_frame(task))
     source_split = _split(task, X, y)
-    (X_train, X_cal, X_test, y_train, y_cal, y_test), weights, from_review = _with_reviewed(
-        task, source_split, reviewed
-    )
+    split, weights, from_review = _with_reviewed(task, source_split, reviewed)
+    X_train, X_cal, X_test, y_train, y_cal, y_test = split
     if len(np.unique(y_train)) < len(task.classes):
         raise TrainingError(f"training data of {task.name} lacks some of its classes")
-    fold = fold_matrix(task)
     members, loaded = [], []
-    steps = len(task.members) + 2
-    for i, spec in enumerate(task.members):
+    steps = len(plans) + 2
+    for i, plan in enumerate(plans):
+        spec = plan.spec
         progress(i / steps, f"fitting member {spec.name} ({spec.algorithm}) on {len(y_train)} rows")
-        pipe = _fit_member(task, spec, X_train, y_train, weights)
-        background = np.asarray(pipe[:-1].transform(X_train)).mean(axis=0)
+        pipe = _fit_member(task, plan, X_train, y_train, weights)
+        background = np.asarray(pipe[:-1].transform(X_train), dtype=float).mean(axis=0)
         algo = ALGORITHMS[spec.algorithm]
-        explainer = MemberExplainer(pipe, algo.explainer, algo.space, fold, background)
+        explainer = MemberExplainer(pipe, algo.explainer, algo.space, member_fold(task, pipe),
+                                    background)
         scores = classification_metrics(explainer.probabilities(X_test), y_test)
-        members.append(TrainedMember(spec, pipe, background, scores))
+        members.append(TrainedMember(spec, pipe, background, scores, plan.origin))
         loaded.append(LoadedMember(spec.name, "", spec.algorithm, spec.weight, explainer))
-    progress(len(task.members) / steps, f"calibrating on {len(y_cal)} rows")
+    progress(len(plans) / steps, f"calibrating on {len(y_cal)} rows")
     level = task.review.confidence_level
     draft = Ensemble(task, 0, 0, loaded, ConformalCalibration(level, (0.0,)))
-    calibration = calibrate(draft.probabilities(X_cal), y_cal, level)
+    cal_proba = draft.probabilities(X_cal)
+    calibration = calibrate(cal_proba, y_cal, level)
     ood = fit_ood(task, X_train, X_cal, task.review.ood_quantile, task.training.seed)
-    progress((len(task.members) + 1) / steps, f"evaluating on {len(y_test)} held-out rows")
+    progress((len(plans) + 1) / steps, f"evaluating on {len(y_test)} held-out rows")
     test_proba = draft.probabilities(X_test)
     sets = calibration.prediction_sets(test_proba)
     metrics: dict[str, Any] = classification_metrics(test_proba, y_test)
+    covered = sets[np.arange(len(y_test)), y_test]
     metrics.update(
         {
-            "conformal_coverage": float(sets[np.arange(len(y_test)), y_test].mean()),
+            "conformal_coverage": float(covered.mean()),
+            # exact 95 % interval: a small test split pins coverage down only loosely
+            "conformal_coverage_interval": list(
+                clopper_pearson(int(covered.sum()), len(covered), COVERAGE_INTERVAL)),
             "conformal_mean_set_size": float(sets.sum(axis=1).mean()),
             "conformal_singleton_rate": float((sets.sum(axis=1) == 1).mean()),
             "confidence_level": level,
@@ -226,8 +322,12 @@ def fit_release(
         "reviewed_train": len(y_train) - len(source_split[3]),
         "reviewed_test": int(from_review.sum()),
     }
+    risk_rows = _risk_rows(task, plans, split, weights, np.vstack([cal_proba, test_proba]),
+                           progress)
     progress(1.0, "fitted")
     return TrainedRelease(
-        task, members, ReleaseCalibration(calibration, ood), metrics, digest, rows,
+        task, members,
+        ReleaseCalibration(calibration, ood, risk_rows),
+        metrics, digest, rows,
         Holdout(X_test, y_test, from_review, test_proba),
     )

@@ -69,6 +69,14 @@ class Batcher(Generic[Item]):
                                                context=contextvars.Context())
         return await future
 
+    async def drain(self) -> None:
+        """Wait until the batches of this event loop are done: a caller that went away
+        leaves its batch running (to commit or fail whole), and a shutdown that closed the
+        loop under it would cut a transaction off mid-query."""
+        pending = self._pending.get(asyncio.get_running_loop())
+        while pending is not None and pending.running is not None:
+            await asyncio.wait([pending.running])
+
     def _take(self, pending: _Pending[Item]) -> list[tuple[Item, asyncio.Future[Any]]]:
         taken, total = 0, 0
         for item, _ in pending.items:

@@ -7,7 +7,15 @@ API's camelCase keys; ``to_json`` and ``from_json`` are the one place that spell
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, NotRequired, TypedDict
+
+
+class ExplanationStatus(StrEnum):
+    """Whether every member's explanation went into the ensemble's."""
+
+    OK = "OK"
+    PARTIAL = "PARTIAL"  # a member failed; the others decided and are explained
 
 
 class Contribution(TypedDict):

@@ -13,6 +13,7 @@ apart from the rows the resume stores.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import dataclasses
 import itertools
@@ -21,9 +22,11 @@ import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from app.db.tables import Prediction
 from app.db.types import utcnow
 from app.errors import BadRequestError, IdempotencyConflictError, InputValidationError
 from app.ml.routing import Route
@@ -31,6 +34,7 @@ from app.ml.task import FeatureType, TaskSpec
 from app.predictions.path import predict_batch
 from app.predictions.services import Services
 
+CANCEL_REQUEST_SECONDS = 5.0
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 TRUE, FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
@@ -132,43 +136,92 @@ def _shifted(exc: InputValidationError, task: str, offset: int) -> InputValidati
         for p in exc.problems])
 
 
+@dataclass
+class _Chunk:
+    """A chunk of the file in flight: its first row (0-based), its rows, when it was sent
+    (a row answered from storage was stored before: its creation time is earlier) and its
+    ``predict_batch`` call."""
+
+    start: int
+    rows: list[Any]
+    called: datetime
+    call: asyncio.Task[list[Prediction]]
+
+
 async def predict_file(services: Services, task: str, rows: Iterable[Any], output: TextIO,
                        *, actor: str, chunk_rows: int, run: str, skip: int = 0,
                        progress: Callable[[int], None] = lambda _: None) -> FileResult:
     """Predict every row after the first ``skip``, ``chunk_rows`` per transaction, each
     stored under the key ``<run>:<row number>``, writing ``{"row", "id", "label",
-    "confidence", "route", "status"}`` per row to ``output``."""
+    "confidence", "route", "status"}`` per row to ``output``. The next chunk's models run
+    while the current one is stored (two chunks in flight); answers are written in row
+    order, each chunk after its own commit."""
     if not 1 <= chunk_rows <= services.settings.max_batch_size:
         raise BadRequestError(f"chunk rows must be 1 to {services.settings.max_batch_size} "
                               f"(ARBITER_MAX_BATCH_SIZE), got {chunk_rows}")
     result = FileResult()
     source = itertools.islice(iter(rows), skip, None)
     start = skip
-    while chunk := list(itertools.islice(source, chunk_rows)):
-        keys = [f"{run}:{start + n + 1}" for n in range(len(chunk))]
-        # A row answered from storage was stored before this call (by a killed run): the
-        # idempotent path returns it as stored, so its creation time tells it from a new one.
-        called = utcnow()
-        try:
-            stored = await predict_batch(services, None, task, chunk, actor=actor,
-                                         idempotency_keys=keys)
-        except InputValidationError as exc:
-            raise _shifted(exc, task, start) from None
-        except IdempotencyConflictError as exc:
-            raise BadRequestError(
-                f"a row from {start + 1} to {start + len(chunk)} was stored by the interrupted "
-                f"run with other values ({exc}); put the file back as it was, or score it "
-                f"into a new --output") from None
-        output.writelines(
-            json.dumps({"row": start + n + 1, "id": p.id, "label": p.label,
-                        "confidence": p.confidence, "route": p.route, "status": p.status})
-            + "\n" for n, p in enumerate(stored))
-        output.flush()
-        os.fsync(output.fileno())
-        replayed = sum(p.created_at < called for p in stored)
-        result.predicted += len(stored) - replayed
-        result.replayed += replayed
-        result.routed += sum(p.route == Route.REVIEW for p in stored)
-        start += len(chunk)
-        progress(len(chunk))
-    return result
+    flying: _Chunk | None = None
+    sent: _Chunk | None = None
+    try:
+        while True:
+            chunk = list(itertools.islice(source, chunk_rows))
+            sent = None
+            if chunk:
+                keys = [f"{run}:{start + n + 1}" for n in range(len(chunk))]
+                sent = _Chunk(start, chunk, utcnow(), asyncio.create_task(predict_batch(
+                    services, None, task, chunk, actor=actor, idempotency_keys=keys)))
+                start += len(chunk)
+            if flying is not None:
+                _listed(await _answers(flying, task), flying, output, result)
+                progress(len(flying.rows))
+            if sent is None:
+                return result
+            flying, sent = sent, None
+    finally:  # an error: the chunk after it is stopped (a resume replays it if it committed)
+        for left in (flying, sent):
+            if left is not None and not left.call.done():
+                left.call.cancel()
+                await asyncio.wait([left.call])
+                await _cancel_requests_sent()
+            if left is not None and not left.call.cancelled():
+                left.call.exception()  # seen: its error is not the one this run reports
+
+
+async def _cancel_requests_sent() -> None:
+    """asyncpg sends the cancel request of a query stopped mid-flight from a task of its
+    own: wait for those (bounded), so its connection closes before the event loop does."""
+    requests = [t for t in asyncio.all_tasks()
+                if getattr(t.get_coro(), "__qualname__", "") == "Connection._cancel"]
+    if requests:
+        await asyncio.wait(requests, timeout=CANCEL_REQUEST_SECONDS)
+
+
+async def _answers(chunk: _Chunk, task: str) -> list[Prediction]:
+    """The chunk's stored predictions, or its error numbered by row of the file."""
+    try:
+        return await chunk.call
+    except InputValidationError as exc:
+        raise _shifted(exc, task, chunk.start) from None
+    except IdempotencyConflictError as exc:
+        raise BadRequestError(
+            f"a row from {chunk.start + 1} to {chunk.start + len(chunk.rows)} was stored by "
+            f"the interrupted run with other values ({exc}); put the file back as it was, or "
+            f"score it into a new --output") from None
+
+
+def _listed(stored: list[Prediction], chunk: _Chunk, output: TextIO, result: FileResult
+            ) -> None:
+    """A committed chunk's answers appended to the output and flushed to disk, and
+    counted."""
+    output.writelines(
+        json.dumps({"row": chunk.start + n + 1, "id": p.id, "label": p.label,
+                    "confidence": p.confidence, "route": p.route, "status": p.status})
+        + "\n" for n, p in enumerate(stored))
+    output.flush()
+    os.fsync(output.fileno())
+    replayed = sum(p.created_at < chunk.called for p in stored)
+    result.predicted += len(stored) - replayed
+    result.replayed += replayed
+    result.routed += sum(p.route == Route.REVIEW for p in stored)

@@ -17,6 +17,7 @@ from app.ml.routing import Reason, Route, decide_routes
 from app.ml.task import TaskSpec
 from app.predictions.explanation import Contribution, Explanation, OtherClass
 from app.predictions.inputs import Inputs, input_hash
+from app.quality.holds import held
 
 
 class ClassProbability(TypedDict):
@@ -121,7 +122,8 @@ class _Batch:
     def of(cls, shape: Shape, out: Outputs, inputs: Inputs, latency_ms: float) -> _Batch:
         """The columns of ``out``, whose rows are ``inputs``."""
         ids = [str(uuid.uuid4()) for _ in inputs.rows]
-        routes = decide_routes(shape.ensemble.policy, shape.task.classes, out, ids)
+        routes = held(decide_routes(shape.ensemble.policy, shape.task.classes, out, ids,
+                                    shape.ensemble.risk), shape.ensemble.hold)
         members = [_MemberLists.of(m, out.labels) for m in out.members]
         return cls(shape, inputs, latency_ms, ids, routes, out.labels.tolist(),
                    out.probabilities.tolist(), out.prediction_sets.tolist(), out.base.tolist(),
@@ -159,6 +161,7 @@ class _Batch:
             "release_version": shape.ensemble.version,
             "caller_key_id": inputs.caller_id,
             "idempotency_key": inputs.keys[i],
+            "entity_key": inputs.traffic_keys[i] if inputs.traffic_keys else None,
             "input_hash": input_hash(raw),
             "input": raw,
             "label": label,

@@ -37,6 +37,13 @@ class Services:
     commits: Batcher[Commit]  # their transactions, together (group commit)
     wake_relay: Callable[[], None] = lambda: None  # called after committing outbox rows
 
+    async def drain(self) -> None:
+        """Let the work in flight finish before the engine goes: batches whose callers
+        went away (model calls, then the commits they feed), then shadow scoring."""
+        await self.model_calls.drain()
+        await self.commits.drain()
+        await self.shadows.drain()
+
     def close(self) -> None:
         """Stop the inference threads (after the last request)."""
         self.inference.close()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,23 @@ import numpy as np
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.access.pii import personal_columns
 from app.db.tables import Release, ReleaseMember
-from app.errors import ArbiterError, ConfigurationError, NoLiveReleaseError, UnknownTaskError
+from app.errors import (
+    ArbiterError,
+    ConfigurationError,
+    ModelLoadError,
+    NoLiveReleaseError,
+    UnknownTaskError,
+)
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import load_pipeline
 from app.ml.conformal import ConformalCalibration
 from app.ml.ensemble import Ensemble, LoadedMember, ReleaseCalibration
 from app.ml.explain import MemberExplainer
-from app.ml.pipeline import fold_matrix
+from app.ml.pipeline import member_fold
 from app.ml.task import TaskSpec, release_policy
+from app.quality.holds import hold_of
 from app.releases.deployment import Deployment
 from app.releases.stages import DEPLOYED, releases_in
 from app.releases.store import Stage, release_members
@@ -47,22 +56,42 @@ def build_ensemble(
             f"contract than {task.source_path} now declares; "
             f"retrain with `arbiter train {task.name}`"
         )
-    fold = fold_matrix(task)
     loaded = []
     for m in members:
         algo = ALGORITHMS[m.algorithm]
         pipeline = load_pipeline(artifacts_dir / m.artifact_path, m.sha256)
-        explainer = MemberExplainer(
-            pipeline, algo.explainer, algo.space, fold, np.asarray(m.background_mean, dtype=float)
-        )
+        explainer = MemberExplainer(pipeline, algo.explainer, algo.space,
+                                    member_fold(task, pipeline),
+                                    np.asarray(m.background_mean, dtype=float))
         loaded.append(LoadedMember(m.name, m.version, m.algorithm, m.weight, explainer))
     assert release.id is not None
     calibration = ReleaseCalibration.from_json(release.calibration)
+    if calibration.ood is not None:  # its findings tell personal values as REDACTED
+        calibration.ood.hidden = personal_columns(task)
     policy = release_policy(task.review, release.routing)
     conformal = ConformalCalibration(policy.confidence_level, calibration.conformal.alphas)
-    return Ensemble(
-        task, release.id, release.version, loaded, conformal, calibration.ood, policy
+    ensemble = Ensemble(
+        task, release.id, release.version, loaded, conformal, calibration.ood, policy,
+        calibration.risk(task, policy),
     )
+    ensemble.hold = hold_of(release.quality_alarm)
+    return ensemble
+
+
+def _served(release: Release) -> dict[str, Any]:
+    """What a loaded ensemble is built with besides its artifacts: its routing overrides
+    and whether it is held to review; a change of either reloads it."""
+    return {"routing": dict(release.routing), "held": hold_of(release.quality_alarm)}
+
+
+class TaskState(StrEnum):
+    """Whether this process serves a task, and if not, why (``/readyz`` lists them)."""
+
+    SERVING = "serving"
+    NO_LIVE_RELEASE = "no live release"
+    ARTIFACT_REFUSED = "artifact refused"  # missing, tampered with or of an untrusted type
+    NOT_LOADED = "not loaded"  # not tried yet, or the database did not answer
+    FAILED = "failed"  # another reason, named in the log
 
 
 @dataclass
@@ -70,7 +99,8 @@ class _Slot:
     deployment: Deployment | None = None
     checked_at: float = float("-inf")
     error: str | None = None
-    # release id -> (routing overrides it was built with, ensemble): reused across refreshes
+    state: TaskState = TaskState.NOT_LOADED
+    # release id -> (what it was built with, see _served; ensemble): reused across refreshes
     loaded: dict[int, tuple[dict[str, Any], Ensemble]] = field(default_factory=dict)
     # release id -> why a CANARY or SHADOW could not be loaded (not retried until it changes)
     failed: dict[int, tuple[dict[str, Any], str]] = field(default_factory=dict)
@@ -124,6 +154,7 @@ class Registry:
         live = next((r for r in deployed if r.stage == Stage.LIVE), None)
         if live is None:
             slot.deployment, slot.error = None, "no LIVE release"
+            slot.state = TaskState.NO_LIVE_RELEASE
             slot.checked_at = time.monotonic()
             return
         fresh = {r.id for r in todo}
@@ -140,8 +171,8 @@ class Registry:
                 # A broken canary or shadow must not stop LIVE from serving.
                 log.error("release %s of %s (%s) is not deployed: %s",
                           r.version, task.name, r.stage, exc)
-                slot.failed[r.id or 0] = (dict(r.routing), str(exc))
-        slot.loaded = {r.id or 0: (dict(r.routing), ensembles[r.id]) for r in deployed
+                slot.failed[r.id or 0] = (_served(r), str(exc))
+        slot.loaded = {r.id or 0: (_served(r), ensembles[r.id]) for r in deployed
                        if r.id in ensembles}
         canary = next((r for r in deployed if r.stage == Stage.CANARY and r.id in ensembles),
                       None)
@@ -158,28 +189,37 @@ class Registry:
     async def load_all(self) -> None:
         """Load every task's LIVE release; failures are kept for ``/readyz`` to report."""
         for name in self.tasks:
+            slot = self._slots[name]
             try:
                 await self.live(name)
             except ArbiterError as exc:
-                self._slots[name].error = str(exc)
+                slot.error, slot.state = str(exc), _state_of(exc)
+                log.warning("task %s is not served: %s", name, exc)
             except Exception as exc:  # the database is away: report it, retry on first use
-                self._slots[name].error = f"not loaded: {type(exc).__name__}: {exc}"
+                slot.error = f"not loaded: {type(exc).__name__}: {exc}"
+                log.warning("task %s is not loaded yet: %s", name, slot.error)
 
     def live_versions(self) -> dict[str, int]:
         """Task name -> version of the LIVE release this process serves (loaded ones only)."""
         return {name: slot.deployment.live.version for name, slot in self._slots.items()
                 if slot.deployment is not None}
 
-    def readiness(self) -> dict[str, str]:
-        """Task name -> "ready" or what is wrong."""
-        return {
-            name: "ready" if slot.deployment else (slot.error or "not loaded")
-            for name, slot in self._slots.items()
-        }
+    def readiness(self) -> dict[str, TaskState]:
+        """Task name -> whether this process serves it (the reasons are in the log)."""
+        return {name: TaskState.SERVING if slot.deployment else slot.state
+                for name, slot in self._slots.items()}
+
+
+def _state_of(exc: ArbiterError) -> TaskState:
+    if isinstance(exc, NoLiveReleaseError):
+        return TaskState.NO_LIVE_RELEASE
+    if isinstance(exc, ModelLoadError):
+        return TaskState.ARTIFACT_REFUSED
+    return TaskState.FAILED
 
 
 def _current(slot: _Slot, release: Release) -> bool:
     """Loaded (or, unless LIVE, known broken) with the routing overrides it has now."""
     rid = release.id or 0
     known = (slot.loaded,) if release.stage == Stage.LIVE else (slot.loaded, slot.failed)
-    return any(rid in k and k[rid][0] == release.routing for k in known)
+    return any(rid in k and k[rid][0] == _served(release) for k in known)

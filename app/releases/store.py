@@ -22,6 +22,8 @@ from app.errors import ArbiterError, BadRequestError, NotFoundError
 from app.ml.algorithms import ALGORITHMS
 from app.ml.artifacts import library_versions, save_pipeline
 from app.ml.task import TaskSpec, release_policy
+from app.risk.certificates import RiskControl, control_risk
+from app.risk.control import CalibrationRows
 
 if TYPE_CHECKING:
     from app.ml.gate import GateDecision
@@ -130,6 +132,7 @@ async def _insert(
                 library_versions=versions,
                 contract_hash=task.contract_hash(),
                 created_by=actor,
+                origin=m.origin,
             )
         )
     reason = "first release of the task" if stage == Stage.LIVE else "trained"
@@ -150,7 +153,9 @@ async def _insert(
             "job": lineage.job_id, "contractHash": release.contract_hash,
             "dataHash": release.data_hash,
             "members": [{"name": m.spec.name, "algorithm": m.spec.algorithm,
-                         "sha256": files[m.spec.name][1]} for m in trained.members]},
+                         "sha256": files[m.spec.name][1], **({"origin": m.origin}
+                                                             if m.origin else {})}
+                        for m in trained.members]},
             task.name),
         audit.Entry(audit.Kind.STAGE_CHANGED, actor, "release", str(release.id), {
             "version": version, "from": None, "to": stage.value,
@@ -264,3 +269,16 @@ def calibration_summary(stored: dict[str, Any]) -> dict[str, Any]:
     if ood:
         summary["ood"] = {k: ood[k] for k in ("method", "quantile", "threshold") if k in ood}
     return summary
+
+
+def release_risk(task: TaskSpec, release: Release) -> RiskControl | None:
+    """The AUTO thresholds the release serves with, certified on its stored calibration rows
+    for the task's ``max_auto_error`` (None when unset). Derived, not stored: a changed bound
+    in the task file applies to every release without retraining (nothing is certified for
+    a release stored before risk control kept its rows)."""
+    policy = release_policy(task.review, release.routing)
+    if policy.max_auto_error is None:
+        return None
+    rows = CalibrationRows.from_json(release.calibration.get("risk_rows"))
+    return control_risk(rows, task.classes, policy.max_auto_error, policy.risk_confidence,
+                        policy.auto_error_scope)

@@ -4,11 +4,13 @@ the decision (``app.ml.gate``), its audit record, the promotion it calls for, an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import numpy as np
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -19,6 +21,7 @@ from app.events.topics import Message, ReleaseEventKind, release_event, releases
 from app.ml import gate
 from app.ml.gate import GateDecision
 from app.ml.task import TaskSpec
+from app.quality.selection import reviewed_weights
 from app.releases import stages
 from app.releases.store import live_release, release_members
 
@@ -45,15 +48,22 @@ async def _baseline(sessions: async_sessionmaker[AsyncSession], artifacts_dir: P
 
 
 async def evaluate(sessions: async_sessionmaker[AsyncSession], artifacts_dir: Path,
-                   task: TaskSpec, trained: TrainedRelease
+                   task: TaskSpec, trained: TrainedRelease, reviewed_ids: Sequence[str] = ()
                    ) -> tuple[Release | None, GateDecision]:
-    """The LIVE release the candidate was compared with (its parent), and the decision."""
+    """The LIVE release the candidate was compared with (its parent), and the decision.
+    ``reviewed_ids``: the predictions of the reviewed held-out rows, in order, whose
+    weights undo the selection of reviewed rows (``app.quality.selection``)."""
     live, baseline = await _baseline(sessions, artifacts_dir, task)
-    assert trained.holdout is not None
+    holdout = trained.holdout
+    assert holdout is not None
     if live is None or isinstance(baseline, str):
         return live, gate.no_baseline(task.gate, str(baseline))
-    proba = await anyio.to_thread.run_sync(baseline.probabilities, trained.holdout.X)
-    return live, gate.decide(task.gate, trained.holdout, proba, live.version)
+    proba = await anyio.to_thread.run_sync(baseline.probabilities, holdout.X)
+    weights = np.ones(len(holdout.y))
+    if len(reviewed_ids) == int(holdout.reviewed.sum()) and len(reviewed_ids):
+        async with sessions() as session:
+            weights[holdout.reviewed] = await reviewed_weights(session, reviewed_ids)
+    return live, gate.decide(task.gate, holdout, proba, live.version, weights)
 
 
 def decided_entry(release: Release, decision: GateDecision, job_id: str) -> audit.Entry:

@@ -39,9 +39,9 @@ from app.ml.gate import GateDecision
 from app.ml.task import TaskSpec
 from app.releases import stages
 from app.releases.store import Lineage, store_release
-from app.training import gating, triggers
+from app.training import gating, imports, triggers
 from app.training.heartbeat import ProgressPump, fit_with_heartbeat
-from app.training.snapshots import take_snapshot
+from app.training.snapshots import Split, take_snapshot
 
 if TYPE_CHECKING:
     from app.ml.training import TrainedRelease
@@ -267,14 +267,18 @@ async def _train(ctx: JobContext, job: TrainingJob, task: TaskSpec) -> _Candidat
                                          job.requested_by)
     await _step(ctx, job.id, 0.1, f"snapshot {snapshot.id[:12]}: {snapshot.source_rows} "
                 f"source rows, {snapshot.reviewed_rows} reviewed rows")
+    plans = await imports.member_plans(ctx.sessions, ctx.artifacts_dir, task, data)
     pump = ProgressPump(0.1, 0.85)
     trained = await fit_with_heartbeat(
         lambda: fit_release(task, data.X[: data.source_rows], data.y[: data.source_rows],
-                            reviewed=data.reviewed, progress=pump),
+                            reviewed=data.reviewed, progress=pump, plans=plans),
         pump, functools.partial(_step, ctx, job.id),
         functools.partial(_report, ctx.sessions, job.id))
     await _step(ctx, job.id, 0.9, "comparing with the LIVE release")
-    parent, decision = await gating.evaluate(ctx.sessions, ctx.artifacts_dir, task, trained)
+    held_out = [p for p, s in zip(data.prediction_ids, data.splits, strict=True)
+                if s == Split.HOLDOUT]
+    parent, decision = await gating.evaluate(ctx.sessions, ctx.artifacts_dir, task, trained,
+                                             held_out)
     return _Candidate(snapshot.id, trained, parent, decision)
 
 

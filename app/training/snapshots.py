@@ -12,8 +12,9 @@ import hashlib
 import io
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from app.ml.task import TaskSpec
 from app.ml.training import ReviewedRows
 
 
-class Split:
+class Split(StrEnum):
     """Which part of the training a reviewed label serves."""
 
     TRAIN = "train"
@@ -249,12 +250,26 @@ async def label_splits(
     return dict(rows)
 
 
+async def label_sources(session: AsyncSession, snapshot_id: str, prediction_ids: list[str]
+                        ) -> dict[str, tuple[str, str]]:
+    """prediction id -> (its training label, where it came from: ``review`` or ``outcome``)
+    for the labels one snapshot holds."""
+    rows = (await session.exec(
+        select(SnapshotLabel.prediction_id, TrainingLabel.label, TrainingLabel.source)
+        .join(TrainingLabel, col(TrainingLabel.id) == col(SnapshotLabel.training_label_id))
+        .where(SnapshotLabel.snapshot_id == snapshot_id,
+               col(SnapshotLabel.prediction_id).in_(prediction_ids)))).all()
+    return {pid: (label, source) for pid, label, source in rows}
+
+
 @dataclass
 class LearnedLabels:
-    """A page of the reviewed predictions a snapshot holds, with each one's split."""
+    """A page of the reviewed predictions a snapshot holds, with each one's split and its
+    label's source."""
 
     page: Page[Prediction]
     splits: dict[str, str]  # prediction id -> train, calibration or holdout
+    sources: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> (label, source)
 
 
 async def learned_labels(session: AsyncSession, snapshot_id: str | None, first: int,
@@ -264,5 +279,6 @@ async def learned_labels(session: AsyncSession, snapshot_id: str | None, first: 
     if snapshot_id is None:
         return LearnedLabels(Page([], [], False, 0), {})
     page = await learned_predictions(session, snapshot_id, first, after, split)
-    return LearnedLabels(page, await label_splits(session, snapshot_id,
-                                                  [p.id for p in page.items]))
+    ids = [p.id for p in page.items]
+    return LearnedLabels(page, await label_splits(session, snapshot_id, ids),
+                         await label_sources(session, snapshot_id, ids))

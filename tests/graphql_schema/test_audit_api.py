@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.audit.log import event_hash
+from app.audit import merkle
+from app.audit.log import entry_text
 from app.ml.task import TaskSpec
 from app.settings import Settings
 from tests.support.inputs import example_inputs
@@ -28,17 +29,19 @@ SUBMIT = """mutation($t: String!) { submitReview(leaseToken: $t, label: "late",
 STORY = """query($id: ID!) { predictionStory(id: $id) {
   prediction { id input route reasons { code } explanation { space } }
   release { version members { name algorithm sha256 } }
-  reviewItem { status } reviews { reviewer label comment kind at } finalLabel
+  reviewItem { status } reviews { reviewer label comment kind reviewKind at } finalLabel
   trainedInto { version } auditEvents { id kind actor subjectType } } }"""
+PROOF = """query($id: ID!) { predictionStory(id: $id) { auditProof { leafIndex leafHash
+  treeSize auditPath rootHash entry checkpoint { treeSize rootHash signature keyId } } } }"""
 VERIFY = "{ verifyAuditLog { ok checked firstBrokenEventId reason headHash } }"
 EVENTS = """query($kind: String, $first: Int!, $after: String) {
   auditEvents(kind: $kind, first: $first, after: $after) { totalCount
-    pageInfo { hasNextPage endCursor } edges { node { id at kind actor task subjectType
+    pageInfo { hasNextPage endCursor } edges { node { id sequence at kind actor task subjectType
     subjectId payload payloadJson prevHash hash } } } }"""
-CREATE = """mutation($n: String!, $r: String!) { createApiKey(name: $n, role: $r) {
+CREATE = """mutation($n: String!, $r: Role!) { createApiKey(name: $n, role: $r) {
   secret key { id name role prefix revokedAt } } }"""
 KEYS = "{ apiKeys { id name role prefix createdAt revokedAt } }"
-REVOKE = "mutation($id: Int!) { revokeApiKey(id: $id) { id revokedAt } }"
+REVOKE = "mutation($id: ID!) { revokeApiKey(id: $id) { id revokedAt } }"
 PERSONAL = {"income", "payment_to_income"}  # income is pii; the ratio is derived from it
 
 
@@ -49,7 +52,7 @@ class Office:
         self.admin = Api(client, make_key(settings, "admin", "ops"))
 
     def hire(self, name: str, role: str) -> tuple[Api, dict[str, Any]]:
-        made = self.admin(CREATE, n=name, r=role)["data"]["createApiKey"]
+        made = self.admin(CREATE, n=name, r=role.upper())["data"]["createApiKey"]
         return Api(self.client, made["secret"]), made["key"]
 
 
@@ -59,6 +62,13 @@ def office(settings: Settings) -> Iterator[Office]:
     with LiveServer(settings) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
         yield Office(client, settings)
+
+
+def story_hash(auditor: Api, pid: str) -> str:
+    """The hash of the prediction.made event of a prediction, as the log lists it."""
+    found = auditor(EVENTS, kind="prediction.made", first=500)["data"]["auditEvents"]
+    return next(str(e["node"]["hash"]) for e in found["edges"]
+                if e["node"]["subjectId"] == pid)
 
 
 def code(body: dict[str, Any]) -> str:
@@ -88,7 +98,7 @@ def test_story_keys_and_redaction(office: Office, example_tasks: dict[str, TaskS
     assert [m["name"] for m in story["release"]["members"]] == ["logistic", "boosted"]
     assert story["reviews"][0] | {"at": None} == {
         "reviewer": "rita", "label": "late", "comment": "income checked", "kind": "review",
-        "at": None}
+        "reviewKind": "REVIEW", "at": None}
     assert story["finalLabel"] == "late" and story["reviewItem"]["status"] == "RESOLVED"
     assert story["trainedInto"] == []
     assert [e["kind"] for e in story["auditEvents"]] == [
@@ -97,7 +107,23 @@ def test_story_keys_and_redaction(office: Office, example_tasks: dict[str, TaskS
     assert story["auditEvents"][1]["actor"].endswith(":rita")
     assert code(office.predictor(STORY, id=pid)) == "FORBIDDEN"
     assert code(reviewer(KEYS)) == "FORBIDDEN"
-    assert code(auditor(CREATE, n="x", r="admin")) == "FORBIDDEN"
+
+    # The server's sequencer gives the event a leaf and signs a checkpoint within seconds.
+    proof = None
+    for _ in range(300):
+        proof = auditor(PROOF, id=pid)["data"]["predictionStory"]["auditProof"]
+        if proof is not None:
+            break
+        time.sleep(0.1)
+    assert proof is not None
+    leaf = merkle.leaf_hash(proof["entry"].encode())
+    assert leaf.hex() == proof["leafHash"] == story_hash(auditor, pid)
+    path = [bytes.fromhex(h) for h in proof["auditPath"]]
+    root = merkle.root_from_inclusion(proof["leafIndex"], proof["treeSize"], leaf, path)
+    assert root.hex() == proof["rootHash"] == proof["checkpoint"]["rootHash"]
+    assert proof["checkpoint"]["treeSize"] == proof["treeSize"]
+    assert len(bytes.fromhex(proof["checkpoint"]["signature"])) == 64
+    assert code(auditor(CREATE, n="x", r="ADMIN")) == "FORBIDDEN"
 
     listed = office.admin(KEYS)["data"]["apiKeys"]
     assert [k["name"] for k in listed] == ["app", "ops", "rita", "audrey"]
@@ -137,28 +163,35 @@ def test_verify_names_the_tampered_event(office: Office, settings: Settings,
         if not page["pageInfo"]["hasNextPage"]:
             break
         after = page["pageInfo"]["endCursor"]
-    assert [e["id"] for e in seen] == list(range(1, first["checked"] + 1))
-    assert page["totalCount"] == first["checked"]
-    # payloadJson is the hashed text itself: every hash recomputes from it
+    ids = [e["sequence"] for e in seen]
+    assert ids == sorted(set(ids)) and page["totalCount"] == len(seen)
+    assert [e["id"] for e in seen] == [str(n) for n in ids]
+    # payloadJson is the hashed text itself: every leaf hash recomputes from it
     for e in seen:
         at = datetime.fromisoformat(e["at"])
         at = at if at.tzinfo else at.replace(tzinfo=UTC)
-        assert event_hash(e["id"], at, e["kind"], e["actor"], e["task"], e["subjectType"],
-                          e["subjectId"], e["payloadJson"], e["prevHash"]) == e["hash"], e
+        entry = entry_text(e["sequence"], at, e["kind"], e["actor"], e["task"], e["subjectType"],
+                           e["subjectId"], e["payloadJson"], e["prevHash"])
+        assert merkle.leaf_hash(entry.encode()).hex() == e["hash"], e
         assert json.loads(e["payloadJson"]) == e["payload"]
 
     routed = [e for e in seen if e["kind"] == "prediction.made"
               and e["payload"]["route"] == "REVIEW"]
-    target = routed[len(routed) // 2]["id"]
-    tamper(settings.resolved_database_url, rewrite_route(target))
+    target = routed[len(routed) // 2]
+    for _ in range(300):  # the server's sequencer puts the event in a signed tree
+        if auditor(PROOF, id=target["subjectId"])["data"]["predictionStory"]["auditProof"]:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the event never reached a signed checkpoint")
+    sealed = auditor(VERIFY)["data"]["verifyAuditLog"]
+    tamper(settings.resolved_database_url, rewrite_route(target["sequence"]))
     broken = auditor(VERIFY)["data"]["verifyAuditLog"]
-    assert broken["ok"] is False and broken["firstBrokenEventId"] == target
-    assert broken["checked"] == target - 1 and "does not match its hash" in broken["reason"]
-    # the head is the last good event's hash, the one stored on the event before the break
-    assert broken["headHash"] == seen[target - 2]["hash"] and seen[target - 2]["id"] == target - 1
+    assert broken["ok"] is False and broken["firstBrokenEventId"] == str(target["sequence"])
+    assert "does not match its leaf hash" in broken["reason"]
+    assert broken["headHash"] != sealed["headHash"]  # the root recomputed from the events
 
-    earlier = routed[0]["id"] - 1
+    earlier = routed[0]["sequence"]
     tamper(settings.resolved_database_url, f"DELETE FROM audit_events WHERE id = {earlier}")
     gone = auditor(VERIFY)["data"]["verifyAuditLog"]
-    assert gone["firstBrokenEventId"] == earlier and "missing" in gone["reason"]
-    assert gone["headHash"] == seen[earlier - 2]["hash"]
+    assert gone["firstBrokenEventId"] == str(earlier) and "missing" in gone["reason"]

@@ -32,7 +32,8 @@ REPORT = """query($w: String) { driftReport(task: "loan_default", window: $w) {
   features { feature kind test statistic value pValue threshold drifted status sampleSize
              referenceSize }
   prediction { feature test statistic drifted sampleSize }
-  routingRate { start rate count } overturnRate { start rate count } computedAt } }"""
+  routingRate { start rate count } overturnRate { start rate count }
+  outcomeErrorRate { start rate count } computedAt } }"""
 BATCH = """mutation($i: [JSON!]!) { predictBatch(task: "loan_default", inputs: $i) { id } }"""
 
 
@@ -124,6 +125,26 @@ def test_unshifted_loans_do_not_drift(auditor: tuple[Api, Api],
     assert all(f["status"] == "NOT_DRIFTED" for f in found["features"])
     assert {p["feature"]: p["drifted"] for p in found["prediction"]} == {
         "predicted_class": False, "probability": False}
+
+
+def test_recorded_outcomes_give_the_error_rate_per_bucket(
+        auditor: tuple[Api, Api], example_tasks: dict[str, TaskSpec]) -> None:
+    api, predictor = auditor
+    task = example_tasks[TASK]
+    body = data(predictor("""mutation($i: [JSON!]!) { predictBatch(task: "loan_default",
+        inputs: $i) { id label } }""", i=frame_inputs(task, generate(40, SEED))))
+    made = body["predictBatch"]
+    other = {p["id"]: next(c for c in task.classes if c != p["label"]) for p in made}
+    outcomes = [{"predictionId": p["id"], "label": other[p["id"]] if i < 5 else p["label"]}
+                for i, p in enumerate(made[:20])]
+    recorded = data(predictor("""mutation($o: [OutcomeInput!]!) { recordOutcomes(
+        task: "loan_default", outcomes: $o) { recorded } }""", o=outcomes))
+    assert recorded["recordOutcomes"]["recorded"] == 20
+    found = report(api)
+    series = found["outcomeErrorRate"]
+    assert len(series) == 12 and sum(b["count"] for b in series) == 20
+    assert sum((b["rate"] or 0) * b["count"] for b in series) == pytest.approx(5)
+    assert all(b["rate"] is None for b in series if b["count"] == 0)
 
 
 def test_too_few_predictions_are_insufficient_data_and_bad_input_is_refused(

@@ -43,7 +43,7 @@ def only_error(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def alive(api: Api) -> None:
-    assert api(ME)["data"]["me"]["role"] == "admin"
+    assert api(ME)["data"]["me"]["role"] == "ADMIN"
 
 
 def count(settings: Settings, table: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -23,6 +24,15 @@ def people(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Peopl
     with LiveServer(settings, review) as server, \
             httpx.Client(base_url=server.url, timeout=60) as client:
         yield People(client, settings)
+
+AGREEMENT = """{ reviewAgreement(task: "loan_default") {
+  overall { items pairs pairwiseAgreement cohenItems cohenKappa
+            fleiss { ratersPerItem items kappa } fleissGroups { ratersPerItem items kappa } }
+  reviewers { reviewer reviews adjudications resolvedReviews finalAgreement peerPairs
+              peerAgreement overturnRate }
+  classes { label items modelAccuracy reviews finalAgreement pairs pairwiseAgreement }
+  releases { release items reviews overturnRate resolvedItems finalOverturnRate pairs
+             pairwiseAgreement } } }"""
 
 
 def route_some(people: People, tasks: dict[str, TaskSpec]) -> list[str]:
@@ -111,11 +121,39 @@ def test_double_review_escalates_and_auditors_see_agreement(
     adjudication = judge(CLAIM, id=escalated)["data"]["claimReview"]
     final = judge(SUBMIT, t=adjudication["leaseToken"], l="default")["data"]["submitReview"]
     assert final["finalLabel"] == "default" and final["resolution"] == "ADJUDICATION"
-    report = auditor('{ reviewAgreement(task: "loan_default") }')["data"]["reviewAgreement"]
+    report = auditor(AGREEMENT)["data"]["reviewAgreement"]
     overall = report["overall"]
-    assert overall["items"] == 3 and overall["pairs"] == 3
-    assert overall["pairwise_agreement"] == pytest.approx(2 / 3)
+    assert overall["items"] == 3 and overall["pairs"] == 3 and overall["cohenItems"] == 3
+    assert overall["pairwiseAgreement"] == pytest.approx(2 / 3)
+    assert overall["fleiss"]["ratersPerItem"] == 2 and overall["fleiss"]["items"] == 3
     judge_row = next(r for r in report["reviewers"] if r["reviewer"].startswith("judge#"))
     assert judge_row["adjudications"] == 1 and judge_row["reviews"] == 0
-    refused_stats = people.reviewer("{ reviewAgreement }")
+    assert {c["label"] for c in report["classes"]} == {"late", "default", "repaid"}
+    assert [r["release"] for r in report["releases"]] == [1]
+    # the old spelling, deprecated for one release: the same numbers as snake_case JSON
+    old = auditor('{ reviewAgreementJson(task: "loan_default") }')["data"]["reviewAgreementJson"]
+    assert old["overall"]["pairwise_agreement"] == pytest.approx(2 / 3)
+    assert old["reviewers"][0].keys() >= {"reviewer", "final_agreement", "overturn_rate"}
+    refused_stats = people.reviewer("{ reviewAgreement { overall { pairs } } }")
     assert refused_stats["errors"][0]["extensions"]["code"] == "FORBIDDEN"
+
+
+def test_a_release_routing_override_sets_lease_length_and_hides_explanations(
+        people: People, example_tasks: dict[str, TaskSpec]) -> None:
+    route_some(people, example_tasks)
+    before = people.reviewer(CLAIM)["data"]["claimReview"]
+    assert before["item"]["prediction"]["explanation"] is not None
+    routing = ("mutation($p: JSON!) { setReleaseRouting(task: \"loan_default\", version: 1, "
+               "policy: $p) { routing } }")
+    too_long = people.admin(routing, p={"lease_seconds": 1e12})
+    assert too_long["errors"][0]["extensions"]["code"] == "BAD_REQUEST", too_long
+    assert "lease_seconds" in too_long["errors"][0]["message"]
+    done = people.admin(routing, p={"lease_seconds": 45, "hide_explanation": True})
+    assert done["data"]["setReleaseRouting"]["routing"]["lease_seconds"] == 45
+    lease = people.reviewer(CLAIM)["data"]["claimReview"]
+    held = (datetime.fromisoformat(lease["expiresAt"]) - datetime.now(UTC)).total_seconds()
+    assert 30 < held <= 45
+    assert lease["item"]["prediction"]["explanation"] is None
+    seen = people.admin("query($id: ID!) { reviewItem(id: $id) { prediction "
+                        "{ explanation { baseValue } } } }", id=lease["item"]["id"])
+    assert seen["data"]["reviewItem"]["prediction"]["explanation"] is not None

@@ -107,7 +107,7 @@ def test_a_revoked_key_loses_its_open_subscriptions(live: LiveServer, settings: 
             api = Api(http, admin)
             keys = api("{ apiKeys { id name } }")["data"]["apiKeys"]
             [key_id] = [k["id"] for k in keys if k["name"] == "old"]
-            revoked = api("mutation($id: Int!) { revokeApiKey(id: $id) { revokedAt } }",
+            revoked = api("mutation($id: ID!) { revokeApiKey(id: $id) { revokedAt } }",
                           id=key_id)
             assert revoked["data"]["revokeApiKey"]["revokedAt"], revoked
 

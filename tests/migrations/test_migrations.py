@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,10 +15,14 @@ from sqlalchemy import insert, inspect, update
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel, col, select
 
+from app.audit import log as audit
+from app.audit.checkpoints import load_signing_key
+from app.audit.sequencer import CheckpointPolicy, Sequencer
+from app.audit.verify import Verification, verify_log
 from app.db.engine import make_engine, make_sessionmaker
 from app.db.migrate import alembic_config, upgrade
 from app.db.rows import values_of
-from app.db.tables import Prediction, Release, TrainingSnapshot
+from app.db.tables import ApiKey, AuditEvent, Prediction, Release, TrainingSnapshot
 from app.main import build_services
 from app.ml.task import TaskSpec
 from app.predictions.path import predict_batch
@@ -23,6 +30,7 @@ from app.releases.lineage import snapshot_of
 from app.settings import Settings
 from app.training.snapshots import SnapshotData, load_snapshot, snapshot_id, take_snapshot
 from tests.support.inputs import example_inputs
+from tests.support.tampering import tamper
 
 
 def _inspect(url: str, check: object) -> object:
@@ -92,7 +100,9 @@ def test_repeated_keyless_keys_stop_the_upgrade_naming_them(
 
     p = asyncio.run(predict())
     command.downgrade(alembic_config(url), "0006")
-    asyncio.run(execute(insert(Prediction), {**values_of(p), "id": "copy-1"}))
+    as_of_0006 = {k: v for k, v in values_of(p).items()
+                  if k not in ("entity_key", "input_salt", "input_commitment")}  # 0010, 0011
+    asyncio.run(execute(insert(Prediction), {**as_of_0006, "id": "copy-1"}))
     with pytest.raises(RuntimeError, match=r"loan_default/'row-1' x2"):
         upgrade(url)
 
@@ -149,3 +159,66 @@ def test_a_snapshot_shared_by_two_tasks_is_split_by_the_upgrade(
     moved = after[other]
     assert moved is not None and moved.id == snapshot_id(other, data)
     assert load_snapshot(settings.artifacts_dir, moved).source_rows == data.source_rows
+
+
+def test_a_legacy_hash_chain_is_sealed_into_the_first_checkpoint(
+    database_url: str, tmp_path: Path,
+) -> None:
+    """Before 0011 the log was a hash chain: the upgrade seals it (``audit.sealed`` names
+    its length and head), the sequencer puts it in the tree and signs it, and it verifies;
+    a legacy event changed afterwards is named."""
+    from alembic import command
+
+    url = database_url
+    command.downgrade(alembic_config(url), "base")
+    upgrade(url, "0008")
+    prev, rows = audit.GENESIS_HASH, []
+    at = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    for i in range(1, 8):
+        payload = audit.canonical({"name": f"k{i}"})
+        entry = audit.entry_text(i, at, "key.created", "cli:old", None, "api_key", str(i),
+                                 payload, prev)
+        digest = hashlib.sha256(entry.encode()).hexdigest()
+        rows.append({"id": i, "at": at, "kind": "key.created", "actor": "cli:old",
+                     "task": None, "subject_type": "api_key", "subject_id": str(i),
+                     "payload": payload, "prev_hash": prev, "hash": digest})
+        prev = digest
+    key = ApiKey(id=1, name="old", role="admin", key_hash="1" * 64, prefix="arb_old",
+                 created_at=at)
+
+    async def legacy() -> None:
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(insert(AuditEvent), rows)
+                await conn.execute(insert(ApiKey), [values_of(key)])
+        finally:
+            await engine.dispose()
+
+    async def check() -> Verification:
+        engine = make_engine(url)
+        try:
+            sessions = make_sessionmaker(engine)
+            signing = load_signing_key(None, tmp_path, False)
+            await Sequencer(sessions, signing, CheckpointPolicy()).drain(force_checkpoint=True)
+            return await verify_log(sessions, signing.public)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(legacy())
+    upgrade(url)
+    sealed = asyncio.run(check())
+    assert sealed.ok, sealed.problems
+    # 7 legacy events, the seal (0011), the pin of the legacy key (0017)
+    assert (sealed.leaves, sealed.checkpoints, sealed.legacy_rows) == (9, 1, 1)
+    # A key dated before the seal is not legacy for all that: 0017 pinned the rows that were.
+    tamper(url, "INSERT INTO api_keys (id, name, role, key_hash, prefix, created_at) VALUES "
+           f"(2, 'planted', 'admin', '{'2' * 64}', 'arb_pl', '2020-01-01 00:00:00')")
+    planted = asyncio.run(check())
+    assert any("api_keys/2 was added behind the log's back" in p for p in planted.problems), (
+        planted.problems)
+    tamper(url, "DELETE FROM api_keys WHERE id = 2")
+    tamper(url, "UPDATE audit_events SET actor = 'cli:someone' WHERE id = 3")
+    broken = asyncio.run(check())
+    assert not broken.ok and broken.first_broken_event_id == 3, broken.problems
+    assert any("legacy hash chain breaks" in p for p in broken.problems)

@@ -41,7 +41,7 @@ RELEASE_EVENTS = """subscription { releaseEvents(task: "loan_default") {
 
 # training
 RETRAIN = """mutation($r: String!) { retrain(task: "loan_default", reason: $r) {
-  id status trigger requests } }"""
+  id status trigger triggeredBy requests } }"""
 JOB = """query($id: ID!) { trainingJob(id: $id) { id status progress message error
   release { version stage gate } } }"""
 

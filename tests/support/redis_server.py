@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 
@@ -66,3 +67,13 @@ class RedisServer:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
+
+    def pause(self) -> None:
+        """SIGSTOP: Redis keeps its sockets open and answers nothing (a hung server)."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)

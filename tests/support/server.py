@@ -48,6 +48,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SHUTDOWN_SECONDS = 120
+
+
 class LiveServer:
     """The real app under uvicorn in a thread, reached over real HTTP."""
 
@@ -81,8 +84,12 @@ class LiveServer:
         return self
 
     def __exit__(self, *_: object) -> None:
+        # Waited for to its end: a server still shutting down while the next test's starts
+        # shared its process with it (10 s was shorter than its worker's own stop timeout).
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=SHUTDOWN_SECONDS)
+        if self.thread.is_alive():
+            raise RuntimeError(f"test server still shutting down after {SHUTDOWN_SECONDS} s")
 
 
 class Api:

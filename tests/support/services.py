@@ -26,7 +26,7 @@ def run_with(settings: Settings, work: Callable[[Services], Awaitable[Any]],
         try:
             return await work(services)
         finally:
-            await services.shadows.drain()
+            await services.drain()
             await engine.dispose()
 
     return asyncio.run(main())

@@ -101,7 +101,7 @@ def test_serve_does_not_train(env: dict[str, str], started: list[subprocess.Pope
     while True:
         try:
             ready = httpx.get(f"{url}/readyz", timeout=2)
-            if "no LIVE release" in ready.json()["tasks"]["loan_default"]:
+            if ready.json()["tasks"]["loan_default"] == "no live release":
                 break
         except httpx.TransportError:
             pass

@@ -7,7 +7,7 @@ calls ``asyncio.run`` (keys, releases) happens in fixtures set up before the bro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,9 +84,13 @@ def browser(site: Site) -> Iterator[Browser]:
 
 
 def open_page(browser: Browser, site: Site, path: str, key: str,
-              viewport: dict[str, int] = DESKTOP) -> Page:
-    """A fresh browser context (its own sessionStorage) signed in on ``path``."""
+              viewport: dict[str, int] = DESKTOP,
+              prepare: Callable[[Page], None] | None = None) -> Page:
+    """A fresh browser context (its own sessionStorage) signed in on ``path``; ``prepare``
+    sees the page before it loads (to route its requests)."""
     page = browser.new_context(viewport=viewport).new_page()  # type: ignore[arg-type]
+    if prepare is not None:
+        prepare(page)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(site.url + path)

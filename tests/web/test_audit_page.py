@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect
 
-from app.audit.log import export_line, iter_events, verify_lines
+from app.audit.events import export_line, iter_events, verify_lines
 from app.db.engine import make_engine, make_sessionmaker
 from app.ml.task import TaskSpec
 from app.settings import Settings

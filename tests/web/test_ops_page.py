@@ -106,6 +106,7 @@ def test_an_admin_retrains_and_watches_the_progress_live(site: Site, browser: Br
     page.get_by_role("button", name="Details of v2").click()
     expect(page.locator("#detail")).to_contain_text("Decision:")
     expect(page.locator("#detail")).to_contain_text("The gate's comparison on held-out rows")
+    expect(page.locator("#gate-test")).to_contain_text("paired rows (at least 10)")
     screenshot(page, "ops-after-training")
 
 

@@ -27,15 +27,16 @@ const STORY = `query($id: ID!) { predictionStory(id: $id) {
     explanationUrl pngUrl: explanationUrl(format: PNG) }
   release { version stage members { name version algorithm weight sha256 } }
   reviewItem { status resolution requiredReviews reviewsDone }
-  reviews { reviewer label comment kind at }
+  reviews { reviewer label comment reviewKind at }
   finalLabel
-  trainedInto { version stage split }
+  trainedInto { version stage dataSplit }
   auditEvents { id at kind actor payload } } }`;
 const VERIFY = "{ verifyAuditLog { ok checked firstBrokenEventId reason headHash } }";
 const EVENTS = `query($since: DateTime, $until: DateTime, $first: Int!, $after: String) {
   auditEvents(since: $since, until: $until, first: $first, after: $after) {
     totalCount pageInfo { hasNextPage endCursor }
-    edges { node { id at kind actor task subjectType subjectId payloadJson prevHash hash } } } }`;
+    edges { node { sequence at kind actor task subjectType subjectId payloadJson prevHash hash }
+    } } }`;
 const EXPORT_PAGE = 500; // the server's default page_size_max
 
 const $ = (id) => document.getElementById(id);
@@ -207,7 +208,7 @@ function reviewsSection(story) {
   if (!story.reviews.length) return h("div", {}, head, h("p", {}, "No review submitted yet."));
   return h("div", {}, head, h("div", { class: "scroll" }, table(null,
     ["Reviewer", "Label", "Comment", "Kind", "Time"],
-    story.reviews.map((r) => [r.reviewer, r.label, r.comment || "–", r.kind, when(r.at)]),
+    story.reviews.map((r) => [r.reviewer, r.label, r.comment || "–", r.reviewKind.toLowerCase(), when(r.at)]),
     { id: "reviews-table" })));
 }
 
@@ -243,7 +244,7 @@ async function open(id) {
     ["Route", p.route], ["Status", p.status], ["Final label", story.finalLabel ?? "–"],
     ["Latency", `${number(p.latencyMs, 1)} ms`], ["Idempotency key", p.idempotencyKey ?? "–"],
     ["Learned by", story.trainedInto.length
-      ? story.trainedInto.map((u) => `v${u.version} (${u.stage}, ${u.split})`).join(", ")
+      ? story.trainedInto.map((u) => `v${u.version} (${u.stage}, ${u.dataSplit.toLowerCase()})`).join(", ")
       : "no release yet"],
   ];
   $("detail-title").textContent = `Prediction ${p.id}`;
@@ -305,7 +306,7 @@ function stamp(iso) {
 // One event as the CLI export writes it (`arbiter audit export`, without attached inputs):
 // canonical JSON, sorted keys, no spaces, the payload in its hashed spelling.
 function exportLine(e) {
-  const fields = { actor: e.actor, at: stamp(e.at), hash: e.hash, id: e.id, kind: e.kind,
+  const fields = { actor: e.actor, at: stamp(e.at), hash: e.hash, id: e.sequence, kind: e.kind,
     payload: null, prev_hash: e.prevHash, subject_id: e.subjectId, subject_type: e.subjectType,
     task: e.task };
   return `{${Object.keys(fields).sort().map((k) => `${JSON.stringify(k)}:${

@@ -5,6 +5,7 @@
 
 import { graphql, storedKey } from "./api.js";
 import { clear, h, number, percent, table, when } from "./dom.js";
+import { loadQuality } from "./ops-quality.js";
 import { signIn } from "./signin.js";
 import { SubscriptionClient, eventsWereLost } from "./ws.js";
 
@@ -24,12 +25,13 @@ const ROLLBACK = `mutation($task: String!, $reason: String!) {
   rollback(task: $task, reason: $reason) { version stage } }`;
 const RETRAIN = `mutation($task: String!) { retrain(task: $task, reason: "from the ops page") { id status } }`;
 const EVENTS = `subscription($task: String!) { releaseEvents(task: $task) {
-  kind version fromStage toStage jobId status progress message } }`;
+  kind version fromStage toStage jobId status progress message reason } }`;
 const DRIFT_FIELDS = `task release window since computedAt verdict drifted rows share
   shareThreshold message driftedFeatures predictionDrifted
   features { feature kind test statistic threshold drifted status sampleSize }
   prediction { feature kind test statistic threshold drifted status sampleSize }
-  routingRate { start rate count } overturnRate { start rate count }`;
+  routingRate { start rate count } overturnRate { start rate count }
+  outcomeErrorRate { start rate count }`;
 const LATEST_DRIFT = `query($task: String!) { latestDriftReport(task: $task) { ${DRIFT_FIELDS} } }`;
 const DRIFT_NOW = `query($task: String!, $window: String) {
   driftReport(task: $task, window: $window) { ${DRIFT_FIELDS} } }`;
@@ -38,6 +40,8 @@ const HEADLINE_METRICS = ["accuracy", "balanced_accuracy", "log_loss", "roc_auc"
 
 const $ = (id) => document.getElementById(id);
 const state = { task: null, releases: [], jobs: [], selected: null, ws: null, unsubscribe: null, timer: null };
+
+const isChosen = (task) => () => task === state.task;
 
 function say(message) {
   $("status").textContent = message;
@@ -118,6 +122,10 @@ function gateSection(gate) {
       gate.liveVersion ? ` against LIVE v${gate.liveVersion}` : "",
       gate.primaryMetric ? ` · rule: ${gate.primaryMetric} on ${gate.improveOn} rows, +${gate.minImprovement} at least, `
         + `no slice worse than −${gate.maxRegression}, then ${gate.promoteTo}` : ""),
+    gate.test ? h("p", { id: "gate-test" }, `Test: ${gate.test.rows} paired rows (at least ${gate.minRows}), `
+      + `gain ${number(gate.test.estimate, 4)}, 95 % interval ${number(gate.test.interval[0], 4)} to `
+      + `${number(gate.test.interval[1], 4)}, p = ${testValue(gate.test.pValue)} (below ${gate.significance} `
+      + `to pass) · ${gate.test.method}`) : null,
     h("ul", { class: "reasons" }, (gate.reasons ?? []).map((r) => h("li", {}, r))),
     rows.length ? h("div", { class: "scroll" }, table("The gate's comparison on held-out rows",
       ["Metric · slice", "Rows", "This release", "LIVE", "Gain"], rows)) : null);
@@ -249,6 +257,10 @@ function onEvent({ releaseEvents: e }) {
   if (e.kind === "TRAINING_FINISHED") {
     say(`Training job ${e.jobId?.slice(0, 8) ?? ""} ${String(e.status).toLowerCase()}: ${e.message ?? ""}`);
   }
+  if (e.kind === "AUTO_ERROR_BOUND_EXCEEDED") {
+    say(`⚠ AUTO error bound exceeded, release v${e.version}: ${e.reason ?? ""}`);
+    loadQuality(state.task, $, isChosen(state.task));
+  }
   if (e.kind === "TRAINING_PROGRESS") {
     const job = state.jobs.find((j) => j.id === e.jobId);
     if (job) {
@@ -306,11 +318,14 @@ function driftTable(report) {
 function ratesTable(report) {
   const rows = report.routingRate.map((b, i) => {
     const o = report.overturnRate[i];
+    const w = report.outcomeErrorRate[i];
     return [when(b.start), b.count ? `${percent(b.rate)} of ${b.count}` : "no prediction",
-      o?.count ? `${percent(o.rate)} of ${o.count}` : "none reviewed"];
+      o?.count ? `${percent(o.rate)} of ${o.count}` : "none reviewed",
+      w?.count ? `${percent(w.rate)} of ${w.count}` : "no outcome yet"];
   });
   return h("div", { class: "scroll" }, table("Per twelfth of the window",
-    ["From", "Routed to review", "Overturned by reviewers"], rows, { id: "rates-table" }));
+    ["From", "Routed to review", "Overturned by reviewers", "Wrong by recorded outcomes"], rows,
+    { id: "rates-table" }));
 }
 
 const VERDICT_TEXT = { DRIFTED: "⚠ Dataset drifted", NOT_DRIFTED: "No dataset drift",
@@ -331,7 +346,7 @@ function renderDrift(report, stored) {
   if (report.driftedFeatures.length) {
     parts.push(h("p", {}, "Drifted: ", h("strong", {}, report.driftedFeatures.join(", "))));
   }
-  parts.push(driftTable(report), h("h3", {}, "Routing and overturn rates"), ratesTable(report));
+  parts.push(driftTable(report), h("h3", {}, "Routing, overturn and outcome error rates"), ratesTable(report));
   clear($("drift-report"), parts);
 }
 
@@ -425,7 +440,7 @@ async function chooseTask(name) {
     },
     complete: () => {}, reconnected: scheduleLoad,
   });
-  await Promise.all([load(), loadDrift()]);
+  await Promise.all([load(), loadDrift(), loadQuality(name, $, isChosen(name))]);
 }
 
 async function main() {

@@ -22,6 +22,7 @@ async function check(key, roles, pageName) {
     }
     return { error: `Could not check the key: ${exc.message}` };
   }
+  me = { ...me, role: me.role.toLowerCase() }; // the Role enum (ADMIN), read as a word
   if (!roles.includes(me.role)) {
     return {
       wrongRole: true,

@@ -12,7 +12,8 @@ from app.db.types import utcnow
 def test_a_built_row_holds_exactly_its_values() -> None:
     values = {
         "id": "p1", "task": "t", "release_id": 1, "release_version": 1, "caller_key_id": None,
-        "idempotency_key": None, "input_hash": "h", "input": {"a": 1}, "label": "x",
+        "idempotency_key": None, "entity_key": None, "input_hash": "h", "input": {"a": 1},
+        "input_salt": None, "input_commitment": None, "label": "x",
         "confidence": 0.5, "probabilities": [], "prediction_set": ["x"], "members": [],
         "explanation": {}, "route": "AUTO", "reasons": [], "status": "ACCEPTED",
         "final_label": "x", "latency_ms": 1.0, "created_at": utcnow(),

@@ -13,7 +13,8 @@ from sqlalchemy import func, update
 from sqlmodel import col, select
 
 from app.db.engine import make_engine, make_sessionmaker
-from app.db.tables import DriftReport, Release, TrainingSnapshot
+from app.db.monitoring import DriftReport
+from app.db.tables import Release, TrainingSnapshot
 from app.drift import checks as drift_checks
 from app.errors import NoDriftReferenceError
 from app.events.bus import LocalBus

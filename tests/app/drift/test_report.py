@@ -197,6 +197,13 @@ def test_routing_and_overturn_rates_per_bucket() -> None:
     assert sum(b.count for b in report.overturn_rate) == 10
     overturned = sum((b.rate or 0) * b.count for b in report.overturn_rate)
     assert overturned == pytest.approx(5)
+    # no outcome recorded: an empty series of 12 buckets
+    assert [b.count for b in report.outcome_error_rate] == [0] * 12
+    r.outcomes = ["default"] * 3 + ["repaid"] * 7 + [None] * 30
+    report = drift_report(task, 1, features, None, r, task.drift, "1h", NOW, 3600)
+    assert sum(b.count for b in report.outcome_error_rate) == 10
+    wrong = sum((b.rate or 0) * b.count for b in report.outcome_error_rate)
+    assert wrong == pytest.approx(3)
 
 
 def test_a_report_survives_its_json_round_trip() -> None:
@@ -206,6 +213,8 @@ def test_a_report_survives_its_json_round_trip() -> None:
                           task.drift, "1h", NOW, 3600)
     again = DriftReport.from_json(report.to_json())
     assert again == report
+    stored_before = {k: v for k, v in report.to_json().items() if k != "outcome_error_rate"}
+    assert DriftReport.from_json(stored_before).outcome_error_rate == []
 
 
 def test_reference_samples_are_bounded_and_deterministic() -> None:

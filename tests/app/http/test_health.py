@@ -1,8 +1,10 @@
-"""/healthz and /readyz over real HTTP: ready when everything is up, 503 naming each
-problem when the database or Redis is unreachable or silent, and never hanging."""
+"""/healthz and /readyz over real HTTP: ready when everything is up; 503 when the database
+is unreachable or silent (the body names states, the log has the why under the body's id);
+200 "degraded" while Redis is away, since predictions are still answered."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -19,9 +21,12 @@ from tests.support.server import LiveServer, free_port
 TIMEOUT = 1.0  # ARBITER_READY_TIMEOUT_SECONDS in these tests
 
 
-def wait_for(http: httpx.Client, status: int, seconds: float = 60) -> dict[str, Any]:
+def wait_for(http: httpx.Client, code: int, seconds: float = 60,
+             status: str | None = None) -> dict[str, Any]:
+    """The /readyz body once it answers ``code`` (and ``status``, if given)."""
     deadline = time.monotonic() + seconds
-    while (ready := http.get("/readyz")).status_code != status:
+    while ((ready := http.get("/readyz")).status_code != code
+           or (status is not None and ready.json()["status"] != status)):
         assert time.monotonic() < deadline, ready.json()
         time.sleep(0.1)
     body: dict[str, Any] = ready.json()
@@ -40,20 +45,25 @@ def silent_port() -> Iterator[int]:
 def test_ready_when_database_broker_and_models_are(settings: Settings) -> None:
     with LiveServer(settings) as server, httpx.Client(base_url=server.url) as http:
         assert http.get("/healthz").json() == {"status": "alive"}
-        body = wait_for(http, 200)
+        body = wait_for(http, 200, status="ready")
     assert body == {"status": "ready", "database": "ok", "broker": "ok",
-                    "tasks": {"breast_cancer": "ready", "loan_default": "ready"}}
+                    "tasks": {"breast_cancer": "serving", "loan_default": "serving"}}
 
 
-def test_an_unreachable_database_is_named(tmp_path: Path) -> None:
+def test_an_unreachable_database_is_named_without_its_exception(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     closed = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/arbiter"
     settings = Settings(data_dir=tmp_path, database_url=closed, ready_timeout_seconds=TIMEOUT)
     with LiveServer(settings) as server, httpx.Client(base_url=server.url) as http:
         assert http.get("/healthz").status_code == 200  # alive, only not ready
         body = wait_for(http, 503)
-        assert body["status"] == "not ready" and body["broker"] == "ok"
-        assert body["database"].startswith("unreachable: ") and "Connect" in body["database"]
-        assert all("not loaded" in v or "Connect" in v for v in body["tasks"].values())
+    assert body["status"] == "not ready" and body["broker"] == "ok"
+    assert body["database"] == "unreachable"
+    assert set(body["tasks"].values()) == {"not loaded"}
+    assert "Error" not in json.dumps(body)  # no exception text for strangers
+    error_id = body["errorIds"]["database"]
+    [logged] = [r.getMessage() for r in caplog.records if error_id in r.getMessage()]
+    assert "database unreachable" in logged and "Connect" in logged, logged
 
 
 def test_a_silent_database_and_redis_time_out(tmp_path: Path, silent_port: int) -> None:
@@ -61,30 +71,29 @@ def test_a_silent_database_and_redis_time_out(tmp_path: Path, silent_port: int) 
         data_dir=tmp_path, database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{silent_port}/a",
         redis_url=f"redis://127.0.0.1:{silent_port}/0", ready_timeout_seconds=TIMEOUT)
     with LiveServer(settings) as server, httpx.Client(base_url=server.url, timeout=30) as http:
-        started = time.monotonic()
         ready = http.get("/readyz")
-        took = time.monotonic() - started
     assert ready.status_code == 503
     body = ready.json()
-    assert body["database"] == "unreachable: no answer within 1 s", body
-    assert body["broker"].startswith("Redis unreachable: "), body
-    assert took < 3 * TIMEOUT, f"/readyz took {took:.1f} s"
+    assert body["database"] == "timed out", body
+    assert body["broker"] in {"timed out", "unreachable"}, body
+    assert set(body["errorIds"]) == {"database", "broker"}
 
 
 @pytest.mark.redis
-def test_stopping_redis_makes_the_server_unready_until_it_returns(settings: Settings) -> None:
+def test_redis_away_leaves_the_server_ready_but_degraded(settings: Settings) -> None:
     redis_server = RedisServer().start()
     scaled = settings.model_copy(update={"redis_url": redis_server.url,
                                          "ready_timeout_seconds": TIMEOUT})
     try:
         with LiveServer(scaled) as server, httpx.Client(base_url=server.url) as http:
-            assert wait_for(http, 200)["broker"] == "ok"
+            assert wait_for(http, 200, status="ready")["broker"] == "ok"
             redis_server.kill()
-            body = wait_for(http, 503)
-            assert body["broker"].startswith("Redis unreachable: ConnectionError"), body
-            assert body["database"] == "ok"
-            assert body["tasks"] == {"breast_cancer": "ready", "loan_default": "ready"}
+            body = wait_for(http, 200, status="degraded")
+            assert body["broker"] == "unreachable" and body["database"] == "ok", body
+            assert body["tasks"] == {"breast_cancer": "serving", "loan_default": "serving"}
+            assert "arbiter_degraded 1.0" in http.get("/metrics").text
             redis_server.start()
-            assert wait_for(http, 200)["broker"] == "ok"
+            assert wait_for(http, 200, status="ready")["broker"] == "ok"
+            assert "arbiter_degraded 0.0" in http.get("/metrics").text
     finally:
         redis_server.kill()

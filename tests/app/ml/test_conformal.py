@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from app.examples.loan import generate
+from app.ml.algorithms import OutputSpace
 from app.ml.conformal import ConformalCalibration, calibrate
 from app.ml.data import training_arrays
-from app.ml.ensemble import Ensemble
+from app.ml.ensemble import Ensemble, served_probabilities
 from app.ml.task import TaskSpec
 from app.ml.training import TrainedRelease
 
@@ -119,3 +120,19 @@ def test_threshold_is_what_the_sets_use(n: int, level: float) -> None:
     proba = rng.dirichlet(np.ones(3), 3000)
     sets = calibration.prediction_sets(proba)
     np.testing.assert_array_equal(sets, (1.0 - proba) <= calibration.threshold)
+
+
+def test_reported_coverage_comes_with_its_exact_interval(loan_release: TrainedRelease) -> None:
+    m = loan_release.metrics
+    low, high = m["conformal_coverage_interval"]
+    n = loan_release.rows["test"]
+    assert low < m["conformal_coverage"] < high
+    # Clopper-Pearson at 95 %: wider than the normal approximation's 1.96 standard errors
+    p = m["conformal_coverage"]
+    assert high - low > 2 * 1.96 * (p * (1 - p) / n) ** 0.5
+
+
+def test_served_probabilities_lie_in_the_unit_interval() -> None:
+    """A weighted mean of probabilities can leave [0, 1] by a rounding error."""
+    served = served_probabilities(OutputSpace.PROBABILITY, np.array([[1 + 2e-16, -1.7e-16]]))
+    assert served.min() >= 0.0 and served.max() <= 1.0

@@ -10,6 +10,9 @@ from app.ml.contract import frame_to_matrix
 from app.ml.ensemble import Ensemble, MemberColumns, Outputs
 from app.ml.routing import Reason, Route, audit_draw, decide_routes
 from app.ml.task import ReviewPolicy
+from app.ml.training import TrainedRelease
+from app.risk.certificates import RiskControl, control_risk
+from app.risk.control import CalibrationRows
 
 CLASSES = ("repaid", "late", "default")
 QUIET = ReviewPolicy(confidence_level=0.9, route_on_disagreement=True, audit_rate=0.0)
@@ -178,3 +181,85 @@ def test_routing_a_real_prediction(loan_ensemble: Ensemble) -> None:
         assert (route is Route.AUTO) == (reasons == [])
         routes.add(route)
     assert routes == {Route.AUTO, Route.REVIEW}, "the sample holds both kinds of row"
+
+
+# --- risk-controlled routing (max_auto_error) ---------------------------------------------
+
+
+def risk_for(threshold_rows: int, scope: str = "class") -> RiskControl:
+    """Risk control certified on calibration rows whose errors are rare below score 0.3."""
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet([4, 1, 1], threshold_rows)
+    wrong = rng.random(threshold_rows) < np.where(1 - proba.max(axis=1) < 0.3, 0.01, 0.6)
+    predicted = proba.argmax(axis=1)
+    y = np.where(wrong, (predicted + 1) % 3, predicted)
+    return control_risk(CalibrationRows.of(proba, y), CLASSES, 0.05, 0.9, scope)
+
+
+RISKY = QUIET.model_copy(update={"max_auto_error": 0.05})
+
+
+def test_risk_routes_by_the_certified_threshold_and_ignores_set_and_disagreement() -> None:
+    risk = risk_for(3000)
+    cert = risk.classes[0]
+    assert cert.certified and cert.threshold is not None
+    disagreeing = [member("logistic", [0.2, 0.7, 0.1]), member("boosted", [0.9, 0.05, 0.05])]
+    outputs = row([True, True, False], disagreeing)  # top probability 0.75: score 0.25
+    [(route, reasons)] = decide_routes(RISKY, CLASSES, outputs, [never_audited()], risk)
+    assert cert.threshold >= 0.25, "errors are rare under 0.3: that much is certified"
+    assert (route, reasons) == (Route.AUTO, [])
+    outputs.probabilities[0] = [0.4, 0.35, 0.25]  # score 0.6: above any threshold here
+    [(route, reasons)] = decide_routes(RISKY, CLASSES, outputs, [never_audited()], risk)
+    assert route is Route.REVIEW and codes(reasons) == ["LOW_CONFIDENCE"]
+    assert reasons[0].value == pytest.approx(0.6) and reasons[0].threshold == cert.threshold
+    assert "certified for predictions of repaid" in reasons[0].detail
+    assert "holds 2 classes (repaid, late)" in reasons[0].detail
+
+
+def test_uncertified_class_routes_every_prediction_as_not_certified() -> None:
+    risk = risk_for(40)
+    assert not any(c.certified for c in risk.classes)
+    outputs = row([True, False, False])
+    outputs.probabilities[0] = [0.999, 0.0005, 0.0005]
+    [(route, reasons)] = decide_routes(RISKY, CLASSES, outputs, [never_audited()], risk)
+    assert route is Route.REVIEW and codes(reasons) == ["NOT_CERTIFIED"]
+    cert = risk.classes[0]
+    assert reasons[0].value == cert.calibration_rows and reasons[0].threshold == cert.rows_needed
+    assert f"{cert.calibration_rows} calibration rows predicted repaid cannot certify AUTO " \
+        "error <= 5.0% at 90% confidence" in reasons[0].detail
+
+
+def test_risk_keeps_member_failure_ood_and_audit() -> None:
+    risk = risk_for(3000, "overall")
+    outputs = row([True, False, False], [member("logistic", [0.9, 0.05, 0.05]),
+                                          member("boosted", None, error="boom")])
+    outputs.probabilities[0] = [0.999, 0.0005, 0.0005]
+    policy = RISKY.model_copy(update={"audit_rate": 1.0})
+    [(_, reasons)] = decide_routes(policy, CLASSES, outputs, ["x"], risk)
+    assert codes(reasons) == ["MEMBER_FAILURE", "AUDIT_SAMPLE"]
+
+
+def test_empty_set_is_explained() -> None:
+    [(_, reasons)] = decide_routes(QUIET, CLASSES, row([False, False, False]), [never_audited()])
+    assert "is empty: no class is as probable as the true class was on 90%" in reasons[0].detail
+
+
+def test_risk_routing_a_real_prediction(loan_ensemble: Ensemble, loan_release: TrainedRelease
+                                        ) -> None:
+    """On the trained loan ensemble: AUTO exactly when the class is certified, the score is
+    at most its threshold and the input is in distribution."""
+    policy = loan_ensemble.task.review.model_copy(
+        update={"audit_rate": 0.0, "max_auto_error": 0.1})
+    risk = loan_release.calibration.risk(loan_ensemble.task, policy)
+    assert risk is not None
+    outputs, _ = loan_ensemble.predict_columns(
+        frame_to_matrix(loan_ensemble.task, generate(rows=300, seed=8)))
+    assert outputs is not None
+    decided = decide_routes(policy, loan_ensemble.task.classes, outputs, ["id"] * 300, risk)
+    scores = 1 - outputs.probabilities.max(axis=1)
+    for i, (route, reasons) in enumerate(decided):
+        cert = risk.classes[int(outputs.labels[i])]
+        expected = (cert.certified and scores[i] <= (cert.threshold or 0)
+                    and not outputs.ood_flags[i])
+        assert (route is Route.AUTO) == expected, reasons
+    assert {r for r, _ in decided} == {Route.AUTO, Route.REVIEW}

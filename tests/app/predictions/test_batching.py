@@ -28,6 +28,7 @@ from app.settings import Settings
 from tests.support.inputs import example_inputs
 from tests.support.server import make_key
 from tests.support.services import run_with
+from tests.support.tampering import hold_commits, release_commits, sequenced_and_verified
 
 TASK = "loan_default"
 
@@ -83,6 +84,28 @@ def test_a_caller_that_goes_away_does_not_disturb_the_batch() -> None:
 
     assert asyncio.run(main()) == [1, 2, 3]
     assert ran == [0, 1, 2, 3]  # the work of the caller that left was still done
+
+
+def test_drain_waits_for_the_batch_of_a_caller_that_went_away() -> None:
+    """A stopped ``predict-file`` left its chunk's commit running, and the event loop closed
+    under it mid-query (asyncpg's cancel request then outlived the loop)."""
+    finished: list[int] = []
+
+    async def run(items: list[int]) -> list[Any]:
+        await asyncio.sleep(0.05)
+        finished.extend(items)
+        return items
+
+    async def main() -> None:
+        batcher: Batcher[int] = Batcher("test", run, max_size=64, window=0.001)
+        leaving = asyncio.ensure_future(batcher.submit(7))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        await batcher.drain()
+        assert finished == [7]  # ran to its end, although its only caller left
+        await batcher.drain()  # nothing in flight: returns at once
+
+    asyncio.run(main())
 
 
 def test_a_failing_run_fails_its_callers_and_the_next_batch_runs() -> None:
@@ -149,7 +172,7 @@ def test_concurrent_predictions_share_model_calls_and_commits(
         assert ids == {p.id for p in stored}
         assert items == sum(p.route == "REVIEW" for p in stored)
         assert sorted(events) == sorted(ids)  # one audit event per prediction, no more
-        assert (await audit.verify_chain(services.sessions)).ok
+        assert (await sequenced_and_verified(services.sessions, settings)).ok
 
     run_with(gathering, work)
 
@@ -158,7 +181,8 @@ def test_a_keyed_batch_that_lost_a_race_stores_the_rest_without_running_models_a
     settings: Settings, example_tasks: dict[str, TaskSpec]
 ) -> None:
     """Two keyed batches sharing five keys both look their keys up before either commits
-    (commits wait for the audit lock, held by the test until both have run their models).
+    (commits wait for the database's write lock, held by the test until both have run their
+    models).
     One commits; the other's commit is refused, and its retry answers the shared keys with
     the stored predictions and stores the rest with the predictions it already made."""
     rows = example_inputs(example_tasks[TASK], 15, seed=24)
@@ -168,7 +192,7 @@ def test_a_keyed_batch_that_lost_a_race_stores_the_rest_without_running_models_a
         await services.registry.load_all()
         before = batches("inference")
         async with services.sessions() as holder, holder.begin():
-            await (await holder.connection()).run_sync(audit.hold_append_lock)
+            await (await holder.connection()).run_sync(hold_commits)
             calls = [asyncio.ensure_future(predict_batch(
                 services, None, TASK, rows[a:b], actor="test", idempotency_keys=keys[a:b]))
                 for a, b in ((0, 10), (5, 15))]
@@ -178,6 +202,7 @@ def test_a_keyed_batch_that_lost_a_race_stores_the_rest_without_running_models_a
                 await asyncio.sleep(0.01)
             else:
                 raise AssertionError("the two batches never reached the models")
+            await (await holder.connection()).run_sync(release_commits)
         first, second = await asyncio.gather(*calls)
         # Both ran their models once (10 + 10 rows); the retry ran none.
         assert batches("inference")[1] - before[1] == 20
@@ -189,7 +214,7 @@ def test_a_keyed_batch_that_lost_a_race_stores_the_rest_without_running_models_a
                 AuditEvent.kind == audit.Kind.PREDICTION_MADE.value))).all()
         assert ids == {p.id for p in first + second}
         assert sorted(events) == sorted(ids)
-        assert (await audit.verify_chain(services.sessions)).ok
+        assert (await sequenced_and_verified(services.sessions, settings)).ok
 
     run_with(settings, work)
 
@@ -225,7 +250,7 @@ def test_one_callers_conflict_in_a_shared_commit_fails_that_caller_alone(
         async with services.sessions() as session:
             count = (await session.exec(select(func.count()).select_from(Prediction))).one()
         assert count == 1 + 6
-        assert (await audit.verify_chain(services.sessions)).ok
+        assert (await sequenced_and_verified(services.sessions, settings)).ok
 
     run_with(settings, work)
 

@@ -23,6 +23,7 @@ from app.predictions import files as batch_files
 from app.predictions.path import predict_batch
 from app.settings import Settings
 from tests.support.processes import arbiter
+from tests.support.tampering import sequenced_and_verified
 
 TASK = "loan_default"
 
@@ -56,7 +57,8 @@ def stored(settings: Settings) -> tuple[dict[str, Prediction], int, bool]:
                 rows = (await session.exec(select(Prediction))).all()
                 events = (await session.exec(select(func.count()).select_from(AuditEvent).where(
                     AuditEvent.kind == audit.Kind.PREDICTION_MADE.value))).one()
-            return {p.id: p for p in rows}, events, (await audit.verify_chain(sessions)).ok
+            verification = await sequenced_and_verified(sessions, settings)
+            return {p.id: p for p in rows}, events, verification.ok
         finally:
             await engine.dispose()
     return asyncio.run(read())
@@ -163,18 +165,23 @@ async def score(settings: Settings, rows: list[dict[str, Any]], out: Any, run: s
         return await batch_files.predict_file(
             services, TASK, rows, out, actor="cli:test", chunk_rows=200, run=run, skip=skip)
     finally:
-        await services.shadows.drain()
+        await services.drain()
         services.close()
         await engine.dispose()
 
 
 def dies_between_commit_and_write(settings: Settings, rows: list[dict[str, Any]],
-                                  output: Path, run: str) -> None:
-    """A run killed after its second chunk committed, before that chunk was listed."""
+                                  output: Path, run: str) -> int:
+    """A run killed after its second chunk committed, before that chunk was listed; the
+    rows it stored: 400, or 400 and the third chunk's, whose commit (once its batch was
+    storing) finishes before the process ends."""
     dying = DiesBeforeWriting(output, dies_at=2)
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(score(settings, rows, dying, run, 0))
     dying.file.close()
+    kept = len(stored(settings)[0])
+    assert kept in (400, min(600, len(rows))), kept
+    return kept
 
 
 def test_the_resume_summary_tells_new_predictions_from_stored_answers(
@@ -187,14 +194,15 @@ def test_the_resume_summary_tells_new_predictions_from_stored_answers(
     source, output = tmp_path / "loans.jsonl", tmp_path / "answers.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     output.touch()
-    dies_between_commit_and_write(settings, rows, output, batch_files.run_key(source, output))
+    kept = dies_between_commit_and_write(settings, rows, output,
+                                         batch_files.run_key(source, output))
 
     resumed = arbiter(env, "predict-file", TASK, str(source), "--output", str(output),
                       "--chunk-rows", "300", "--resume")
     assert resumed.returncode == 0, resumed.stderr
     summary = " ".join(resumed.stdout.split())
-    assert "300 predictions stored" in summary, summary  # rows 401-700
-    assert "200 already stored answered from storage" in summary, summary  # rows 201-400
+    assert f"{700 - kept} predictions stored" in summary, summary  # rows after the kept
+    assert f"{kept - 200} already stored answered from storage" in summary, summary  # 201-
     assert "700 answers in" in summary, summary
     assert len(stored(settings)[0]) == 700
 
@@ -208,10 +216,10 @@ def test_a_chunk_committed_but_not_listed_is_answered_on_resume_not_stored_again
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     output.touch()
     run = batch_files.run_key(source, output)
-    dies_between_commit_and_write(settings, rows, output, run)
-    assert len(answers(output)) == 200 and len(stored(settings)[0]) == 400
+    kept = dies_between_commit_and_write(settings, rows, output, run)
+    assert len(answers(output)) == 200
 
-    # The resume keeps the run's key and answers rows 201-400 with what was stored.
+    # The resume keeps the run's key and answers the rows stored after 200 from storage.
     assert batch_files.run_key(source, output) == run
     with output.open("a", encoding="utf-8") as resumed:
         result = asyncio.run(score(settings, rows, resumed, run, batch_files.listed_rows(output)))
@@ -220,7 +228,7 @@ def test_a_chunk_committed_but_not_listed_is_answered_on_resume_not_stored_again
     by_id, events, chain_ok = stored(settings)
     assert len(by_id) == 500 and set(by_id) == {a["id"] for a in listed}
     assert events == 500 and chain_ok
-    assert (result.predicted, result.replayed) == (100, 200)  # rows 401-500 new
+    assert (result.predicted, result.replayed) == (500 - kept, kept - 200)  # the rest new
     assert by_id[listed[250]["id"]].idempotency_key == f"{run}:251"
 
     # A new output, or another source, starts a new run.
@@ -249,7 +257,7 @@ def test_two_runs_of_one_file_at_once_store_each_row_once(
                 for services, _ in made)))
         finally:
             for services, engine in made:
-                await services.shadows.drain()
+                await services.drain()
                 services.close()
                 await engine.dispose()
 

@@ -144,7 +144,7 @@ def test_a_shadow_that_cannot_load_does_not_stop_live(
         await services.shadows.drain()
         assert {p.release_version for p in answered} == {1}
         assert await shadow_outputs(services) == {}
-        assert services.registry.readiness()[TASK] == "ready"
+        assert services.registry.readiness()[TASK] == "serving"
         # The backfill refuses the tampered artifact as well, and scores nothing.
         backfill = ShadowBackfill(services.settings.artifacts_dir, settle_seconds=0)
         for _ in range(2):

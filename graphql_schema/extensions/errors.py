@@ -1,6 +1,5 @@
-"""The schema's extensions besides the permission checks: the one place where errors become
-GraphQL errors, what one document may cost (depth, tokens, aliases), and what an error may
-tell a stranger about the schema in production.
+"""The one place where errors become GraphQL errors, and what an error may tell a stranger
+about the schema in production.
 
 Domain errors (``ArbiterError``) keep their message and gain a stable ``extensions.code``;
 documents that do not parse or validate keep graphql-core's message and gain a code too;
@@ -12,21 +11,14 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from graphql.error import GraphQLError
-from strawberry.extensions import (
-    AddValidationRules,
-    DisableIntrospection,
-    MaskErrors,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    QueryDepthLimiter,
-    SchemaExtension,
-)
+from strawberry.extensions import MaskErrors, SchemaExtension
 
-from app.errors import ArbiterError
-from app.settings import Settings
+from app.db.outage import database_unreachable
+from app.errors import ArbiterError, ServiceUnavailableError
 
 log = logging.getLogger("arbiter.graphql")
 
@@ -51,15 +43,27 @@ def _document_error(error: GraphQLError) -> GraphQLError:
 
 
 class DomainErrors(MaskErrors):
-    """Maps domain errors to coded GraphQL errors and masks everything else."""
+    """Maps domain errors to coded GraphQL errors and masks everything else. An operation
+    that the database's absence left with no data at all answers HTTP 503 and
+    ``Retry-After``: a client or proxy may retry it as it is."""
 
     def __init__(self) -> None:
         super().__init__(should_mask_error=_uncoded)
+
+    def on_operation(self) -> Iterator[None]:
+        yield from super().on_operation()
+        _retry_later_if_unanswered(self.execution_context.result,
+                                   getattr(self.execution_context.context, "response", None))
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         original = error.original_error
         if original is None:
             return _document_error(error)
+        if not isinstance(original, ArbiterError) and database_unreachable(original):
+            error_id = uuid.uuid4().hex[:12]
+            log.warning("database unreachable (error %s) at %s: %r", error_id, error.path,
+                        original)
+            original = ServiceUnavailableError()
         if isinstance(original, ArbiterError):
             return GraphQLError(
                 str(original),
@@ -83,6 +87,19 @@ class DomainErrors(MaskErrors):
         )
 
 
+def _retry_later_if_unanswered(result: object, response: Any) -> None:
+    """HTTP 503 + ``Retry-After`` when every error is SERVICE_UNAVAILABLE and no field has
+    data (a partial answer stays 200: the client has something to read)."""
+    errors = getattr(result, "errors", None) or []
+    data = getattr(result, "data", None) or {}
+    if (response is None or not errors or any(v is not None for v in data.values())
+            or any((e.extensions or {}).get("code") != ServiceUnavailableError.code
+                   for e in errors)):
+        return
+    response.status_code = 503
+    response.headers["Retry-After"] = str(ServiceUnavailableError.RETRY_AFTER_SECONDS)
+
+
 _SUGGESTION = re.compile(r"\s*Did you mean .*$", re.DOTALL)
 
 
@@ -95,20 +112,3 @@ class HideSuggestions(SchemaExtension):
         result = self.execution_context.result
         for error in getattr(result, "errors", None) or ():
             error.message = _SUGGESTION.sub("", error.message)
-
-
-def limit_extensions(settings: Settings) -> list[Callable[[], SchemaExtension]]:
-    """Schema extension factories enforcing the settings' document limits."""
-    # The validation rules are built once: the validation cache is keyed by the rule
-    # classes, and a class per request would never hit it.
-    rules = [*QueryDepthLimiter(max_depth=settings.max_query_depth).validation_rules,
-             *MaxAliasesLimiter(max_alias_count=settings.max_aliases).validation_rules]
-    if not settings.introspection_enabled:
-        rules += DisableIntrospection().validation_rules
-    factories: list[Callable[[], SchemaExtension]] = [
-        lambda: AddValidationRules(rules),
-        lambda: MaxTokensLimiter(max_token_count=settings.max_query_tokens),
-    ]
-    if settings.production:
-        factories.append(HideSuggestions)
-    return factories
