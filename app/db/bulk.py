@@ -11,10 +11,12 @@ compare both (``GENERIC`` switches to that path).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from weakref import WeakKeyDictionary
 
+import asyncpg
 from sqlalchemy import Connection, Table, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
@@ -83,18 +85,60 @@ def _copy(conn: Connection, table: Table, names: list[str], tuples: list[tuple[A
           ) -> None:
     """``COPY table (names) FROM STDIN`` (binary) on the session's asyncpg connection; a
     driver error comes out as SQLAlchemy's (a unique key: ``IntegrityError``), as from
-    ``execute``."""
+    ``execute``. A COPY cut off by anything but an error the server reported (the
+    connection lost or terminated mid-stream) leaves asyncpg's protocol mid-operation:
+    the connection is invalidated, so that the transaction's rollback does not run on it
+    (it would fail with "another operation is in progress" and hide the outage) and the
+    pool does not hand it out again."""
     adapted: Any = conn.connection.dbapi_connection
     driver: Any = conn.connection.driver_connection
     # SQLAlchemy's asyncpg adapter opens the database transaction at its first statement,
     # not at begin(): a COPY sent first would run (and commit) on its own.
     conn.exec_driver_sql("SELECT 1")
     try:
-        await_(driver.copy_records_to_table(table.name, records=tuples, columns=names))
+        await_(_copy_until_lost(driver, table.name, names, tuples))
     except Exception as exc:
+        broken = _leaves_connection_broken(exc, driver)
         try:
             adapted._handle_exception(exc)  # raises the adapted DBAPI error
         except Exception as translated:
+            if broken:
+                conn.invalidate(translated)
             raise DBAPIError.instance(f"COPY {table.name}", None, translated,
-                                      conn.dialect.loaded_dbapi.Error) from translated
+                                      conn.dialect.loaded_dbapi.Error,
+                                      connection_invalidated=broken) from translated
         raise
+
+
+async def _copy_until_lost(driver: Any, table: str, names: list[str],
+                           tuples: list[tuple[Any, ...]]) -> None:
+    """asyncpg's COPY, stopped when its connection is lost. asyncpg (0.32) waits for the
+    socket to take more data without a timeout, and a connection lost while the socket was
+    full never wakes that wait: a terminated backend would hang the COPY, and with it
+    every commit queued behind it, for ever."""
+    copying = asyncio.ensure_future(
+        driver.copy_records_to_table(table, records=tuples, columns=names))
+
+    def lost(_: object) -> None:
+        copying.cancel()
+
+    driver.add_termination_listener(lost)
+    try:
+        await copying
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if (task is not None and task.cancelling()) or not driver.is_closed():
+            raise  # cancelled by our own caller
+        raise asyncpg.ConnectionDoesNotExistError(
+            f"connection was closed in the middle of COPY {table}") from None
+    finally:
+        driver.remove_termination_listener(lost)
+
+
+def _leaves_connection_broken(exc: BaseException, driver: Any) -> bool:
+    """After a failed COPY, is the connection unusable? Yes unless the server reported an
+    error about the data (a unique key, a bad value): then it answered and is idle again."""
+    if driver.is_closed():
+        return True
+    return not isinstance(exc, asyncpg.PostgresError) or isinstance(
+        exc, asyncpg.PostgresConnectionError | asyncpg.exceptions.OperatorInterventionError)

@@ -25,6 +25,9 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     pg.TooManyConnectionsError,
     sa.TimeoutError,  # the pool had no connection within its timeout
 )
+# asyncpg's words for a connection it already knows is gone (e.g. terminated while SQLAlchemy
+# was still setting it up), the same test SQLAlchemy's dialect makes.
+_PG_CLOSED = "connection is closed"
 _SQLITE_BUSY = ("database is locked", "unable to open database file", "disk I/O error")
 
 
@@ -45,5 +48,7 @@ def database_unreachable(exc: BaseException) -> bool:
         if isinstance(link, _UNREACHABLE):
             return True
         if isinstance(link, sqlite3.OperationalError) and str(link).startswith(_SQLITE_BUSY):
+            return True
+        if isinstance(link, pg.InterfaceError) and str(link).endswith(_PG_CLOSED):
             return True
     return False

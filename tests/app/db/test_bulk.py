@@ -4,9 +4,11 @@ exactly what SQLAlchemy's generic ``insert`` stores, all or nothing, on both dat
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.dialects import sqlite
@@ -15,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from app.audit import log as audit
 from app.db import bulk
 from app.db.engine import make_engine
+from app.db.outage import database_unreachable
 from app.db.rows import table_of
 from app.db.tables import AuditEvent, Prediction, ReviewItem
 from app.ml.task import TaskSpec
@@ -22,6 +25,7 @@ from app.predictions import store
 from app.predictions.path import predict_batch
 from app.predictions.services import Services
 from app.settings import Settings
+from tests.support.databases import PG_ADMIN_DSN, POSTGRES_ONLY
 from tests.support.inputs import example_inputs
 from tests.support.services import run_with
 from tests.support.tampering import verified
@@ -169,3 +173,55 @@ def test_every_row_gives_the_same_columns() -> None:
                       [{"id": "a", "label": "x"}, {"id": "b"}])
     with pytest.raises(ValueError, match=r"predictions has no column \['nope'\]"):
         bulk.prepared(table_of(Prediction), sqlite.dialect(), [{"id": "a", "nope": 1}])
+
+
+@POSTGRES_ONLY
+def test_a_backend_terminated_mid_copy_is_an_outage_and_leaves_no_other_error(
+        settings: Settings) -> None:
+    """A COPY cut off by ``pg_terminate_backend`` comes out as the database being gone
+    (a retryable SERVICE_UNAVAILABLE), and the transaction's rollback on the dead connection
+    does not replace it with a driver error ("another operation is in progress")."""
+    row = stored_predictions(settings)[0]
+    rows = [{**row, "id": f"copy{n}", "idempotency_key": f"copy{n}"} for n in range(20_000)]
+    engine = make_engine(settings.resolved_database_url)
+    predictions = table_of(Prediction)
+
+    async def work() -> tuple[BaseException | None, bool]:
+        killed = threading.Event()
+        try:
+            async with engine.begin() as conn:
+                pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar_one()
+                killer = threading.Thread(target=terminate_in_copy, args=(pid, killed))
+                killer.start()
+                try:
+                    await conn.run_sync(bulk.insert_rows, predictions, rows)
+                finally:
+                    killer.join()
+        except Exception as exc:
+            return exc, killed.is_set()
+        finally:
+            await engine.dispose()
+        return None, killed.is_set()
+
+    failed, killed = asyncio.run(work())
+    assert killed, "the COPY ended before it could be terminated: the test proved nothing"
+    assert failed is not None and database_unreachable(failed), repr(failed)
+
+
+def terminate_in_copy(pid: int, killed: threading.Event) -> None:
+    """Terminate backend ``pid`` as soon as it is running a COPY (polled from a connection
+    of this thread's own)."""
+    async def run() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            for _ in range(2_000):
+                if await conn.fetchval(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE pid = $1 AND query LIKE 'COPY%' AND state = 'active'", pid):
+                    killed.set()
+                    return
+                await asyncio.sleep(0.002)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
