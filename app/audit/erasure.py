@@ -26,7 +26,7 @@ async def erase_input(sessions: async_sessionmaker[AsyncSession], prediction_id:
             raise BadRequestError(f"the input of prediction {prediction_id!r} is already erased")
         p.input, p.input_salt, p.input_hash = {}, None, ""
         p.explanation = _without_values(p.explanation)
-        p.reasons = _reasons_without_values(p.reasons)
+        p.reasons = reasons_without_values(p.reasons)
         session.add(p)
         audit.append(session, audit.Kind.INPUT_ERASED, actor, "prediction", p.id,
                      {"inputCommitment": p.input_commitment}, p.task)
@@ -41,12 +41,14 @@ def _without_values(explanation: dict[str, object]) -> dict[str, object]:
     return {**explanation, "contributions": [{**c, "value": None} for c in contributions]}
 
 
-# Reasons whose detail repeats input values (``app.ml.ood``); the others speak of the model.
-INPUT_REASONS = frozenset({"OUT_OF_DISTRIBUTION"})
+# Reasons whose detail may repeat input values: an out-of-distribution detail names them
+# (``app.ml.ood``), a member's failure quotes its error, which may quote the value it could
+# not use; the others speak of the model.
+INPUT_REASONS = frozenset({"OUT_OF_DISTRIBUTION", "MEMBER_FAILURE"})
 ERASED_DETAIL = "input values erased"
 
 
-def _reasons_without_values(reasons: list[dict[str, object]]) -> list[dict[str, object]]:
+def reasons_without_values(reasons: list[dict[str, object]]) -> list[dict[str, object]]:
     """The reasons less the input values their details repeat (code, score and threshold
     stay)."""
     return [{**r, "detail": ERASED_DETAIL} if r.get("code") in INPUT_REASONS else r

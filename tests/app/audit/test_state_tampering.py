@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import col, select
 
-from app.audit.erasure import ERASED_DETAIL, erase_input
+from app.audit.erasure import ERASED_DETAIL, erase_input, reasons_without_values
 from app.db.engine import make_engine
 from app.db.migrate import alembic_config, upgrade
 from app.db.monitoring import Outcome
@@ -231,3 +231,16 @@ def test_rows_changed_behind_the_back_are_named_in_id_order(
     named = [said.index(f"predictions/{pid} was changed behind the log's back")
              for pid in changed]
     assert named == sorted(named), said
+
+
+def test_erasure_drops_a_member_failure_quoting_the_input() -> None:
+    """A member's error may quote the value it choked on: erased like an OOD detail; the
+    reasons about the model keep their words."""
+    reasons = [
+        {"code": "MEMBER_FAILURE", "detail": "member boosted failed: could not convert "
+         "string to float: 'Jane Doe, 12 Elm St'", "value": "boosted", "threshold": None},
+        {"code": "LOW_CONFIDENCE", "detail": "confidence 0.51 below 0.80", "value": 0.51,
+         "threshold": 0.8},
+    ]
+    erased = reasons_without_values(reasons)
+    assert erased == [{**reasons[0], "detail": ERASED_DETAIL}, reasons[1]]
