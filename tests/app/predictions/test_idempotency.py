@@ -49,7 +49,8 @@ def test_a_lookup_answers_the_callers_own_keys_and_no_others(
     task = example_tasks[TASK]
     rows = example_inputs(task, 10, seed=31)
     make_key(settings, "predictor", "shop")
-    keys = [f"order-{i}" for i in range(8)]
+    # The last key has what an array literal or an IN list would have to escape.
+    keys = [*(f"order-{i}" for i in range(7)), 'a,"b" {c}\\\'d']
 
     async def work(services: Services) -> None:
         await services.registry.load_all()
