@@ -2,9 +2,10 @@
 
 Writes ``--rows`` generated inputs as JSON Lines, runs ``arbiter predict-file`` on them in
 a fresh data dir (SQLite, or a fresh PostgreSQL database with ``--database-url``), timed
-from process start to exit, then measures the floor in this process: every LIVE member's
-``predict_proba`` + SHAP on the same rows as NumPy matrices (``--floor-chunk`` rows at a
-time, so that a million rows' SHAP values fit in memory), nothing else. Prints one table.
+from process start to exit, and the floor in this process before and after it (the machine
+is shared: the ratio is against their mean): every LIVE member's ``predict_proba`` + SHAP
+on the same rows as NumPy matrices (``--floor-chunk`` rows at a time, so that a million
+rows' SHAP values fit in memory), nothing else. Prints one table.
 
     uv run python bench/file_report.py                          # 1,000,000 rows, SQLite
     uv run python bench/file_report.py --rows 100000 --database-url postgresql
@@ -31,7 +32,7 @@ from servers import arbiter_env, arbiter_exe, log, prepare
 from tables import machine_line
 
 from app.ml.contract import to_matrix
-from app.ml.task import load_tasks
+from app.ml.task import TaskSpec, load_tasks
 from app.settings import EXAMPLE_TASKS_DIR
 
 
@@ -55,6 +56,18 @@ def write_inputs(path: Path, rows: list[dict[str, object]]) -> None:
             out.write(json.dumps(row) + "\n")
 
 
+def measure_floor(data_dir: Path, task: TaskSpec, rows: list[dict[str, object]],
+                  chunk: int) -> float:
+    """Seconds of the LIVE members' ``predict_proba`` + SHAP on every row, ``chunk`` rows
+    at a time (one run)."""
+    log.log("floor ...")
+    members = live_members(data_dir, task)
+    floor = 0.0
+    for start in range(0, len(rows), chunk):
+        floor += compute_floor(members, to_matrix(task, rows[start:start + chunk]), runs=1)
+    return floor
+
+
 def main() -> int:
     args = parse_args()
     task = load_tasks(EXAMPLE_TASKS_DIR)[args.task]
@@ -73,6 +86,7 @@ def main() -> int:
         source = Path(tmp) / "inputs.jsonl"
         write_inputs(source, rows)
         output = Path(tmp) / "answers.jsonl"
+        floor_before = measure_floor(data_dir, task, rows, args.floor_chunk)
         log.log("arbiter predict-file ...")
         started = time.perf_counter()
         subprocess.run([arbiter_exe(), "predict-file", args.task, str(source), "--output",
@@ -83,12 +97,8 @@ def main() -> int:
             answered = sum(1 for _ in answers)
         if answered != args.rows:
             raise SystemExit(f"predict-file answered {answered} rows of {args.rows}")
-        log.log("floor ...")
-        members = live_members(data_dir, task)
-        floor = 0.0
-        for start in range(0, len(rows), args.floor_chunk):
-            X = to_matrix(task, rows[start:start + args.floor_chunk])
-            floor += compute_floor(members, X, runs=1)
+        floor_after = measure_floor(data_dir, task, rows, args.floor_chunk)
+        floor = (floor_before + floor_after) / 2
         table = Table(title=f"predict-file vs floor, {args.rows} rows of {args.task}")
         for column in ("backend", "Arbiter s", "floor s", "ratio", "target", "rows/s"):
             table.add_column(column, justify="right")
@@ -101,7 +111,9 @@ def main() -> int:
         console.print(table)
         console.print(machine_line() + f"; chunks of {args.chunk_rows}; Arbiter = process "
                       "start to exit (loading the models included); floor in chunks of "
-                      f"{args.floor_chunk} rows, one run; {np.__name__} {np.__version__}")
+                      f"{args.floor_chunk} rows: the mean of one run before it "
+                      f"({floor_before:.1f} s) and one after ({floor_after:.1f} s); "
+                      f"{np.__name__} {np.__version__}")
     return 0
 
 
