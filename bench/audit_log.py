@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import multiprocessing
 import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,28 +42,47 @@ from app.db.migrate import upgrade
 from app.ml.task import load_tasks
 
 
+@dataclass(frozen=True)
+class Round:
+    """One round of writers: their rate, the CPU each of their transactions cost (their
+    processes, the database's backends, the sequencer's process), the waits sampled."""
+
+    rate: float
+    writer_us: float  # CPU of the writer processes per transaction
+    backend_us: float | None  # CPU of the database's backends (local server only)
+    sequencer_us: float  # CPU of the sequencer's process per transaction
+    lock_waits: int  # the most sessions seen waiting on a lock at once
+    seen: collections.Counter[str]
+
+
 def _writer(url: str, data: str, name: str, seconds: float, logged: bool, kind: str,
-            done: multiprocessing.Queue) -> None:
+            start: Any, finish: Any, done: multiprocessing.Queue) -> None:
     if not logged:
         audit.record = lambda session, entries: None  # type: ignore[assignment]
-    done.put(asyncio.run(_predictions(url, data, seconds) if kind == "predict"
-                         else _keys(url, name, seconds)))
+    asyncio.run(_predictions(url, data, seconds, start, finish, done) if kind == "predict"
+                else _keys(url, name, seconds, start, finish, done))
 
 
-async def _keys(url: str, name: str, seconds: float) -> int:
+async def _keys(url: str, name: str, seconds: float, start: Any, finish: Any,
+                done: multiprocessing.Queue) -> None:
     """The smallest audited transaction: one INSERT and its event."""
     engine = make_engine(url)
     sessions = make_sessionmaker(engine)
-    n, end = 0, time.perf_counter() + seconds
+    async with sessions() as session, session.begin():  # connected, statements prepared
+        await create_key(session, "predictor", f"{name}-warm", actor="bench")
+    start.wait()  # every writer (and the sequencer) ready: the clock starts together
+    n, cpu, end = 0, time.process_time(), time.perf_counter() + seconds
     while time.perf_counter() < end:
         async with sessions() as session, session.begin():
             await create_key(session, "predictor", f"{name}-{n}", actor="bench")
         n += 1
+    done.put((n, time.process_time() - cpu))
+    finish.wait()  # connected until the backends' CPU is read
     await engine.dispose()
-    return n
 
 
-async def _predictions(url: str, data: str, seconds: float) -> int:
+async def _predictions(url: str, data: str, seconds: float, start: Any, finish: Any,
+                       done: multiprocessing.Queue) -> None:
     """One prediction at a time (models, SHAP, routing, its row and its event)."""
     from app.main import build_services
     from app.predictions.path import predict
@@ -72,43 +93,79 @@ async def _predictions(url: str, data: str, seconds: float) -> int:
     await services.registry.load_all()
     task = services.registry.tasks["loan_default"]
     rows = example_inputs(task, 500, seed=os.getpid())
-    n, end = 0, time.perf_counter() + seconds
+    await predict(services, None, task.name, rows[-1])
+    start.wait()
+    n, cpu, end = 0, time.process_time(), time.perf_counter() + seconds
     while time.perf_counter() < end:
         await predict(services, None, task.name, rows[n % len(rows)])
         n += 1
+    done.put((n, time.process_time() - cpu))
+    finish.wait()
     services.close()
     await engine.dispose()
-    return n
 
 
-def _sequencer(url: str, data: str, stop: Any) -> None:
+def _sequencer(url: str, data: str, start: Any, stop: Any, finish: Any,
+               done: multiprocessing.Queue) -> None:
     """What a server does beside its requests: a sequencer round every 0.2 s, until the
     writers are done."""
     async def work() -> None:
         engine = make_engine(url)
         key = load_signing_key(None, Path(data), False)
         seq = Sequencer(make_sessionmaker(engine), key, CheckpointPolicy(), 0.2)
+        await seq.drain()
+        start.wait()
+        cpu = time.process_time()
         task = asyncio.create_task(seq.run())
         while not stop.is_set():
             await asyncio.sleep(0.1)
         task.cancel()
+        done.put(time.process_time() - cpu)
+        finish.wait()
         await seq.drain()
         await engine.dispose()
     asyncio.run(work())
 
 
-async def _lock_waits(url: str, seconds: float) -> int:
+def _backend_cpu(pids: list[int]) -> float | None:
+    """CPU seconds the server's processes ``pids`` used so far (their /proc stat; None when
+    the server is not on this machine)."""
+    total = 0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    except OSError:
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def _watch(url: str, seconds: float) -> tuple[int, collections.Counter[str],
+                                                    float | None]:
+    """For ``seconds``: the most sessions seen waiting on a lock (``wait_event_type =
+    'Lock'``) at once, every wait seen in the samples of active sessions (``type:event``;
+    CPU = none), and the CPU seconds the database's other backends used meanwhile."""
     engine = make_engine(url)
-    most, end = 0, time.perf_counter() + seconds
+    most, seen, end = 0, collections.Counter[str](), time.perf_counter() + seconds
+    # Autocommit: a transaction would see one snapshot of pg_stat_activity throughout.
     async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        pids = list((await conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")).scalars())
+        before = _backend_cpu(pids)
         while time.perf_counter() < end:
-            waiting = (await conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database()")).scalar_one()
-            most = max(most, waiting)
+            rows = (await conn.exec_driver_sql(
+                "SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') FROM "
+                "pg_stat_activity WHERE datname = current_database() AND state = 'active' "
+                "AND pid <> pg_backend_pid()")).scalars().all()
+            most = max(most, sum(1 for r in rows if r.startswith("Lock:")))
+            seen.update(rows)
             await asyncio.sleep(0.05)
+        after = _backend_cpu(pids)
     await engine.dispose()
-    return most
+    used = None if before is None or after is None else after - before
+    return most, seen, used
 
 
 async def _latencies(url: str) -> list[float]:
@@ -121,23 +178,37 @@ async def _latencies(url: str) -> list[float]:
     return sorted((s - a).total_seconds() for a, s in rows)
 
 
-def writers(url: str, data: str, n: int, seconds: float, logged: bool,
-            kind: str) -> tuple[float, int]:
+def writers(url: str, data: str, n: int, seconds: float, logged: bool, kind: str) -> Round:
     ctx = multiprocessing.get_context("spawn")
     done: multiprocessing.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_writer, args=(url, data, f"w{i}", seconds, logged, kind, done))
+    sequenced: multiprocessing.Queue = ctx.Queue()
+    # The writers (and the sequencer) start their clocks together, once all are set up
+    # (spawned, imported, connected), and the waits are sampled over the same seconds; they
+    # keep their connections until the backends' CPU is read.
+    parties = n + 1 + (1 if logged else 0)
+    start, finish = ctx.Barrier(parties), ctx.Barrier(parties)
+    procs = [ctx.Process(target=_writer, args=(url, data, f"w{i}", seconds, logged, kind,
+                                               start, finish, done))
              for i in range(n)]
     stop = ctx.Event()
     if logged:
-        procs.append(ctx.Process(target=_sequencer, args=(url, data, stop)))
+        procs.append(ctx.Process(target=_sequencer,
+                                 args=(url, data, start, stop, finish, sequenced)))
     for p in procs:
         p.start()
-    waits = asyncio.run(_lock_waits(url, seconds))
-    total = sum(done.get(timeout=seconds + 600) for _ in range(n))
+    start.wait(timeout=600)
+    waits, seen, backend = asyncio.run(_watch(url, seconds))
+    results = [done.get(timeout=seconds + 600) for _ in range(n)]
     stop.set()
+    sequencer = sequenced.get(timeout=600) if logged else 0.0
+    finish.wait(timeout=600)
     for p in procs:
         p.join(timeout=120)
-    return total / seconds, waits
+    total = sum(count for count, _ in results)
+    per_tx = 1e6 / max(total, 1)
+    return Round(total / seconds, sum(cpu for _, cpu in results) * per_tx,
+                 None if backend is None else backend * per_tx, sequencer * per_tx, waits,
+                 seen)
 
 
 def _release(url: str, data: str) -> None:
@@ -155,25 +226,40 @@ def _release(url: str, data: str) -> None:
     asyncio.run(work())
 
 
-def writer_report(dsn: str, data: str, n: int, seconds: float, kind: str) -> None:
-    rates = {}
-    for logged in (False, True, False, True):  # interleaved: the machine is shared
-        with postgres_database(dsn) as url:
-            upgrade(url)
-            if kind == "predict":
-                _release(url, data)
-            rate, waits = writers(url, data, n, seconds, logged, kind)
-            rates.setdefault(logged, []).append(rate)
-            note = ""
-            if logged:
-                lat = asyncio.run(_latencies(url))
-                p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
-                note = f", commit->leaf p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms"
-            print(f"{n} writers ({kind}), log {'on ' if logged else 'off'}: {rate:7.1f} tx/s, "
-                  f"at most {waits} sessions waiting on a lock{note}", flush=True)
-    on, off = statistics.mean(rates[True]), statistics.mean(rates[False])
+def writer_report(dsn: str, data: str, n: int, seconds: float, kind: str,
+                  rounds: int) -> None:
+    done: dict[bool, list[Round]] = {False: [], True: []}
+    for _ in range(rounds):
+        for logged in (False, True):  # interleaved: the machine is shared
+            with postgres_database(dsn) as url:
+                upgrade(url)
+                if kind == "predict":
+                    _release(url, data)
+                r = writers(url, data, n, seconds, logged, kind)
+                done[logged].append(r)
+                note = ""
+                if logged:
+                    lat = asyncio.run(_latencies(url))
+                    p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+                    note = f", commit->leaf p50 {p50 * 1000:.0f} ms p99 {p99 * 1000:.0f} ms"
+                backend = "?" if r.backend_us is None else f"{r.backend_us:.0f}"
+                print(f"{n} writers ({kind}), log {'on ' if logged else 'off'}: "
+                      f"{r.rate:7.1f} tx/s, at most {r.lock_waits} sessions waiting on a "
+                      f"lock{note}\n    CPU per transaction: writers {r.writer_us:.0f} us, "
+                      f"backends {backend} us, sequencer {r.sequencer_us:.0f} us; waits "
+                      "sampled: " + ", ".join(f"{w} {c}" for w, c in r.seen.most_common(5)),
+                      flush=True)
+    on = statistics.mean(r.rate for r in done[True])
+    off = statistics.mean(r.rate for r in done[False])
+    pairs = [a.rate / b.rate for a, b in zip(done[True], done[False], strict=True)]
     print(f"audited transactions with the log / without: {on:.1f} / {off:.1f} = "
-          f"{on / off:.2f}x")
+          f"{on / off:.2f}x (per round: {', '.join(f'{p:.2f}' for p in pairs)})")
+
+    def cpu(rs: list[Round]) -> float:
+        return statistics.mean(r.writer_us + (r.backend_us or 0) + r.sequencer_us for r in rs)
+    print(f"CPU per transaction (writers + backends + sequencer), without / with the log: "
+          f"{cpu(done[False]):.0f} / {cpu(done[True]):.0f} us = "
+          f"{cpu(done[False]) / cpu(done[True]):.2f}x")
 
 
 def verify_report(url: str, data: str, events: int) -> None:
@@ -216,6 +302,8 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="interleaved pairs of writer rounds (log off, log on)")
     parser.add_argument("--skip", choices=["writers", "verify"])
     parser.add_argument("--work", choices=["keys", "predict"], default="keys",
                         help="the writers' transaction: create_key, or one prediction")
@@ -224,7 +312,7 @@ def main() -> None:
     assert dsn is not None
     with tempfile.TemporaryDirectory() as data:
         if args.skip != "writers":
-            writer_report(dsn, data, args.writers, args.seconds, args.work)
+            writer_report(dsn, data, args.writers, args.seconds, args.work, args.rounds)
         if args.skip != "verify":
             sqlite = f"sqlite+aiosqlite:///{Path(data) / 'verify.db'}"
             upgrade(sqlite)

@@ -65,21 +65,24 @@ def _due(last: AuditCheckpoint | None, size: int, policy: CheckpointPolicy,
 def sequence_batch(conn: Connection, key: SigningKey | None, policy: CheckpointPolicy,
                    limit: int = BATCH_EVENTS, force_checkpoint: bool = False) -> int:
     """One round: up to ``limit`` pending events get leaves (in commit order, see
-    ``tree.COMMIT_ORDER``); a checkpoint is
-    signed when due. Returns the number sequenced (0 when another process holds the turn)."""
+    ``tree.COMMIT_ORDER``); a checkpoint is signed when due. Returns the number sequenced (0
+    when another process holds the turn)."""
     if not _take_turn(conn):
         return 0
-    ids = list(conn.execute(select(PENDING.c.event_id).order_by(*tree.COMMIT_ORDER)
-                            .limit(limit)).scalars())
+    # The pending events with their rows, in one query (an outer join: a pending mark
+    # whose event is gone comes back with an empty row).
+    pending = PENDING.outerjoin(EVENTS, EVENTS.c.id == PENDING.c.event_id)
+    found = conn.execute(select(PENDING.c.event_id, EVENTS).select_from(pending)
+                         .order_by(*tree.COMMIT_ORDER).limit(limit)).all()
+    ids = [r.event_id for r in found]
     size = tree.tree_size(conn)
     edge = tree.frontier(conn, size)
     if ids:
-        rows = {r.id: r for r in conn.execute(select(EVENTS).where(EVENTS.c.id.in_(ids)))}
-        lost = [i for i in ids if i not in rows]
+        lost = [r.event_id for r in found if r.id is None]
         if lost:  # only someone with database access removes a pending event
             log.error("audit events %s were pending and are gone from the log", lost[:10])
-        tree.grow(conn, edge, [(i, merkle.leaf_hash(entry_of(rows[i])))
-                               for i in ids if i in rows])
+        tree.grow(conn, edge, [(r.id, merkle.leaf_hash(entry_of(r)))
+                               for r in found if r.id is not None])
         conn.execute(delete(AuditPending).where(PENDING.c.event_id.in_(ids)))
     if key is not None and _due(tree.latest_checkpoint(conn), edge.size, policy,
                                 force_checkpoint):
@@ -112,17 +115,26 @@ class Sequencer:
         self.interval_seconds = interval_seconds
 
     async def once(self, force_checkpoint: bool = False) -> int:
-        if not force_checkpoint and not await self._work_waiting():
-            return 0  # an idle round takes no write lock (SQLite has but one)
-        async with self.sessions() as session, session.begin():
-            conn = await session.connection()
-            return await conn.run_sync(sequence_batch, self.key, self.policy, BATCH_EVENTS,
-                                       force_checkpoint)
-
-    async def _work_waiting(self) -> bool:
+        """One round, in one transaction with its look for work on PostgreSQL (an idle
+        round takes no lock and writes nothing). On SQLite the look is a transaction of its
+        own before it: an idle round takes no write lock (SQLite has but one), and a read
+        transaction that then writes fails when another writer moved the database on."""
         async with self.sessions() as session:
-            conn = await session.connection()
-            return await conn.run_sync(work_waiting, self.key is not None, self.policy)
+            sqlite = session.get_bind().dialect.name == "sqlite"
+            if sqlite and not force_checkpoint:
+                conn = await session.connection()
+                if not await conn.run_sync(work_waiting, self.key is not None, self.policy):
+                    return 0
+                await session.rollback()
+            async with session.begin():
+                conn = await session.connection()
+                return await conn.run_sync(self._round, force_checkpoint or sqlite,
+                                           force_checkpoint)
+
+    def _round(self, conn: Connection, looked: bool, force_checkpoint: bool) -> int:
+        if not looked and not work_waiting(conn, self.key is not None, self.policy):
+            return 0
+        return sequence_batch(conn, self.key, self.policy, BATCH_EVENTS, force_checkpoint)
 
     async def drain(self, force_checkpoint: bool = False) -> None:
         """Sequence everything pending now, then sign a checkpoint of the whole tree."""
