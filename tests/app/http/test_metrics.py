@@ -185,12 +185,21 @@ def test_two_server_processes_give_one_view(settings: Settings,
             with httpx.Client(base_url=url, timeout=120) as http:  # a new connection each
                 return str(Api(http, key)(PREDICT, i=row)["data"]["predict"]["route"])
 
-        with ThreadPoolExecutor(4) as pool:
-            routes = Counter(pool.map(predict, rows))
+        # The kernel hands each new connection to whichever process accepts first: on a
+        # loaded machine one may take a whole round (the other still busy); send rounds
+        # until both have answered some.
         path = multiproc_dir(serve.pid)
-        by_process = predictions_by_process(path)
+        routes: Counter[str] = Counter()
+        sent = 0
+        for _ in range(10):
+            with ThreadPoolExecutor(4) as pool:
+                routes.update(pool.map(predict, rows))
+            sent += len(rows)
+            by_process = predictions_by_process(path)
+            if len(by_process) == 2:
+                break
         assert len(by_process) == 2 and all(by_process.values()), by_process
-        assert sum(by_process.values()) == 40
+        assert sum(by_process.values()) == sent
         with httpx.Client(base_url=url, timeout=60) as http:
             for _ in range(4):  # whichever process answers the scrape, the view is the same
                 samples = scrape(http)
@@ -198,7 +207,7 @@ def test_two_server_processes_give_one_view(settings: Settings,
                     assert value(samples, "arbiter_predictions_total", task="loan_default",
                                  release="1", route=route) == routes[route]
                 assert value(samples, "arbiter_prediction_stage_duration_seconds_count",
-                             task="loan_default", stage="infer") == 40
+                             task="loan_default", stage="infer") == sent
     finally:
         serve.terminate()
         serve.wait(timeout=60)
