@@ -146,6 +146,8 @@ def build_app(settings: Settings) -> Starlette:
         finally:
             loading.cancel()
             sequencing.cancel()
+            # their cleanup (the sequencer's rollback) while the loop and the engine still run
+            await asyncio.gather(loading, sequencing, return_exceptions=True)
             await jobs.stop()
             await services.drain()  # batches in flight, shadow scoring: before the engine goes
             services.close()

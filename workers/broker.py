@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 from typing import ClassVar
 
@@ -10,6 +12,7 @@ import redis
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread, set_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import join_all
 from dramatiq.middleware import Retries
 from dramatiq.middleware.asyncio import AsyncIO
 
@@ -21,6 +24,11 @@ from workers.metrics import JobMetrics
 # this long means Redis is not answering.
 BROKER_CONNECT_TIMEOUT_SECONDS = 1.0
 BROKER_READ_TIMEOUT_SECONDS = 2.0
+# How long the coroutines a stop cancels get for their cleanup (a rollback, closing their
+# connections): a statement waiting for SQLite's lock may take its busy timeout (30 s).
+CANCEL_WAIT_SECONDS = 35.0
+
+log = logging.getLogger("arbiter.workers")
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -57,6 +65,49 @@ class OwnLoopAsyncIO(AsyncIO):
                 set_event_loop_thread(others[-1] if others else None)
         loop_thread.stop()
         loop_thread.join()
+
+    def cancel_running(self, worker: dramatiq.Worker, wait_seconds: float) -> int:
+        """Cancel the actor coroutines still running on ``worker``'s loop and wait up to
+        ``wait_seconds`` for them to finish (their transactions roll back, their connections
+        close); how many there were."""
+        with self._registry_lock:
+            loop_thread = self._loop_threads.get(id(worker))
+        if loop_thread is None or not loop_thread.loop.is_running():
+            return 0
+
+        async def cancel_all() -> int:
+            running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running, timeout=wait_seconds)
+            return len(running)
+
+        future = asyncio.run_coroutine_threadsafe(cancel_all(), loop_thread.loop)
+        return future.result(timeout=wait_seconds + 1)
+
+
+def stop_worker(worker: dramatiq.Worker, timeout_ms: int) -> None:
+    """Stop ``worker`` as ``Worker.stop`` does, but never with an actor mid-transaction.
+
+    Dramatiq's stop waits ``timeout_ms`` for running actors and then stops the event loop
+    under the ones still running: their coroutines never resumed, their SQLite connections
+    stayed open inside a write transaction, and every writer of the database after them
+    (the next server's, a CLI's) failed with "database is locked". Here the actors still
+    running after ``timeout_ms`` are cancelled while the loop and the consumers still run, so
+    they roll back, and the message fails as any interrupted job does (it runs again: the
+    outbox and the periodic sweep send it, and every actor is idempotent)."""
+    for thread in worker.workers:
+        thread.stop()
+    join_all(worker.workers, timeout_ms)
+    if any(thread.is_alive() for thread in worker.workers):
+        for middleware in worker.broker.middleware:
+            if isinstance(middleware, OwnLoopAsyncIO):
+                cancelled = middleware.cancel_running(worker, CANCEL_WAIT_SECONDS)
+                log.warning("stopped %d job(s) still running after %d ms; they run again",
+                            cancelled, timeout_ms)
+        join_all(worker.workers, timeout_ms)
+    worker.stop(timeout=timeout_ms)
 
 
 def build_broker(redis_url: str | None, namespace: str) -> dramatiq.Broker:

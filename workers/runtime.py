@@ -19,7 +19,7 @@ from app.releases.shadows import ShadowBackfill
 from app.settings import Settings
 from app.training.jobs import JobContext
 from workers.actors import register
-from workers.broker import build_broker
+from workers.broker import build_broker, stop_worker
 from workers.relay import OutboxRelay
 
 WORKER_THREADS = 2
@@ -91,7 +91,7 @@ class JobRuntime:
                 await self._relay_task
         if self.worker is not None:
             worker = self.worker
-            await anyio.to_thread.run_sync(lambda: worker.stop(timeout=WORKER_STOP_MS))
+            await anyio.to_thread.run_sync(lambda: stop_worker(worker, WORKER_STOP_MS))
         self.broker.close()
         if self._owns_events:
             await self.events.stop()
