@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
+from sqlmodel import col, select, update
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.audit import log as audit
@@ -67,9 +67,14 @@ def alarm_of(task: TaskSpec, quality: AutoQuality, row: QualityRow) -> dict[str,
 
 
 async def _store_alarm(session: AsyncSession, release_id: int, alarm: dict[str, Any]) -> bool:
-    """Store the alarm unless a concurrent check did (the row is locked on PostgreSQL)."""
-    release = (await session.exec(select(Release).where(col(Release.id) == release_id)
-                                  .with_for_update())).one()
+    """Store the alarm unless a concurrent check did. The first statement writes the row to
+    itself: a concurrent check waits there until this one commits, then reads its alarm.
+    (``SELECT ... FOR UPDATE`` did so on PostgreSQL only: SQLite ignores it and takes its
+    write lock at the first write, so two checks both read no alarm and both stored one.)"""
+    await session.exec(update(Release).where(col(Release.id) == release_id)
+                       .values(quality_alarm=col(Release.quality_alarm))
+                       .execution_options(synchronize_session=False))
+    release = (await session.exec(select(Release).where(col(Release.id) == release_id))).one()
     if release.quality_alarm:
         return False
     release.quality_alarm = alarm
