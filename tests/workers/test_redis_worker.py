@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 
 import httpx
 
@@ -47,7 +48,13 @@ def test_jobs_run_in_a_worker_process_and_survive_its_death(
             worker = start_worker(scaled)
             wait_pending(people, second["item"]["id"])
 
+            # The last lease is long: claim and submit need not fit in one second.
+            routed = people.admin('mutation { setReleaseRouting(task: "loan_default", '
+                                  'version: 1, policy: {lease_seconds: 120}) { version } }')
+            assert routed["data"]["setReleaseRouting"]["version"] == 1, routed
             third = people.reviewer(CLAIM)["data"]["claimReview"]
+            expires = datetime.fromisoformat(third["expiresAt"])
+            assert expires - datetime.now(UTC) > timedelta(seconds=60), third
             done = people.reviewer(SUBMIT, t=third["leaseToken"], l="late")
             assert done["data"]["submitReview"]["status"] == "RESOLVED"
             counts = people.admin("{ reviewItems(status: RESOLVED) { totalCount } }")
