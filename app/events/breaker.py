@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from enum import StrEnum
 
 from app.metrics import REDIS_CIRCUIT_OPENED, REDIS_UP
@@ -33,9 +34,11 @@ class CircuitState(StrEnum):
 class CircuitBreaker:
     """One per Redis client of a process, named for its metric label and log lines."""
 
-    def __init__(self, name: str, reset_seconds: float = RESET_SECONDS) -> None:
+    def __init__(self, name: str, reset_seconds: float = RESET_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.reset_seconds = reset_seconds
+        self._clock = clock
         self._state = CircuitState.CLOSED
         self._opened_at = 0.0
         self._lock = threading.Lock()
@@ -52,9 +55,9 @@ class CircuitBreaker:
         with self._lock:
             if self._state is CircuitState.CLOSED:
                 return True
-            if time.monotonic() - self._opened_at >= self.reset_seconds:
+            if self._clock() - self._opened_at >= self.reset_seconds:
                 self._state = CircuitState.HALF_OPEN
-                self._opened_at = time.monotonic()  # the next probe is due from now
+                self._opened_at = self._clock()  # the next probe is due from now
                 return True
             return False
 
@@ -73,4 +76,4 @@ class CircuitBreaker:
                 REDIS_UP.labels(self.name).set(0)
                 REDIS_CIRCUIT_OPENED.labels(self.name).inc()
             self._state = CircuitState.OPEN
-            self._opened_at = time.monotonic()
+            self._opened_at = self._clock()

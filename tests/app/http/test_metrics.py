@@ -60,7 +60,9 @@ def until(check: Callable[[], Any], what: str, seconds: float = 30) -> Any:
 def test_counts_match_what_happened(settings: Settings,
                                     example_tasks: dict[str, TaskSpec]) -> None:
     rows = example_inputs(example_tasks["loan_default"], 43, seed=11)
-    with LiveServer(settings, review={"lease_seconds": 3.0}) as server, \
+    # Leases short enough for the lapsing one to expire within the test, long enough for a
+    # claim and its submit to fit on a loaded machine.
+    with LiveServer(settings, review={"lease_seconds": 10.0}) as server, \
             httpx.Client(base_url=server.url, timeout=60) as http:
         predictor = Api(http, make_key(settings, "predictor", "app"))
         reviewer = Api(http, make_key(settings, "reviewer", "rita"))
