@@ -220,7 +220,13 @@ def test_reviews_of_shifted_inputs_make_a_better_release(
     assert finished["release"]["version"] == 3
     assert finished["release"]["gate"]["decision"] == "REJECTED"
     assert finished["release"]["stage"] == "CANDIDATE"
-    assert any("less than the required" in r for r in finished["release"]["gate"]["reasons"])
+    # Why, in the gate's words: it loses on the source rows (starved members are about 0.06
+    # less accurate there). Its gain on the reviewed rows is near zero and varies with which
+    # rows are held out (about -0.02 to +0.03 on 6 discordant pairs): the first reason says
+    # "less than the required" or "not significant" by chance, so it is not checked.
+    reasons = finished["release"]["gate"]["reasons"]
+    assert any(r.startswith("accuracy on the 1200 source held-out rows loses")
+               and "more than the allowed" in r for r in reasons), reasons
 
 
 def test_only_admins_retrain_and_requests_join_the_active_job(team: Team) -> None:
