@@ -73,3 +73,26 @@ def test_a_worker_killed_while_training_loses_nothing(
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_a_server_stopped_while_training_leaves_the_job_to_run_again(
+        settings: Settings, tmp_path: Path) -> None:
+    """Embedded: the server stops while its in-process worker fits (a fit of minutes). The
+    job is cancelled after the stop's grace time, and the next server finds it stalled and
+    runs it again to the end, once. (What a cancelled job leaves in the database is checked
+    in tests/workers/test_broker_loops.py: a fit holds no transaction.)"""
+    tasks = slow_tasks(tmp_path / "tasks")
+    slow = settings.model_copy(update={"training_stale_seconds": 5.0, "tasks_dir": tasks,
+                                       "lease_sweep_seconds": 1.0})
+    with LiveServer(slow) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        admin = Api(c, make_key(slow, "admin", "ops"))
+        job = data(admin(RETRAIN, r="nightly"))["retrain"]
+        wait_until_fitting(admin, job["id"])
+    again = slow.model_copy(update={"tasks_dir": settings.tasks_dir})  # fits in seconds
+    with LiveServer(again) as server, httpx.Client(base_url=server.url, timeout=60) as c:
+        admin = Api(c, make_key(again, "admin", "ops-2"))
+        finished = wait_for_job(admin, job["id"])
+        assert finished["status"] == "SUCCEEDED", finished
+        assert finished["release"]["version"] == 2
+        releases = data(admin('{ releases(task: "loan_default") { version } }'))
+        assert [r["version"] for r in releases["releases"]] == [2, 1]  # made once
