@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 from typing import ClassVar
@@ -66,25 +67,31 @@ class OwnLoopAsyncIO(AsyncIO):
         loop_thread.stop()
         loop_thread.join()
 
-    def cancel_running(self, worker: dramatiq.Worker, wait_seconds: float) -> int:
-        """Cancel the actor coroutines still running on ``worker``'s loop and wait up to
-        ``wait_seconds`` for them to finish (their transactions roll back, their connections
-        close); how many there were."""
+    def cancel_running(self, worker: dramatiq.Worker, wait_seconds: float) -> tuple[int, int]:
+        """Cancel the coroutines still running on ``worker``'s loop (the actors' and what
+        they started) and wait up to ``wait_seconds`` for them to finish: their transactions
+        roll back, their connections close. How many were cancelled, and how many of them
+        had not finished by then (a loop blocked by synchronous code counts them all)."""
         with self._registry_lock:
             loop_thread = self._loop_threads.get(id(worker))
         if loop_thread is None or not loop_thread.loop.is_running():
-            return 0
+            return 0, 0
 
-        async def cancel_all() -> int:
+        async def cancel_all() -> tuple[int, int]:
             running = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
             for task in running:
                 task.cancel()
-            if running:
-                await asyncio.wait(running, timeout=wait_seconds)
-            return len(running)
+            if not running:
+                return 0, 0
+            _, pending = await asyncio.wait(running, timeout=wait_seconds)
+            return len(running), len(pending)
 
         future = asyncio.run_coroutine_threadsafe(cancel_all(), loop_thread.loop)
-        return future.result(timeout=wait_seconds + 1)
+        try:
+            return future.result(timeout=wait_seconds + 1)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            return -1, -1
 
 
 def stop_worker(worker: dramatiq.Worker, timeout_ms: int) -> None:
@@ -103,9 +110,11 @@ def stop_worker(worker: dramatiq.Worker, timeout_ms: int) -> None:
     if any(thread.is_alive() for thread in worker.workers):
         for middleware in worker.broker.middleware:
             if isinstance(middleware, OwnLoopAsyncIO):
-                cancelled = middleware.cancel_running(worker, CANCEL_WAIT_SECONDS)
-                log.warning("stopped %d job(s) still running after %d ms; they run again",
-                            cancelled, timeout_ms)
+                cancelled, unfinished = middleware.cancel_running(worker, CANCEL_WAIT_SECONDS)
+                log.warning("jobs still running %d ms after the stop began: %s coroutine(s) "
+                            "cancelled, %s left unfinished after waiting up to %.0f s; the "
+                            "jobs run again", timeout_ms, "?" if cancelled < 0 else cancelled,
+                            "?" if unfinished < 0 else unfinished, CANCEL_WAIT_SECONDS)
         join_all(worker.workers, timeout_ms)
     worker.stop(timeout=timeout_ms)
 
