@@ -17,6 +17,9 @@ from sqlalchemy.pool import NullPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app import json_codec
+from app.db import sqlite_threads
+
+sqlite_threads.install()  # before any SQLite connection: see that module
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 Params = ParamSpec("Params")
