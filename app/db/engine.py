@@ -43,17 +43,23 @@ _OPTIONS = {"json_serializer": json_codec.dumps, "json_deserializer": json_codec
          "hide_parameters": True}
 
 
+# Connections whose close releases their lock even when a cursor outlives them.
+_SQLITE_ARGS = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                "factory": sqlite_threads.RollbackOnClose}
+
+
 def make_engine(url: str, pooled: bool = True) -> AsyncEngine:
     """``pooled=False`` opens a connection per session: for rare users (jobs) whose event
     loop may stop before anyone could dispose of a pool."""
     if not pooled:
-        engine = create_async_engine(url, poolclass=NullPool, **_OPTIONS)
+        engine = create_async_engine(url, poolclass=NullPool, **_OPTIONS,
+                                     connect_args=_SQLITE_ARGS if url.startswith("sqlite")
+                                     else {})
         if url.startswith("sqlite"):
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("sqlite"):
-        engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-                                     **_OPTIONS)
+        engine = create_async_engine(url, connect_args=_SQLITE_ARGS, **_OPTIONS)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True, **_OPTIONS)

@@ -1,4 +1,6 @@
-"""aiosqlite's connection thread, made to outlive the event loop that called it.
+"""SQLite connections that never keep the write lock after their caller has gone: the
+connection class the engine opens (``RollbackOnClose``, below), and aiosqlite's connection
+thread, made to outlive the event loop that called it.
 
 aiosqlite runs each connection's statements in a thread of its own and hands every result
 back with ``loop.call_soon_threadsafe``. When that loop has closed (a process's shutdown
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from typing import Any
 
 import aiosqlite
@@ -58,3 +61,19 @@ def install() -> None:
                            f"{SUPPORTED_VERSION}, not {aiosqlite.__version__}: check "
                            "aiosqlite/core.py's _connection_worker_thread and update it")
     core._connection_worker_thread = _connection_worker_thread
+
+
+class RollbackOnClose(sqlite3.Connection):
+    """A SQLite connection whose close rolls its transaction back first. ``close()`` alone
+    leaves a connection that a cursor still holds a statement of as a "zombie" that keeps
+    its transaction, and with it the write lock, until that statement is finalized (the
+    cursor garbage-collected, which may be never): every other writer then fails "database
+    is locked". Seen when a shutdown closes a connection whose statement it cancelled."""
+
+    def close(self) -> None:
+        if self.in_transaction:
+            try:
+                self.rollback()
+            except sqlite3.Error:  # closing anyway; SQLite rolls back what it can
+                log.debug("rollback before close failed", exc_info=True)
+        super().close()

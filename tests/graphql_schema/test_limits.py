@@ -218,6 +218,8 @@ def test_production_hides_hints_graphiql_and_introspection(settings: Settings) -
         assert client.get("/graphql", headers={"Accept": "text/html"}).status_code == 404
         alive(api)
 
+
+def test_development_keeps_hints_graphiql_and_introspection(settings: Settings) -> None:
     with LiveServer(settings) as live, httpx.Client(base_url=live.url, timeout=60) as client:
         api = Api(client, make_key(settings, "admin", "ops2"))
         error = only_error(api.post("{ me { nme } }").json())

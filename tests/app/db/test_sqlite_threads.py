@@ -6,6 +6,7 @@ behind the statement, and every later writer failed "database is locked"."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import sqlite3
 import threading
@@ -15,7 +16,7 @@ import aiosqlite
 import pytest
 
 from app.db import (
-    engine,  # noqa: F401  (installs app.db.sqlite_threads)
+    engine,
     sqlite_threads,
 )
 
@@ -68,3 +69,48 @@ def test_another_aiosqlite_version_is_refused(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(RuntimeError, match=re.escape("0.22.1, not 0.23.0")):
         sqlite_threads.install()
 
+
+
+def test_a_connection_closed_while_a_cursor_holds_a_statement_releases_its_lock(
+        tmp_path: Path) -> None:
+    """``sqlite3.Connection.close`` with a statement still open becomes a zombie that keeps
+    its transaction and the write lock (seen in CI: a test server's connection, closed by
+    its shutdown, held the lock for the rest of the process)."""
+    path = tmp_path / "zombie.sqlite"
+    with sqlite3.connect(path) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE t (x INTEGER)")
+        setup.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(10)])
+    for factory, frees in ((sqlite3.Connection, False), (sqlite_threads.RollbackOnClose, True)):
+        conn = sqlite3.connect(path, factory=factory)
+        conn.execute("INSERT INTO t VALUES (-1)")  # the write lock, in a transaction
+        open_cursor = conn.execute("SELECT x FROM t")
+        assert open_cursor.fetchone() is not None  # its statement is still running
+        conn.close()
+        after = sqlite3.connect(path, timeout=0.5)
+        try:
+            after.execute("INSERT INTO t VALUES (100)")
+            after.commit()
+            freed = True
+        except sqlite3.OperationalError as exc:
+            assert "locked" in str(exc)
+            freed = False
+        finally:
+            after.close()
+        assert freed is frees, factory
+        del open_cursor  # the plain connection's zombie goes with its statement
+        gc.collect()
+    with sqlite3.connect(path) as check:
+        assert check.execute("SELECT count(*) FROM t WHERE x = -1").fetchone() == (0,)
+
+
+def test_the_engine_opens_sqlite_connections_that_roll_back_on_close(tmp_path: Path) -> None:
+    async def kind() -> type:
+        made = engine.make_engine(f"sqlite+aiosqlite:///{tmp_path / 'kind.sqlite'}")
+        try:
+            async with made.connect() as conn:
+                raw = await conn.get_raw_connection()
+                return type(raw.driver_connection._connection)  # type: ignore[union-attr]
+        finally:
+            await made.dispose()
+    assert asyncio.run(kind()) is sqlite_threads.RollbackOnClose
